@@ -1,0 +1,3 @@
+"""charrnn_jax: byte-level RNN language models in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,210 @@
+"""Bytes on disk -> uint8 arrays -> this process's slice of each global batch.
+
+Every batch is a pure function of (seed, step, process_index, process_count), so a
+resumed or multi-host run needs no iterator state: step s always yields the same
+global batch, and each process cuts out only its own rows of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import pathlib
+import tempfile
+import urllib.request
+
+import numpy as np
+
+VOCAB_SIZE = 256  # Bytes: any file works and there is no vocab file.
+DATA_DIR_ENV = "CHARRNN_DATA_DIR"
+CACHE_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "charrnn_jax"
+# Files above this are memory-mapped instead of read into RAM.
+MMAP_THRESHOLD_BYTES = 1 << 30
+
+
+class DataError(ValueError):
+    """A data problem the user can fix (missing file, too short, bad mode)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RegisteredDataset:
+    url: str
+    sha256: str
+
+
+# Named corpora: looked up in $CHARRNN_DATA_DIR, then the cache, then downloaded.
+REGISTRY = {
+    "tinyshakespeare": RegisteredDataset(
+        url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+    ),
+    "dinos": RegisteredDataset(
+        url="https://raw.githubusercontent.com/prateekb1912/dinosaur-island/"
+        "881521cb5431586bb513e9eddc92a8915c52a884/dinos.txt",
+        sha256="ad6465621cf56c08f71d4fbb40cf7eab763f9df42c54cc460d6c4d86e9c927fb",
+    ),
+}
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(name: str, entry: RegisteredDataset, dest: pathlib.Path) -> None:
+    """Downloads to a temp file and renames it, so a failed download leaves no cache entry."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=30) as resp:
+            out.write(resp.read())
+        got = _sha256(pathlib.Path(tmp))
+        if got != entry.sha256:
+            raise DataError(f"Downloaded {entry.url} has sha256 {got}, expected {entry.sha256}.")
+        os.replace(tmp, dest)
+    except OSError as e:
+        raise DataError(
+            f"Dataset {name!r} is not available offline and the download of {entry.url} failed "
+            f"({e}). Set {DATA_DIR_ENV} to a folder holding {name}.txt, put the file at {dest}, "
+            f"or pass --config.data.path=/path/to/file."
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def resolve_path(name: str, path: str) -> pathlib.Path:
+    """Returns the file for `path` if given, else for the registered dataset `name`."""
+    if path:
+        return pathlib.Path(path).expanduser()
+    if name not in REGISTRY:
+        raise DataError(
+            f"Unknown dataset {name!r}; known: {sorted(REGISTRY)}. Or set --config.data.path."
+        )
+    data_dir = os.environ.get(DATA_DIR_ENV)
+    if data_dir and (candidate := pathlib.Path(data_dir) / f"{name}.txt").is_file():
+        return candidate
+    cached = CACHE_DIR / f"{name}.txt"
+    if not cached.is_file():
+        _download(name, REGISTRY[name], cached)
+    return cached
+
+
+def load_bytes(path: pathlib.Path) -> np.ndarray:
+    """Reads a file once as uint8; files larger than MMAP_THRESHOLD_BYTES are memory-mapped."""
+    if not path.is_file():
+        raise DataError(f"Data file not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(f"Data file is empty: {path}")
+    if size > MMAP_THRESHOLD_BYTES:
+        return np.memmap(path, dtype=np.uint8, mode="r")
+    return np.fromfile(path, dtype=np.uint8)
+
+
+def split(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Splits by position: the last `val_fraction` is val (nanoGPT's split)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}.")
+    n_train = int(len(tokens) * (1.0 - val_fraction))
+    return tokens[:n_train], tokens[n_train:]
+
+
+def check_long_enough(tokens: np.ndarray, seq_len: int, what: str) -> None:
+    if len(tokens) < seq_len + 2:
+        raise DataError(
+            f"The {what} split has {len(tokens)} bytes; seq_len={seq_len} needs at least "
+            f"{seq_len + 2}. Use a longer file, a shorter seq_len or another val_fraction."
+        )
+
+
+def local_rows(global_batch: int, process_index: int, process_count: int) -> slice:
+    """The rows of the global batch that belong to this process."""
+    if global_batch % process_count:
+        raise DataError(
+            f"Global batch {global_batch} does not divide over {process_count} processes."
+        )
+    per_process = global_batch // process_count
+    return slice(process_index * per_process, (process_index + 1) * per_process)
+
+
+def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict[str, np.ndarray]:
+    windows = np.asarray(tokens[starts[:, None] + np.arange(seq_len + 1)], dtype=np.int32)
+    return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+
+def window_starts(
+    num_tokens: int, *, seed: int, step: int, global_batch: int, seq_len: int, mode: str
+) -> np.ndarray:
+    """Start offsets of the global batch's windows at `step`: `[global_batch]` int64.
+
+    'random': uniform windows of seq_len + 1 bytes, a fresh draw per step.
+    'epoch': the TF tutorial's order: non-overlapping chunks of seq_len + 1 bytes,
+      shuffled by a seeded permutation per epoch, a partial last batch dropped.
+    """
+    if mode == "random":
+        rng = np.random.default_rng((seed, step))
+        return rng.integers(0, num_tokens - seq_len, size=global_batch)
+    if mode == "epoch":
+        num_chunks = num_tokens // (seq_len + 1)
+        batches_per_epoch = num_chunks // global_batch
+        if batches_per_epoch == 0:
+            raise DataError(
+                f"Epoch mode needs {global_batch} chunks of {seq_len + 1} bytes per batch; the "
+                f"train split has only {num_chunks}."
+            )
+        epoch, index = divmod(step, batches_per_epoch)
+        order = np.random.default_rng((seed, epoch)).permutation(num_chunks)
+        chunk_ids = order[index * global_batch : (index + 1) * global_batch]
+        return chunk_ids * (seq_len + 1)
+    raise DataError(f"Unknown data.mode {mode!r}; expected 'random' or 'epoch'.")
+
+
+def train_batch(
+    tokens: np.ndarray,
+    *,
+    seed: int,
+    step: int,
+    global_batch: int,
+    seq_len: int,
+    mode: str = "random",
+    process_index: int = 0,
+    process_count: int = 1,
+) -> dict[str, np.ndarray]:
+    """This process's rows of the training batch for `step`.
+
+    Returns:
+      {'inputs': [local_batch, seq_len] int32, 'targets': [local_batch, seq_len] int32},
+      targets being inputs shifted left by one byte.
+    """
+    starts = window_starts(
+        len(tokens), seed=seed, step=step, global_batch=global_batch, seq_len=seq_len, mode=mode
+    )
+    return _windows(tokens, starts[local_rows(global_batch, process_index, process_count)], seq_len)
+
+
+def eval_batches(
+    tokens: np.ndarray,
+    *,
+    global_batch: int,
+    seq_len: int,
+    num_batches: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> list[dict[str, np.ndarray]]:
+    """Fixed val batches: windows spread evenly over the split (non-overlapping when it is long)."""
+    starts = np.linspace(0, len(tokens) - seq_len - 1, num_batches * global_batch).astype(np.int64)
+    rows = local_rows(global_batch, process_index, process_count)
+    return [
+        _windows(tokens, starts[b * global_batch : (b + 1) * global_batch][rows], seq_len)
+        for b in range(num_batches)
+    ]
+
+
+def decode(data: bytes | np.ndarray) -> str:
+    """Bytes -> text for display; invalid UTF-8 becomes U+FFFD."""
+    return bytes(np.asarray(data, dtype=np.uint8)).decode("utf-8", errors="replace")

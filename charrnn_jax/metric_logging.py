@@ -1,0 +1,145 @@
+"""Metric records (JSONL + TensorBoard) and the progress line.
+
+The JSONL file `<workdir>/metrics.jsonl` is the stable interface that the comparison and
+sweep tools read. One JSON object per line, with exactly these keys:
+
+  step            int    steps done when the record was written
+  wall_time       float  training seconds since the run first started (summed over resumes)
+  train_loss      float  mean train cross-entropy (nats/byte) since the previous record, or null
+  train_bpb       float  train_loss / ln 2 (bits per byte), or null
+  val_loss        float  val cross-entropy at this step, or null when not evaluated
+  val_bpb         float  val_loss / ln 2, or null
+  tokens_per_sec  float  training throughput since the previous record, or null
+  grad_norm       float  mean global gradient norm since the previous record, or null
+  learning_rate   float  learning rate at this step, or null
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+from collections.abc import Callable
+
+FIELDS = (
+    "step", "wall_time", "train_loss", "train_bpb", "val_loss", "val_bpb",
+    "tokens_per_sec", "grad_norm", "learning_rate",
+)
+METRICS_FILE = "metrics.jsonl"
+
+
+def bits_per_byte(nats: float | None) -> float | None:
+    return None if nats is None else nats / math.log(2)
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict]:
+    """All records of a metrics file (an empty list if it does not exist)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class JsonlWriter:
+    """Appends records; on resume it first drops records past the restored step.
+
+    Dropping them means a killed-and-resumed run's file reads like a run never
+    interrupted, and `wall_time` continues from the last kept record.
+    """
+
+    def __init__(self, path: pathlib.Path, resume_step: int):
+        self.path = path
+        kept = [r for r in read_jsonl(path) if r["step"] <= resume_step]
+        self.wall_time_offset = kept[-1]["wall_time"] if kept else 0.0
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.replace(path)
+        self._file = open(path, "a")  # noqa: SIM115 - open for the run's whole life.
+
+    def write(self, record: dict) -> None:
+        self._file.write(json.dumps({k: record.get(k) for k in FIELDS}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class TensorBoardWriter:
+    """Scalars and text samples as TensorBoard event files (tensorboardX, no TensorFlow)."""
+
+    def __init__(self, logdir: pathlib.Path):
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(str(logdir))
+
+    def write(self, record: dict) -> None:
+        for key, value in record.items():
+            if key != "step" and key != "wall_time" and value is not None:
+                self._writer.add_scalar(key, value, record["step"])
+        self._writer.flush()
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        self._writer.add_text(tag, text, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class Progress:
+    """Steps/s, tokens/s and ETA between calls; the clock is injectable for tests."""
+
+    def __init__(
+        self, *, start_step: int, num_steps: int, tokens_per_step: int,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.num_steps = num_steps
+        self.tokens_per_step = tokens_per_step
+        self._clock = clock
+        self._last_step = start_step
+        self._last_time = clock()
+        self._pause_started: float | None = None
+
+    def pause(self) -> None:
+        """Excludes eval/checkpoint/sample time from throughput until `resume`."""
+        self._pause_started = self._clock()
+
+    def resume(self) -> None:
+        if self._pause_started is not None:
+            self._last_time += self._clock() - self._pause_started
+            self._pause_started = None
+
+    def update(self, step: int) -> dict:
+        now = self._clock()
+        elapsed = max(now - self._last_time, 1e-9)
+        steps_per_sec = (step - self._last_step) / elapsed
+        self._last_step, self._last_time = step, now
+        remaining = self.num_steps - step
+        return {
+            "steps_per_sec": steps_per_sec,
+            "tokens_per_sec": steps_per_sec * self.tokens_per_step,
+            "eta_sec": remaining / steps_per_sec if steps_per_sec > 0 else float("inf"),
+        }
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def progress_line(step: int, num_steps: int, record: dict, rates: dict) -> str:
+    parts = [f"step {step}/{num_steps}"]
+    if record.get("train_loss") is not None:
+        parts.append(f"loss {record['train_loss']:.4f}")
+        parts.append(f"bpb {record['train_bpb']:.4f}")
+    if record.get("val_loss") is not None:
+        parts.append(f"val_loss {record['val_loss']:.4f}")
+        parts.append(f"val_bpb {record['val_bpb']:.4f}")
+    parts.append(f"{rates['steps_per_sec']:.2f} steps/s")
+    parts.append(f"{rates['tokens_per_sec']:,.0f} tok/s")
+    parts.append(f"ETA {format_duration(rates['eta_sec'])}")
+    return " | ".join(parts)

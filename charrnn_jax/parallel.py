@@ -1,0 +1,52 @@
+"""The device mesh, its shardings, and host-local numpy -> global jax.Array.
+
+One model only: jit with NamedSharding over a 1-D ('data',) mesh. The batch is split
+over 'data'; params and optimizer state are replicated. This is what pmap used to do.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D data mesh over all (global) devices.
+
+    Built with the Mesh constructor (Auto axes): `jax.make_mesh` now defaults to Explicit
+    axes, which linen's nn.Embed rejects on a data-sharded batch.
+    """
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def data_sharded(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over 'data'; other axes whole."""
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_divides(global_batch: int, mesh: Mesh) -> None:
+    if global_batch % mesh.size:
+        raise ValueError(
+            f"train.batch_size={global_batch} does not divide over {mesh.size} devices; use a "
+            f"multiple of {mesh.size}."
+        )
+
+
+def global_batch(local_batch, mesh: Mesh):
+    """Assembles each process's rows into one global array sharded on 'data'.
+
+    Args:
+      local_batch: pytree of numpy arrays [local_batch, ...], this process's rows.
+    """
+    sharding = data_sharded(mesh)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+    )

@@ -1,0 +1,150 @@
+"""A pure, jitted lax.scan sampler: prime the prompts in one pass, then generate.
+
+No I/O here: the CLI (charrnn_jax.sample) and the trainer call `sample` with params.
+
+Ragged prompts use per-row carry selection: prompts are right-padded to a bucket length
+and each row keeps its carry once past its own length (see models._MaskedCell), so a row
+in a batch gets exactly the carry it would get alone. Each row also draws from its own
+key, so a batched run reproduces per-prompt runs given the same per-row keys.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from charrnn_jax import models
+
+EMPTY_PROMPT = b"\n"  # An empty prompt starts from a newline, i.e. "the start of a line".
+MIN_BUCKET = 8
+
+
+def _bucket(n: int) -> int:
+    """Prompt lengths round up to a power of two so few shapes ever compile."""
+    return max(MIN_BUCKET, 1 << (n - 1).bit_length())
+
+
+def encode_prompts(prompts: Sequence[bytes | str]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads byte prompts to a shared bucket length.
+
+    Returns:
+      tokens [batch, bucket] int32 and lengths [batch] int32 (each >= 1).
+    """
+    if not prompts:
+        raise ValueError("Give at least one prompt.")
+    encoded = [p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in prompts]
+    encoded = [p if p else EMPTY_PROMPT for p in encoded]
+    lengths = np.array([len(p) for p in encoded], np.int32)
+    tokens = np.zeros((len(encoded), _bucket(int(lengths.max()))), np.int32)
+    for row, p in enumerate(encoded):
+        tokens[row, : len(p)] = np.frombuffer(p, np.uint8)
+    return tokens, lengths
+
+
+def check_args(*, length: int, temperature: float, top_k: int | None) -> None:
+    if length <= 0:
+        raise ValueError(f"length must be positive, got {length}.")
+    if not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
+    if top_k is not None and not 0 < top_k <= models.VOCAB_SIZE:
+        raise ValueError(f"top_k must be in [1, {models.VOCAB_SIZE}], got {top_k}.")
+
+
+def choose_next(logits, keys, temperature, *, greedy: bool, top_k: int | None):
+    """Picks one byte per row.
+
+    Args:
+      logits: [batch, 256] float32.
+      keys: [batch] PRNG keys, one per row.
+      temperature: scalar > 0 (ignored when greedy).
+
+    Returns:
+      [batch] int32 bytes.
+    """
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if top_k is not None:
+        kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+    scaled = logits / temperature
+    return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "length", "greedy", "top_k", "stop_byte")
+)
+def _generate(
+    params, prompt_tokens, prompt_lengths, row_keys, temperature, *, model, length, greedy,
+    top_k, stop_byte,
+):
+    batch = prompt_tokens.shape[0]
+    variables = {"params": params}
+    # Prime on all but the last prompt byte; the scan's first step feeds the last one.
+    _, carry = model.apply(variables, prompt_tokens, lengths=prompt_lengths - 1)
+    last_byte = prompt_tokens[jnp.arange(batch), prompt_lengths - 1]
+
+    def step(state, t):
+        carry, byte, done = state
+        logits, carry = model.apply(variables, byte[:, None], carry)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
+        new_byte = choose_next(logits[:, 0], keys, temperature, greedy=greedy, top_k=top_k)
+        new_byte = jnp.where(done, 0, new_byte)
+        emitted = ~done
+        if stop_byte is not None:
+            done = done | (new_byte == stop_byte)
+        return (carry, new_byte, done), (new_byte, emitted)
+
+    init = (carry, last_byte, jnp.zeros((batch,), bool))
+    _, (new_bytes, emitted) = jax.lax.scan(step, init, jnp.arange(length))
+    return new_bytes.T, emitted.sum(axis=0).astype(jnp.int32)
+
+
+def row_keys_for(rng, batch: int):
+    """One key per row: a single key is split; a [batch] stack of keys is used as is."""
+    if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        rng = jax.random.wrap_key_data(rng)  # Legacy uint32 keys.
+    if rng.ndim == 0:
+        return jax.random.split(rng, batch)
+    if rng.shape != (batch,):
+        raise ValueError(f"Got {rng.shape[0]} row keys for {batch} prompts.")
+    return rng
+
+
+def sample(
+    params,
+    model: models.CharRNN,
+    prompts: Sequence[bytes | str],
+    *,
+    length: int,
+    temperature: float,
+    rng,
+    top_k: int | None = None,
+    stop_byte: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Continues each prompt by `length` bytes.
+
+    Args:
+      params: the model's params.
+      model: the CharRNN (hashable; part of the compile key).
+      prompts: B byte strings (str is UTF-8 encoded); an empty one starts from b"\\n".
+      length: bytes to generate per prompt.
+      temperature: 0 for greedy argmax, else logits are divided by it.
+      rng: a key, or [B] keys (row i then draws only from key i).
+      top_k: keep only the k most likely bytes before sampling.
+      stop_byte: rows stop after emitting this byte (it is included in the output).
+
+    Returns:
+      tokens [B, length] uint8 (zeros past each row's end) and lengths [B] int32.
+    """
+    check_args(length=length, temperature=temperature, top_k=top_k)
+    tokens, lengths = encode_prompts(prompts)
+    keys = row_keys_for(rng, tokens.shape[0])
+    generated, out_lengths = _generate(
+        params, tokens, lengths, keys, jnp.float32(temperature if temperature > 0 else 1.0),
+        model=model, length=length, greedy=temperature == 0, top_k=top_k, stop_byte=stop_byte,
+    )
+    return np.asarray(generated, np.uint8), np.asarray(out_lengths)

@@ -1,0 +1,338 @@
+"""Training: state creation, the jitted train/eval steps, and the loop.
+
+Data parallel over every device: a 1-D 'data' mesh, the global batch sharded on it and
+the state replicated; XLA inserts the gradient all-reduce. Per-step randomness comes
+from fold_in(rng, step) and batches are a pure function of the step, so a resumed run
+replays exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import pathlib
+import signal
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax.training import train_state
+
+from charrnn_jax import checkpointing, config_lib, input_pipeline, metric_logging, models
+from charrnn_jax import parallel, sampling
+from charrnn_jax.errors import NonFiniteLossError, UserError
+
+
+class TrainState(train_state.TrainState):
+    pass
+
+
+def make_optimizer(train_config: ml_collections.ConfigDict):
+    """Adam (Keras's epsilon by default), optional global-norm clipping and warmup+cosine."""
+    t = train_config
+    if t.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, t.learning_rate, max(t.warmup_steps, 1), t.num_steps
+        )
+    elif t.warmup_steps:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
+             optax.constant_schedule(t.learning_rate)], [t.warmup_steps]
+        )
+    else:
+        schedule = optax.constant_schedule(t.learning_rate)
+    parts = [optax.clip_by_global_norm(t.grad_clip_norm)] if t.grad_clip_norm > 0 else []
+    parts.append(optax.adam(schedule, eps=t.adam_eps))
+    return optax.chain(*parts), schedule
+
+
+def create_train_state(rng, *, model: models.CharRNN, tx, seq_len: int) -> TrainState:
+    params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    # An explicit int32 step: restored states then have the identical type.
+    return state.replace(step=jnp.zeros([], jnp.int32))
+
+
+def cross_entropy(logits, targets):
+    """Mean softmax cross-entropy in nats. logits [B, T, V] float32, targets [B, T] int."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def train_step(state: TrainState, batch, dropout_rng, *, schedule):
+    """One Adam step on a global batch. Returns the new state and on-device metrics."""
+    rng = jax.random.fold_in(dropout_rng, state.step)
+
+    def loss_fn(params):
+        logits, _ = state.apply_fn(
+            {"params": params}, batch["inputs"], train=True, rngs={"dropout": rng}
+        )
+        return cross_entropy(logits, batch["targets"])
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+    }
+    return state.apply_gradients(grads=grads), metrics
+
+
+def eval_step(params, batch, *, apply_fn):
+    logits, _ = apply_fn({"params": params}, batch["inputs"])
+    return cross_entropy(logits, batch["targets"])
+
+
+def evaluate(eval_fn, params, batches) -> float:
+    """Mean val loss over fixed batches: one host fetch for all of them."""
+    return float(jnp.mean(jnp.stack([eval_fn(params, batch) for batch in batches])))
+
+
+@dataclasses.dataclass
+class _Data:
+    train: np.ndarray
+    val: np.ndarray
+
+
+def load_data(data_config: ml_collections.ConfigDict) -> _Data:
+    path = input_pipeline.resolve_path(data_config.name, data_config.path)
+    tokens = input_pipeline.load_bytes(path)
+    train, val = input_pipeline.split(tokens, data_config.val_fraction)
+    input_pipeline.check_long_enough(train, data_config.seq_len, "train")
+    input_pipeline.check_long_enough(val, data_config.seq_len, "val")
+    logging.info("Data %s: %d train bytes, %d val bytes.", path, len(train), len(val))
+    return _Data(train, val)
+
+
+def prepare_workdir(workdir) -> pathlib.Path:
+    workdir = pathlib.Path(workdir).expanduser()
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"Workdir {workdir} is not writable: {e.strerror or e}.") from None
+    return workdir
+
+
+class _StopFlag:
+    """Set by SIGTERM (or SIGINT); checked once per step without any device sync."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._previous = {}
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, lambda *_: self.event.set())
+        return self
+
+    def uninstall(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _MetricWindow:
+    """Per-step metrics stay on the device until a log, eval or save step fetches them."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict]] = []
+        self.host: list[dict] = []
+
+    def add(self, step: int, metrics) -> None:
+        self.pending.append((step, metrics))
+
+    def fetch(self, last_good_checkpoint: str) -> None:
+        """Moves pending metrics to the host, failing on the first non-finite step."""
+        fetched = jax.device_get([m for _, m in self.pending])
+        for (step, _), metrics in zip(self.pending, fetched, strict=True):
+            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+                raise NonFiniteLossError(
+                    f"Loss or grad norm became non-finite at step {step} (loss "
+                    f"{metrics['loss']}, grad norm {metrics['grad_norm']}); nothing was saved "
+                    f"after it. Last good checkpoint: {last_good_checkpoint}."
+                )
+            self.host.append(metrics)
+        self.pending = []
+
+    def summary(self) -> dict:
+        """Means since the last summary; empties the window."""
+        if not self.host:
+            return {}
+        out = {
+            "train_loss": float(np.mean([m["loss"] for m in self.host])),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in self.host])),
+            "learning_rate": float(self.host[-1]["learning_rate"]),
+        }
+        out["train_bpb"] = metric_logging.bits_per_byte(out["train_loss"])
+        self.host = []
+        return out
+
+
+def generate_text(params, model, sample_config, rng) -> str:
+    """A short sample for the logs; params are gathered to the host first."""
+    params = jax.device_get(params)
+    tokens, lengths = sampling.sample(
+        params, model, [sample_config.prompt], length=sample_config.length,
+        temperature=sample_config.temperature, rng=rng,
+    )
+    return sample_config.prompt + input_pipeline.decode(tokens[0, : lengths[0]])
+
+
+def _restore_or_init(config, ckpt, init_fn, state_sharding, abstract_state):
+    abstract = {
+        item: checkpointing.abstract_like(getattr(abstract_state, item),
+                                          getattr(state_sharding, item))
+        for item in checkpointing.ITEMS
+    }
+    step, restored = ckpt.restore(abstract)
+    rng = jax.random.key(config.seed)
+    if step is None:
+        return init_fn(jax.random.fold_in(rng, 0)), 0
+    logging.info("Resumed from checkpoint step %d in %s.", step, ckpt.directory)
+    step_array = jax.device_put(jnp.int32(step), state_sharding.step)
+    return abstract_state.replace(
+        step=step_array, params=restored["params"], opt_state=restored["opt_state"]
+    ), step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=None) -> dict:
+    """Trains until config.train.num_steps, resuming from the workdir's latest checkpoint.
+
+    Returns a summary: final step, last train/val loss, the step resumed from and
+    whether the run stopped early on a preemption signal.
+    """
+    config_lib.validate(config)
+    workdir = prepare_workdir(workdir)
+    data = load_data(config.data)
+    mesh = parallel.make_mesh(devices)
+    try:
+        parallel.check_batch_divides(config.train.batch_size, mesh)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    t = config.train
+    process_index, process_count = jax.process_index(), jax.process_count()
+    is_main = process_index == 0
+
+    model = models.from_config(config.model)
+    tx, schedule = make_optimizer(t)
+    repl, data_sharding = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    init = functools.partial(create_train_state, model=model, tx=tx, seq_len=config.data.seq_len)
+    abstract_state = jax.eval_shape(init, jax.random.key(0))
+    state_sharding = jax.tree.map(lambda _: repl, abstract_state)
+    init_fn = jax.jit(init, out_shardings=state_sharding)
+    ckpt = checkpointing.Checkpointer(workdir, save_every=t.checkpoint_every,
+                                      max_to_keep=t.max_to_keep)
+    state, start_step = _restore_or_init(config, ckpt, init_fn, state_sharding, abstract_state)
+    resumed_from = start_step or None
+    if start_step >= t.num_steps:
+        logging.info("Checkpoint step %d already reaches num_steps=%d.", start_step, t.num_steps)
+
+    step_fn = jax.jit(
+        functools.partial(train_step, schedule=schedule),
+        in_shardings=(state_sharding, data_sharding, repl),
+        out_shardings=(state_sharding, repl),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply),
+                      in_shardings=(state_sharding.params, data_sharding), out_shardings=repl)
+    eval_data = [
+        parallel.global_batch(b, mesh)
+        for b in input_pipeline.eval_batches(
+            data.val, global_batch=t.batch_size, seq_len=config.data.seq_len,
+            num_batches=t.eval_batches, process_index=process_index, process_count=process_count)
+    ]
+    rng = jax.random.key(config.seed)
+    dropout_rng = jax.device_put(jax.random.fold_in(rng, 1), repl)
+    sample_rng = jax.random.fold_in(rng, 2)
+
+    jsonl = tb = None
+    if is_main:
+        config_lib.save(config, workdir / "config.json")
+        jsonl = metric_logging.JsonlWriter(workdir / metric_logging.METRICS_FILE, start_step)
+        tb = metric_logging.TensorBoardWriter(workdir / "tensorboard")
+        logging.info("Devices: %d global, %d local, process %d of %d. Model: %s params.",
+                     jax.device_count(), jax.local_device_count(), process_index,
+                     process_count, f"{count_params(state.params):,}")
+    wall_offset = jsonl.wall_time_offset if jsonl else 0.0
+    run_start = time.perf_counter()
+    progress = metric_logging.Progress(start_step=start_step, num_steps=t.num_steps,
+                                       tokens_per_step=t.batch_size * config.data.seq_len)
+    window = _MetricWindow()
+    stop = _StopFlag().install()
+    summary = {"resumed_from": resumed_from, "preempted": False, "train_loss": None,
+               "val_loss": None}
+
+    def last_good() -> str:
+        latest = ckpt.latest_step()
+        return f"step {latest} in {ckpt.directory}" if latest is not None else "none"
+
+    try:
+        for step in range(start_step, t.num_steps):
+            local = input_pipeline.train_batch(
+                data.train, seed=config.seed, step=step, global_batch=t.batch_size,
+                seq_len=config.data.seq_len, mode=config.data.mode,
+                process_index=process_index, process_count=process_count)
+            state, metrics = step_fn(state, parallel.global_batch(local, mesh), dropout_rng)
+            done = step + 1
+            window.add(done, metrics)
+            is_last = done == t.num_steps
+            preempted = stop.event.is_set() or ckpt.reached_preemption(done)
+            log_now = done % t.log_every == 0 or is_last or preempted
+            eval_now = done % t.eval_every == 0 or is_last
+            save_now = is_last or preempted or ckpt.should_save(done)
+            if not (log_now or eval_now or save_now):
+                continue
+            window.fetch(last_good())  # Raises before any save of a diverged state.
+            progress.pause()
+            record = {"step": done}
+            if eval_now:
+                record["val_loss"] = evaluate(eval_fn, state.params, eval_data)
+                record["val_bpb"] = metric_logging.bits_per_byte(record["val_loss"])
+                summary["val_loss"] = record["val_loss"]
+            if save_now:
+                ckpt.save(done, state.params, state.opt_state, force=True)
+            if is_main and eval_now and config.sample.length:
+                text = generate_text(state.params, model, config.sample,
+                                     jax.random.fold_in(sample_rng, done))
+                logging.info("Sample at step %d:\n%s", done, text)
+                tb.write_text("sample", text, done)
+            progress.resume()
+            if log_now or eval_now:
+                record.update(window.summary())
+                summary["train_loss"] = record.get("train_loss", summary["train_loss"])
+                rates = progress.update(done)
+                record["tokens_per_sec"] = rates["tokens_per_sec"]
+                record["wall_time"] = wall_offset + time.perf_counter() - run_start
+                if is_main:
+                    jsonl.write(record)
+                    tb.write(record)
+                    logging.info(metric_logging.progress_line(done, t.num_steps, record, rates))
+            if preempted:
+                logging.warning("Preemption signal: saved step %d in %s; exiting cleanly.",
+                                done, ckpt.directory)
+                summary["preempted"] = True
+                break
+    finally:
+        ckpt.wait_until_finished()
+        ckpt.close()
+        stop.uninstall()
+        if is_main:
+            jsonl.close()
+            tb.close()
+    summary["final_step"] = int(jax.device_get(state.step))
+    summary["state"] = state
+    summary["model"] = model
+    return summary
+
+
+def count_params(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
