@@ -11,10 +11,12 @@ from __future__ import annotations
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from charrnn_jax import config_lib, models
 from charrnn_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -22,10 +24,16 @@ ITEMS = ("params", "opt_state")
 
 
 class Checkpointer:
-    """Saves every `save_every` steps (or when forced); restores the newest readable step."""
+    """Saves when told to; restores the newest step that reads back cleanly."""
 
-    def __init__(self, workdir: pathlib.Path, *, save_every: int, max_to_keep: int,
-                 async_save: bool = True):
+    def __init__(
+        self,
+        workdir: pathlib.Path,
+        *,
+        max_to_keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
         if self.directory.exists() and not self.directory.is_dir():
             raise UserError(f"Checkpoint path {self.directory} exists but is not a directory.")
@@ -33,10 +41,10 @@ class Checkpointer:
             self.manager = ocp.CheckpointManager(
                 self.directory,
                 options=ocp.CheckpointManagerOptions(
-                    save_interval_steps=save_every,
                     max_to_keep=max_to_keep,
                     enable_async_checkpointing=async_save,
-                    create=True,
+                    create=not read_only,
+                    read_only=read_only,
                 ),
                 item_names=ITEMS,
             )
@@ -49,21 +57,18 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def should_save(self, step: int) -> bool:
-        return self.manager.should_save(step)
-
     def reached_preemption(self, step: int) -> bool:
         """True on every process once a preemption notice arrived (multi-host runs)."""
         return self.manager.reached_preemption(step)
 
-    def save(self, step: int, params, opt_state, *, force: bool = False) -> bool:
+    def save(self, step: int, params, opt_state) -> bool:
         """Starts an async save; every process must call this (never only process 0)."""
         return self.manager.save(
             step,
             args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state)
             ),
-            force=force,
+            force=True,
         )
 
     def wait_until_finished(self) -> None:
@@ -103,29 +108,38 @@ class Checkpointer:
         """
         steps = [step] if step is not None else self.all_steps()[::-1]
         if step is not None and step not in self.all_steps():
-            raise UserError(f"No checkpoint for step {step} in {self.directory}; "
-                            f"have {self.all_steps()}.")
+            raise UserError(
+                f"No checkpoint for step {step} in {self.directory}; have {self.all_steps()}."
+            )
         for candidate in steps:
             try:
                 for item, target in abstract_items.items():
                     self._check_shapes(candidate, item, target)
                 restored = self.manager.restore(
                     candidate,
-                    args=ocp.args.Composite(**{
-                        item: ocp.args.StandardRestore(target)
-                        for item, target in abstract_items.items()
-                    }),
+                    args=ocp.args.Composite(
+                        **{
+                            item: ocp.args.StandardRestore(target)
+                            for item, target in abstract_items.items()
+                        }
+                    ),
                 )
                 return candidate, {item: restored[item] for item in abstract_items}
             except UserError:
                 raise
             except Exception as e:  # noqa: BLE001 - any read failure means "corrupt".
                 if step is not None:
-                    raise UserError(f"Checkpoint step {step} in {self.directory} is "
-                                    f"unreadable: {type(e).__name__}: {e}") from None
-                logging.warning("Checkpoint step %d in %s is unreadable (%s: %s); trying an "
-                                "older one.", candidate, self.directory, type(e).__name__,
-                                str(e).splitlines()[0] if str(e) else "")
+                    raise UserError(
+                        f"Checkpoint step {step} in {self.directory} is "
+                        f"unreadable: {type(e).__name__}: {e}"
+                    ) from None
+                logging.warning(
+                    "Checkpoint step %d in %s is unreadable (%s: %s); trying an older one.",
+                    candidate,
+                    self.directory,
+                    type(e).__name__,
+                    str(e).splitlines()[0] if str(e) else "",
+                )
         if steps:
             raise UserError(f"Every checkpoint in {self.directory} is unreadable: steps {steps}.")
         return None, None
@@ -136,3 +150,33 @@ def abstract_like(tree, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree, shardings
     )
+
+
+def load_for_inference(workdir, step: int | None = None):
+    """Params only (no optimizer state) plus the run's config, for sampling on one device.
+
+    Returns:
+      (config, model, params, step).
+    """
+    workdir = pathlib.Path(workdir).expanduser()
+    if not workdir.is_dir():
+        raise UserError(f"Workdir {workdir} does not exist.")
+    config = config_lib.load(workdir / "config.json")
+    model = models.from_config(config.model)
+    if not (workdir / CHECKPOINT_DIR).is_dir():
+        raise UserError(f"No checkpoints in {workdir}: train first, or check the path.")
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    )
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
+    )
+    ckpt = Checkpointer(workdir, read_only=True, async_save=False)
+    try:
+        restored_step, restored = ckpt.restore({"params": abstract}, step=step)
+    finally:
+        ckpt.close()
+    if restored_step is None:
+        raise UserError(f"No checkpoints in {workdir / CHECKPOINT_DIR}: train first.")
+    return config, model, restored["params"], restored_step

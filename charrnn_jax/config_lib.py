@@ -29,19 +29,39 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}.")
     _require(d.mode in DATA_MODES, f"data.mode must be one of {DATA_MODES}, got {d.mode!r}.")
     _require(bool(d.name or d.path), "Set data.name (a registered dataset) or data.path.")
-    _require(m.cell in models.CELL_TYPES, f"model.cell must be one of {tuple(models.CELL_TYPES)}, got {m.cell!r}.")
-    _require(m.dtype in models.DTYPES, f"model.dtype must be one of {tuple(models.DTYPES)}, got {m.dtype!r}.")
+    _require(
+        m.cell in models.CELL_TYPES,
+        f"model.cell must be one of {tuple(models.CELL_TYPES)}, got {m.cell!r}.",
+    )
+    _require(
+        m.dtype in models.DTYPES,
+        f"model.dtype must be one of {tuple(models.DTYPES)}, got {m.dtype!r}.",
+    )
     for key in ("embed_dim", "hidden_size", "num_layers"):
         _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}.")
     _require(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}.")
-    for key in ("batch_size", "num_steps", "log_every", "eval_every", "eval_batches",
-                "checkpoint_every", "max_to_keep"):
+    for key in (
+        "batch_size",
+        "num_steps",
+        "log_every",
+        "eval_every",
+        "eval_batches",
+        "checkpoint_every",
+        "max_to_keep",
+    ):
         _require(t[key] > 0, f"train.{key} must be positive, got {t[key]}.")
     _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
-    _require(t.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {t.schedule!r}.")
-    _require(0 <= t.warmup_steps < t.num_steps or t.warmup_steps == 0,
-             f"train.warmup_steps must be in [0, num_steps), got {t.warmup_steps}.")
-    _require(t.grad_clip_norm >= 0, f"train.grad_clip_norm must be >= 0 (0 = off), got {t.grad_clip_norm}.")
+    _require(
+        t.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {t.schedule!r}."
+    )
+    _require(
+        0 <= t.warmup_steps < t.num_steps or t.warmup_steps == 0,
+        f"train.warmup_steps must be in [0, num_steps), got {t.warmup_steps}.",
+    )
+    _require(
+        t.grad_clip_norm >= 0,
+        f"train.grad_clip_norm must be >= 0 (0 = off), got {t.grad_clip_norm}.",
+    )
     _require(s.length >= 0, f"sample.length must be >= 0 (0 = no samples), got {s.length}.")
     _require(s.temperature >= 0, f"sample.temperature must be >= 0, got {s.temperature}.")
 

@@ -207,4 +207,5 @@ def eval_batches(
 
 def decode(data: bytes | np.ndarray) -> str:
     """Bytes -> text for display; invalid UTF-8 becomes U+FFFD."""
-    return bytes(np.asarray(data, dtype=np.uint8)).decode("utf-8", errors="replace")
+    raw = data if isinstance(data, bytes) else np.asarray(data, dtype=np.uint8).tobytes()
+    return raw.decode("utf-8", errors="replace")

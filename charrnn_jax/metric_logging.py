@@ -23,8 +23,15 @@ import time
 from collections.abc import Callable
 
 FIELDS = (
-    "step", "wall_time", "train_loss", "train_bpb", "val_loss", "val_bpb",
-    "tokens_per_sec", "grad_norm", "learning_rate",
+    "step",
+    "wall_time",
+    "train_loss",
+    "train_bpb",
+    "val_loss",
+    "val_bpb",
+    "tokens_per_sec",
+    "grad_norm",
+    "learning_rate",
 )
 METRICS_FILE = "metrics.jsonl"
 
@@ -90,7 +97,11 @@ class Progress:
     """Steps/s, tokens/s and ETA between calls; the clock is injectable for tests."""
 
     def __init__(
-        self, *, start_step: int, num_steps: int, tokens_per_step: int,
+        self,
+        *,
+        start_step: int,
+        num_steps: int,
+        tokens_per_step: int,
         clock: Callable[[], float] = time.perf_counter,
     ):
         self.num_steps = num_steps

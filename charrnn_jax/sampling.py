@@ -74,12 +74,19 @@ def choose_next(logits, keys, temperature, *, greedy: bool, top_k: int | None):
     return jax.vmap(jax.random.categorical)(keys, scaled).astype(jnp.int32)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "length", "greedy", "top_k", "stop_byte")
-)
+@functools.partial(jax.jit, static_argnames=("model", "length", "greedy", "top_k", "stop_byte"))
 def _generate(
-    params, prompt_tokens, prompt_lengths, row_keys, temperature, *, model, length, greedy,
-    top_k, stop_byte,
+    params,
+    prompt_tokens,
+    prompt_lengths,
+    row_keys,
+    temperature,
+    *,
+    model,
+    length,
+    greedy,
+    top_k,
+    stop_byte,
 ):
     batch = prompt_tokens.shape[0]
     variables = {"params": params}
@@ -144,7 +151,15 @@ def sample(
     tokens, lengths = encode_prompts(prompts)
     keys = row_keys_for(rng, tokens.shape[0])
     generated, out_lengths = _generate(
-        params, tokens, lengths, keys, jnp.float32(temperature if temperature > 0 else 1.0),
-        model=model, length=length, greedy=temperature == 0, top_k=top_k, stop_byte=stop_byte,
+        params,
+        tokens,
+        lengths,
+        keys,
+        jnp.float32(temperature if temperature > 0 else 1.0),
+        model=model,
+        length=length,
+        greedy=temperature == 0,
+        top_k=top_k,
+        stop_byte=stop_byte,
     )
     return np.asarray(generated, np.uint8), np.asarray(out_lengths)

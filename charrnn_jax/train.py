@@ -24,8 +24,15 @@ import optax
 from absl import logging
 from flax.training import train_state
 
-from charrnn_jax import checkpointing, config_lib, input_pipeline, metric_logging, models
-from charrnn_jax import parallel, sampling
+from charrnn_jax import (
+    checkpointing,
+    config_lib,
+    input_pipeline,
+    metric_logging,
+    models,
+    parallel,
+    sampling,
+)
 from charrnn_jax.errors import NonFiniteLossError, UserError
 
 
@@ -42,8 +49,11 @@ def make_optimizer(train_config: ml_collections.ConfigDict):
         )
     elif t.warmup_steps:
         schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
-             optax.constant_schedule(t.learning_rate)], [t.warmup_steps]
+            [
+                optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
+                optax.constant_schedule(t.learning_rate),
+            ],
+            [t.warmup_steps],
         )
     else:
         schedule = optax.constant_schedule(t.learning_rate)
@@ -77,7 +87,7 @@ def train_step(state: TrainState, batch, dropout_rng, *, schedule):
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "learning_rate": schedule(state.step),
     }
     return state.apply_gradients(grads=grads), metrics
@@ -181,16 +191,21 @@ def generate_text(params, model, sample_config, rng) -> str:
     """A short sample for the logs; params are gathered to the host first."""
     params = jax.device_get(params)
     tokens, lengths = sampling.sample(
-        params, model, [sample_config.prompt], length=sample_config.length,
-        temperature=sample_config.temperature, rng=rng,
+        params,
+        model,
+        [sample_config.prompt],
+        length=sample_config.length,
+        temperature=sample_config.temperature,
+        rng=rng,
     )
     return sample_config.prompt + input_pipeline.decode(tokens[0, : lengths[0]])
 
 
 def _restore_or_init(config, ckpt, init_fn, state_sharding, abstract_state):
     abstract = {
-        item: checkpointing.abstract_like(getattr(abstract_state, item),
-                                          getattr(state_sharding, item))
+        item: checkpointing.abstract_like(
+            getattr(abstract_state, item), getattr(state_sharding, item)
+        )
         for item in checkpointing.ITEMS
     }
     step, restored = ckpt.restore(abstract)
@@ -229,8 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
     abstract_state = jax.eval_shape(init, jax.random.key(0))
     state_sharding = jax.tree.map(lambda _: repl, abstract_state)
     init_fn = jax.jit(init, out_shardings=state_sharding)
-    ckpt = checkpointing.Checkpointer(workdir, save_every=t.checkpoint_every,
-                                      max_to_keep=t.max_to_keep)
+    ckpt = checkpointing.Checkpointer(workdir, max_to_keep=t.max_to_keep)
     state, start_step = _restore_or_init(config, ckpt, init_fn, state_sharding, abstract_state)
     resumed_from = start_step or None
     if start_step >= t.num_steps:
@@ -242,13 +256,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
         out_shardings=(state_sharding, repl),
         donate_argnums=0,
     )
-    eval_fn = jax.jit(functools.partial(eval_step, apply_fn=model.apply),
-                      in_shardings=(state_sharding.params, data_sharding), out_shardings=repl)
+    eval_fn = jax.jit(
+        functools.partial(eval_step, apply_fn=model.apply),
+        in_shardings=(state_sharding.params, data_sharding),
+        out_shardings=repl,
+    )
     eval_data = [
         parallel.global_batch(b, mesh)
         for b in input_pipeline.eval_batches(
-            data.val, global_batch=t.batch_size, seq_len=config.data.seq_len,
-            num_batches=t.eval_batches, process_index=process_index, process_count=process_count)
+            data.val,
+            global_batch=t.batch_size,
+            seq_len=config.data.seq_len,
+            num_batches=t.eval_batches,
+            process_index=process_index,
+            process_count=process_count,
+        )
     ]
     rng = jax.random.key(config.seed)
     dropout_rng = jax.device_put(jax.random.fold_in(rng, 1), repl)
@@ -259,17 +281,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
         config_lib.save(config, workdir / "config.json")
         jsonl = metric_logging.JsonlWriter(workdir / metric_logging.METRICS_FILE, start_step)
         tb = metric_logging.TensorBoardWriter(workdir / "tensorboard")
-        logging.info("Devices: %d global, %d local, process %d of %d. Model: %s params.",
-                     jax.device_count(), jax.local_device_count(), process_index,
-                     process_count, f"{count_params(state.params):,}")
+        logging.info(
+            "Devices: %d global, %d local, process %d of %d. Model: %s params.",
+            jax.device_count(),
+            jax.local_device_count(),
+            process_index,
+            process_count,
+            f"{count_params(state.params):,}",
+        )
     wall_offset = jsonl.wall_time_offset if jsonl else 0.0
     run_start = time.perf_counter()
-    progress = metric_logging.Progress(start_step=start_step, num_steps=t.num_steps,
-                                       tokens_per_step=t.batch_size * config.data.seq_len)
+    progress = metric_logging.Progress(
+        start_step=start_step,
+        num_steps=t.num_steps,
+        tokens_per_step=t.batch_size * config.data.seq_len,
+    )
     window = _MetricWindow()
     stop = _StopFlag().install()
-    summary = {"resumed_from": resumed_from, "preempted": False, "train_loss": None,
-               "val_loss": None}
+    summary = {
+        "resumed_from": resumed_from,
+        "preempted": False,
+        "train_loss": None,
+        "val_loss": None,
+    }
 
     def last_good() -> str:
         latest = ckpt.latest_step()
@@ -278,9 +312,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
     try:
         for step in range(start_step, t.num_steps):
             local = input_pipeline.train_batch(
-                data.train, seed=config.seed, step=step, global_batch=t.batch_size,
-                seq_len=config.data.seq_len, mode=config.data.mode,
-                process_index=process_index, process_count=process_count)
+                data.train,
+                seed=config.seed,
+                step=step,
+                global_batch=t.batch_size,
+                seq_len=config.data.seq_len,
+                mode=config.data.mode,
+                process_index=process_index,
+                process_count=process_count,
+            )
             state, metrics = step_fn(state, parallel.global_batch(local, mesh), dropout_rng)
             done = step + 1
             window.add(done, metrics)
@@ -288,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
             preempted = stop.event.is_set() or ckpt.reached_preemption(done)
             log_now = done % t.log_every == 0 or is_last or preempted
             eval_now = done % t.eval_every == 0 or is_last
-            save_now = is_last or preempted or ckpt.should_save(done)
+            save_now = is_last or preempted or done % t.checkpoint_every == 0
             if not (log_now or eval_now or save_now):
                 continue
             window.fetch(last_good())  # Raises before any save of a diverged state.
@@ -299,10 +339,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
                 record["val_bpb"] = metric_logging.bits_per_byte(record["val_loss"])
                 summary["val_loss"] = record["val_loss"]
             if save_now:
-                ckpt.save(done, state.params, state.opt_state, force=True)
+                ckpt.save(done, state.params, state.opt_state)
             if is_main and eval_now and config.sample.length:
-                text = generate_text(state.params, model, config.sample,
-                                     jax.random.fold_in(sample_rng, done))
+                text = generate_text(
+                    state.params, model, config.sample, jax.random.fold_in(sample_rng, done)
+                )
                 logging.info("Sample at step %d:\n%s", done, text)
                 tb.write_text("sample", text, done)
             progress.resume()
@@ -317,8 +358,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
                     tb.write(record)
                     logging.info(metric_logging.progress_line(done, t.num_steps, record, rates))
             if preempted:
-                logging.warning("Preemption signal: saved step %d in %s; exiting cleanly.",
-                                done, ckpt.directory)
+                logging.warning(
+                    "Preemption signal: saved step %d in %s; exiting cleanly.", done, ckpt.directory
+                )
                 summary["preempted"] = True
                 break
     finally:

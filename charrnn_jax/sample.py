@@ -1,0 +1,106 @@
+"""Sampling CLI: `python -m charrnn_jax.sample --workdir=DIR --prompt="ROMEO: " --length=1000`.
+
+Restores params from the workdir's latest (or --step) checkpoint with the config saved
+beside it, runs the jitted sampler once for all prompts x num_samples, prints UTF-8.
+An empty prompt starts from a newline (b"\\n"), i.e. from the start of a line.
+"""
+
+import pathlib
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt; repeat for several prompts.")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A file whose bytes are one prompt.")
+_LENGTH = flags.DEFINE_integer("length", 1000, "Bytes to generate per sample.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "0 = greedy argmax; higher = more random.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample only from the k likeliest bytes; 0 = all.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed; the same seed gives the same text.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+_STOP = flags.DEFINE_string(
+    "stop", "", "Stop a sample after this byte: 'newline', or a single character."
+)
+flags.mark_flag_as_required("workdir")
+
+
+def parse_stop(stop: str) -> int | None:
+    from charrnn_jax.errors import UserError
+
+    if not stop:
+        return None
+    if stop == "newline":
+        return ord("\n")
+    encoded = stop.encode("utf-8")
+    if len(encoded) != 1:
+        raise UserError(f"--stop must be 'newline' or one single-byte character, got {stop!r}.")
+    return encoded[0]
+
+
+def gather_prompts(prompts, prompt_file, num_samples) -> list[bytes]:
+    from charrnn_jax.errors import UserError
+
+    collected = [p.encode("utf-8") for p in (prompts or [])]
+    if prompt_file:
+        path = pathlib.Path(prompt_file)
+        if not path.is_file():
+            raise UserError(f"Prompt file not found: {path}")
+        collected.append(path.read_bytes())
+    if not collected:
+        collected = [b""]
+    if num_samples <= 0:
+        raise UserError(f"--num_samples must be positive, got {num_samples}.")
+    return [p for p in collected for _ in range(num_samples)]
+
+
+def run(argv_flags=None) -> list[str]:
+    """Returns the generated texts (prompt + continuation), also used by tests."""
+    import jax
+
+    from charrnn_jax import checkpointing, input_pipeline, sampling
+    from charrnn_jax.errors import UserError
+
+    top_k = _TOP_K.value or None
+    try:
+        sampling.check_args(length=_LENGTH.value, temperature=_TEMPERATURE.value, top_k=top_k)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    stop_byte = parse_stop(_STOP.value)
+    prompts = gather_prompts(_PROMPT.value, _PROMPT_FILE.value, _NUM_SAMPLES.value)
+    _, model, params, step = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)
+    tokens, lengths = sampling.sample(
+        params,
+        model,
+        prompts,
+        length=_LENGTH.value,
+        temperature=_TEMPERATURE.value,
+        rng=jax.random.key(_SEED.value),
+        top_k=top_k,
+        stop_byte=stop_byte,
+    )
+    texts = [
+        input_pipeline.decode(prompt + bytes(row[:n]))
+        for prompt, row, n in zip(prompts, tokens, lengths, strict=True)
+    ]
+    print(f"# {len(texts)} sample(s) from step {step} of {_WORKDIR.value}", file=sys.stderr)
+    return texts
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from charrnn_jax import cli
+
+    cli.setup_logging()
+    texts = cli.exit_on_user_error(run)
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"----- sample {i} -----")
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+if __name__ == "__main__":
+    from charrnn_jax import cli
+
+    cli.run(main)

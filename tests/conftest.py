@@ -1,0 +1,89 @@
+"""Test setup: 4 fake CPU devices, the shared corpora, and small configs.
+
+XLA_FLAGS must be set before jax is imported anywhere, so it happens here at import.
+"""
+
+import importlib.util
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_DEFAULT_DATA_DIR = REPO.parent / "shared" / "data"
+if "CHARRNN_DATA_DIR" not in os.environ and _DEFAULT_DATA_DIR.is_dir():
+    os.environ["CHARRNN_DATA_DIR"] = str(_DEFAULT_DATA_DIR)
+
+import pytest  # noqa: E402
+
+DATA_DIR = pathlib.Path(os.environ.get("CHARRNN_DATA_DIR", _DEFAULT_DATA_DIR))
+
+
+def load_experiment(name: str, preset: str | None = None):
+    """get_config(preset) of experiments/<name>.py, as config_flags would load it."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def tiny_config(**overrides):
+    """A seconds-fast variant of experiments/shakespeare.py:tiny; keys like 'train.num_steps'."""
+    config = load_experiment("shakespeare", "tiny")
+    small = {
+        "model.embed_dim": 16,
+        "model.hidden_size": 32,
+        "data.seq_len": 32,
+        "train.batch_size": 8,
+        "train.num_steps": 6,
+        "train.log_every": 2,
+        "train.eval_every": 3,
+        "train.eval_batches": 2,
+        "train.checkpoint_every": 3,
+        "sample.length": 0,
+    }
+    small.update(overrides)
+    for key, value in small.items():
+        section, field = key.split(".")
+        config[section][field] = value
+    return config
+
+
+def tiny_overrides(**overrides) -> list[str]:
+    """The same tiny settings as command-line flags for subprocess runs."""
+    config = tiny_config(**overrides)
+    keys = [
+        "model.embed_dim",
+        "model.hidden_size",
+        "data.seq_len",
+        "train.batch_size",
+        "train.num_steps",
+        "train.log_every",
+        "train.eval_every",
+        "train.eval_batches",
+        "train.checkpoint_every",
+        "sample.length",
+        *overrides,
+    ]
+    flags = []
+    for key in dict.fromkeys(keys):
+        section, field = key.split(".")
+        flags.append(f"--config.{key}={config[section][field]}")
+    return flags
+
+
+@pytest.fixture
+def shakespeare_path() -> pathlib.Path:
+    path = DATA_DIR / "tinyshakespeare.txt"
+    if not path.is_file():
+        pytest.fail(
+            f"Set CHARRNN_DATA_DIR to a folder with tinyshakespeare.txt (tried {DATA_DIR})."
+        )
+    return path
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update({"PYTHONPATH": str(REPO), "CHARRNN_DATA_DIR": str(DATA_DIR)}, **extra)
+    return env
