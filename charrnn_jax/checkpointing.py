@@ -9,17 +9,20 @@ kill at any moment leaves the previous checkpoints intact.
 from __future__ import annotations
 
 import pathlib
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from jax.experimental import multihost_utils
 
 from charrnn_jax import config_lib, models
 from charrnn_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
+QUARANTINE_DIR = "checkpoints_unreadable"
 ITEMS = ("params", "opt_state")
 
 
@@ -35,6 +38,7 @@ class Checkpointer:
         read_only: bool = False,
     ):
         self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+        self.read_only = read_only
         if self.directory.exists() and not self.directory.is_dir():
             raise UserError(f"Checkpoint path {self.directory} exists but is not a directory.")
         try:
@@ -46,7 +50,7 @@ class Checkpointer:
                     create=not read_only,
                     read_only=read_only,
                 ),
-                item_names=ITEMS,
+                item_handlers={item: ocp.StandardCheckpointHandler() for item in ITEMS},
             )
         except OSError as e:
             raise UserError(f"Cannot use checkpoint directory {self.directory}: {e}") from None
@@ -76,6 +80,18 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+    def _quarantine(self, step: int) -> pathlib.Path:
+        """Moves an unreadable step aside (kept for inspection) so the step can be redone."""
+        target = self.directory.parent / QUARANTINE_DIR / str(step)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                shutil.rmtree(target)
+            (self.directory / str(step)).rename(target)
+        multihost_utils.sync_global_devices(f"charrnn_quarantine_{step}")
+        self.manager.reload()
+        return target
 
     def _check_shapes(self, step: int, item: str, target) -> None:
         """Raises a UserError naming both shapes if the checkpoint's differ from the target's."""
@@ -133,12 +149,14 @@ class Checkpointer:
                         f"Checkpoint step {step} in {self.directory} is "
                         f"unreadable: {type(e).__name__}: {e}"
                     ) from None
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                if not self.read_only:
+                    reason += f"; moved to {self._quarantine(candidate)}"
                 logging.warning(
-                    "Checkpoint step %d in %s is unreadable (%s: %s); trying an older one.",
+                    "Checkpoint step %d in %s is unreadable (%s); trying an older one.",
                     candidate,
                     self.directory,
-                    type(e).__name__,
-                    str(e).splitlines()[0] if str(e) else "",
+                    reason,
                 )
         if steps:
             raise UserError(f"Every checkpoint in {self.directory} is unreadable: steps {steps}.")
