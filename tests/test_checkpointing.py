@@ -97,9 +97,10 @@ def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path):
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
         np.testing.assert_array_equal(a, b)  # Bitwise: exact equality, no tolerance.
     keys = ("step", "train_loss", "val_loss", "grad_norm")
-    curve = lambda w: [
-        {k: r[k] for k in keys} for r in metric_logging.read_jsonl(w / "metrics.jsonl")
-    ]  # noqa: E731
+
+    def curve(w):
+        return [{k: r[k] for k in keys} for r in metric_logging.read_jsonl(w / "metrics.jsonl")]  # noqa: E731
+
     assert curve(killed) == curve(straight)
 
 
