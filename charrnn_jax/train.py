@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import pathlib
 import signal
 import threading
@@ -123,7 +124,7 @@ def prepare_workdir(workdir) -> pathlib.Path:
     workdir = pathlib.Path(workdir).expanduser()
     try:
         workdir.mkdir(parents=True, exist_ok=True)
-        probe = workdir / ".write_test"
+        probe = workdir / f".write_test.{os.getpid()}"
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
@@ -213,7 +214,7 @@ def _restore_or_init(config, ckpt, init_fn, state_sharding, abstract_state):
     if step is None:
         return init_fn(jax.random.fold_in(rng, 0)), 0
     logging.info("Resumed from checkpoint step %d in %s.", step, ckpt.directory)
-    step_array = jax.device_put(jnp.int32(step), state_sharding.step)
+    step_array = jax.jit(lambda: jnp.int32(step), out_shardings=state_sharding.step)()
     return abstract_state.replace(
         step=step_array, params=restored["params"], opt_state=restored["opt_state"]
     ), step
@@ -273,7 +274,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
         )
     ]
     rng = jax.random.key(config.seed)
-    dropout_rng = jax.device_put(jax.random.fold_in(rng, 1), repl)
+    # Built by jit so that it is a global array in multi-process runs too.
+    dropout_rng = jax.jit(lambda: jax.random.fold_in(rng, 1), out_shardings=repl)()
     sample_rng = jax.random.fold_in(rng, 2)
 
     jsonl = tb = None
