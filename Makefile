@@ -1,0 +1,28 @@
+# Two entry points: `make train` (quick CPU run) and `make test`. Each sets up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup train train-full test lint bench
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,plots]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+train: setup  ## The :tiny preset (a few minutes on a laptop CPU), then a sample.
+	$(BIN)/python -m charrnn_jax.main --config=experiments/shakespeare.py:tiny --workdir=runs/tiny
+	$(BIN)/python -m charrnn_jax.sample --workdir=runs/tiny --prompt="ROMEO:" --length=300 --temperature=0.8
+
+train-full: setup  ## The TF tutorial model (embed 256, GRU 1024): use an accelerator.
+	$(BIN)/python -m charrnn_jax.main --config=experiments/shakespeare.py --workdir=runs/shakespeare
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python benchmarks/sampling.py
