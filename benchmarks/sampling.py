@@ -84,8 +84,10 @@ def main():
 
     device = jax.devices()[0]
     peak = matmul_flops_per_sec()
-    print(f"device: {device.platform} ({device.device_kind}); f32 matmul: {peak / 1e9:.1f} "
-          f"GFLOP/s (2048^3 jnp.dot, measured now)")
+    print(
+        f"device: {device.platform} ({device.device_kind}); f32 matmul: {peak / 1e9:.1f} "
+        f"GFLOP/s (2048^3 jnp.dot, measured now)"
+    )
     header = f"{'size':9} {'impl':22} {'batch':>5} {'chars/s':>12} {'vs loop':>8} {'% matmul':>9}"
     print(header)
     print("-" * len(header))
@@ -97,16 +99,23 @@ def main():
         flops = flops_per_byte(embed_dim, hidden)
         loop_rate = {}
         for batch in [int(b) for b in args.loop_batches.split(",")]:
-            seconds = timed(python_loop_sampler(model, params, batch, args.length), repeats=3,
-                            min_seconds=0.0)
+            seconds = timed(
+                python_loop_sampler(model, params, batch, args.length), repeats=3, min_seconds=0.0
+            )
             loop_rate[batch] = batch * args.length / seconds
         rows = [("python loop (tutorial)", b, r) for b, r in loop_rate.items()]
         for batch in [int(b) for b in args.batches.split(",")]:
             prompts = [PROMPT] * batch
 
-            def ours(prompts=prompts):
-                tokens, _ = sampling.sample(params, model, prompts, length=args.length,
-                                            temperature=1.0, rng=jax.random.key(1))
+            def ours(prompts=prompts, model=model, params=params):
+                tokens, _ = sampling.sample(
+                    params,
+                    model,
+                    prompts,
+                    length=args.length,
+                    temperature=1.0,
+                    rng=jax.random.key(1),
+                )
                 return tokens
 
             seconds = timed(ours, repeats=3, min_seconds=0.0)
@@ -114,15 +123,26 @@ def main():
         base = loop_rate[min(loop_rate)]
         for impl, batch, rate in rows:
             frac = rate * flops / peak
-            print(f"{size:9} {impl:22} {batch:5d} {rate:12,.0f} {rate / base:7.1f}x "
-                  f"{100 * frac:8.1f}%")
-            results.append({"size": size, "impl": impl, "batch": batch, "chars_per_sec": rate,
-                            "vs_loop_b1": rate / base, "matmul_fraction": frac,
-                            "device": device.platform})
+            print(
+                f"{size:9} {impl:22} {batch:5d} {rate:12,.0f} {rate / base:7.1f}x "
+                f"{100 * frac:8.1f}%"
+            )
+            results.append(
+                {
+                    "size": size,
+                    "impl": impl,
+                    "batch": batch,
+                    "chars_per_sec": rate,
+                    "vs_loop_b1": rate / base,
+                    "matmul_fraction": frac,
+                    "device": device.platform,
+                }
+            )
     if args.out:
         with open(args.out, "a") as f:
-            f.write(json.dumps({"time": time.time(), "matmul_flops": peak,
-                                "results": results}) + "\n")
+            f.write(
+                json.dumps({"time": time.time(), "matmul_flops": peak, "results": results}) + "\n"
+            )
 
 
 if __name__ == "__main__":

@@ -68,6 +68,12 @@ class RecurrentLayer(nn.Module):
     @nn.compact
     def __call__(self, carry, inputs, valid=None):
         """inputs: [batch, time, features]; valid: optional [batch, time] bool."""
+        if inputs.shape[1] == 1:
+            # One step (sampling): call the cell directly, skipping the scan's loop. Named
+            # like the scanned module, so both paths share the same params.
+            step = _MaskedCell(self.cell_type, self.hidden_size, self.dtype, name="scan")
+            carry, y = step(carry, (inputs[:, 0], None if valid is None else valid[:, 0]))
+            return carry, y[:, None]
         scan = nn.scan(
             _MaskedCell,
             variable_broadcast="params",

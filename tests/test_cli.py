@@ -13,15 +13,21 @@ CONFIG = f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny"
 
 
 def _run(module, *args, **env):
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                          text=True, timeout=300, env=subprocess_env(**env))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(**env),
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli_run")
-    result = _run("charrnn_jax.main", CONFIG, f"--workdir={workdir}",
-                  *tiny_overrides(**{"sample.length": 30}))
+    result = _run(
+        "charrnn_jax.main", CONFIG, f"--workdir={workdir}", *tiny_overrides(**{"sample.length": 30})
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
 
@@ -37,15 +43,29 @@ def test_main_trains_logs_progress_and_writes_metrics(trained):
 
 def test_sample_cli_prints_each_prompt_continued(trained):
     workdir, _ = trained
-    result = _run("charrnn_jax.sample", f"--workdir={workdir}", "--prompt=ROMEO: ",
-                  "--prompt=式部", "--length=20", "--num_samples=2", "--seed=3")
+    result = _run(
+        "charrnn_jax.sample",
+        f"--workdir={workdir}",
+        "--prompt=ROMEO: ",
+        "--prompt=式部",
+        "--length=20",
+        "--num_samples=2",
+        "--seed=3",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     chunks = result.stdout.split("----- sample ")[1:]
     assert len(chunks) == 4
     assert chunks[0].split("\n", 1)[1].startswith("ROMEO: ")
     assert chunks[2].split("\n", 1)[1].startswith("式部")
-    again = _run("charrnn_jax.sample", f"--workdir={workdir}", "--prompt=ROMEO: ",
-                 "--prompt=式部", "--length=20", "--num_samples=2", "--seed=3")
+    again = _run(
+        "charrnn_jax.sample",
+        f"--workdir={workdir}",
+        "--prompt=ROMEO: ",
+        "--prompt=式部",
+        "--length=20",
+        "--num_samples=2",
+        "--seed=3",
+    )
     assert again.stdout == result.stdout
 
 
@@ -53,19 +73,28 @@ def test_sample_cli_prompt_file_and_stop(trained, tmp_path):
     workdir, _ = trained
     prompt = tmp_path / "prompt.txt"
     prompt.write_bytes(b"KING:")
-    result = _run("charrnn_jax.sample", f"--workdir={workdir}", f"--prompt_file={prompt}",
-                  "--length=200", "--stop=newline", "--temperature=0")
+    result = _run(
+        "charrnn_jax.sample",
+        f"--workdir={workdir}",
+        f"--prompt_file={prompt}",
+        "--length=200",
+        "--stop=newline",
+        "--temperature=0",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("KING:") and result.stdout.count("\n") <= 1
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--length=0"], "length must be positive"),
-    (["--temperature=-1"], "temperature must be >= 0"),
-    (["--top_k=999"], "top_k must be in"),
-    (["--stop=ab"], "--stop must be"),
-    (["--step=12345"], "No checkpoint for step 12345"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--length=0"], "length must be positive"),
+        (["--temperature=-1"], "temperature must be >= 0"),
+        (["--top_k=999"], "top_k must be in"),
+        (["--stop=ab"], "--stop must be"),
+        (["--step=12345"], "No checkpoint for step 12345"),
+    ],
+)
 def test_sample_cli_errors_are_one_line(trained, args, message):
     workdir, _ = trained
     result = _run("charrnn_jax.sample", f"--workdir={workdir}", *args)
@@ -86,18 +115,24 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
 
 
 def test_wrong_type_override_is_a_clear_error(tmp_path):
-    result = _run("charrnn_jax.main", CONFIG, f"--workdir={tmp_path}",
-                  "--config.train.num_steps=lots")
+    result = _run(
+        "charrnn_jax.main", CONFIG, f"--workdir={tmp_path}", "--config.train.num_steps=lots"
+    )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "--config.train.num_steps=lots" in result.stderr
 
 
 def test_user_errors_exit_1_with_one_line(tmp_path):
-    result = _run("charrnn_jax.main", CONFIG, f"--workdir={tmp_path}",
-                  "--config.data.path=/nonexistent/file.txt")
+    result = _run(
+        "charrnn_jax.main",
+        CONFIG,
+        f"--workdir={tmp_path}",
+        "--config.data.path=/nonexistent/file.txt",
+    )
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: Data file not found: /nonexistent/file.txt")
+        "error: Data file not found: /nonexistent/file.txt"
+    )
 
 
 def test_distributed_autodetection():

@@ -9,8 +9,13 @@ from conftest import REPO, subprocess_env, tiny_overrides
 
 from charrnn_jax import checkpointing, metric_logging
 
-RUN = {"train.num_steps": 6, "train.log_every": 1, "train.eval_every": 3,
-       "train.checkpoint_every": 3, "sample.length": 16}
+RUN = {
+    "train.num_steps": 6,
+    "train.log_every": 1,
+    "train.eval_every": 3,
+    "train.checkpoint_every": 3,
+    "sample.length": 16,
+}
 
 
 def _free_port() -> int:
@@ -20,9 +25,15 @@ def _free_port() -> int:
 
 
 def _cmd(workdir, *extra):
-    return [sys.executable, "-m", "charrnn_jax.main",
-            f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny", f"--workdir={workdir}",
-            *tiny_overrides(**RUN), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "charrnn_jax.main",
+        f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny",
+        f"--workdir={workdir}",
+        *tiny_overrides(**RUN),
+        *extra,
+    ]
 
 
 def _devices(n):
@@ -31,16 +42,23 @@ def _devices(n):
 
 def test_two_processes_match_one_process_of_four_devices(tmp_path):
     single, multi = tmp_path / "single", tmp_path / "multi"
-    one = subprocess.run(_cmd(single), env=_devices(4), capture_output=True, text=True,
-                         timeout=300)
+    one = subprocess.run(_cmd(single), env=_devices(4), capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
 
     port = _free_port()
     procs = [
         subprocess.Popen(
-            _cmd(multi, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                 f"--process_id={i}"),
-            env=_devices(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            _cmd(
+                multi,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=_devices(2),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
@@ -52,8 +70,13 @@ def test_two_processes_match_one_process_of_four_devices(tmp_path):
     assert "Sample at step 6" in outputs[0][1] and "Sample at step" not in outputs[1][1]
 
     def curve(workdir, key):
-        return np.array([r[key] for r in metric_logging.read_jsonl(workdir / "metrics.jsonl")
-                         if r[key] is not None])
+        return np.array(
+            [
+                r[key]
+                for r in metric_logging.read_jsonl(workdir / "metrics.jsonl")
+                if r[key] is not None
+            ]
+        )
 
     for key in ("train_loss", "val_loss", "grad_norm"):
         np.testing.assert_allclose(curve(multi, key), curve(single, key), rtol=0, atol=1e-5)

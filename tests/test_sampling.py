@@ -77,8 +77,14 @@ def test_empirical_frequencies_match_softmax_over_temperature(temperature):
     support = np.array([ord(c) for c in "abcde"])
     logits[support] = [2.0, 1.0, 0.5, 0.0, -1.0]
     params = {"logits": jnp.asarray(logits)}
-    tokens, _ = sampling.sample(params, FixedLogits(), [b"x"] * 8, length=2500,
-                                temperature=temperature, rng=jax.random.key(7))
+    tokens, _ = sampling.sample(
+        params,
+        FixedLogits(),
+        [b"x"] * 8,
+        length=2500,
+        temperature=temperature,
+        rng=jax.random.key(7),
+    )
     counts = np.array([(tokens == b).sum() for b in support])
     assert counts.sum() == tokens.size  # Nothing outside the support.
     expected_p = np.exp(logits[support] / temperature)
@@ -109,8 +115,9 @@ def test_ragged_batch_equals_per_prompt_runs(model_and_params, temperature):
     keys = jax.random.split(jax.random.key(3), len(prompts))
     batched, lengths = _sample(model_and_params, prompts, rng=keys, temperature=temperature)
     for i, prompt in enumerate(prompts):
-        alone, alone_len = _sample(model_and_params, [prompt], rng=keys[i : i + 1],
-                                   temperature=temperature)
+        alone, alone_len = _sample(
+            model_and_params, [prompt], rng=keys[i : i + 1], temperature=temperature
+        )
         np.testing.assert_array_equal(batched[i], alone[0], err_msg=f"prompt {prompt!r}")
         assert lengths[i] == alone_len[0]
 
@@ -119,8 +126,15 @@ def test_stop_byte_truncates_each_row():
     logits = np.full(256, -1e9, np.float32)
     logits[[ord("a"), ord("\n")]] = [1.0, 0.0]
     params = {"logits": jnp.asarray(logits)}
-    tokens, lengths = sampling.sample(params, FixedLogits(), [b"x"] * 16, length=30,
-                                      temperature=1.0, rng=jax.random.key(0), stop_byte=10)
+    tokens, lengths = sampling.sample(
+        params,
+        FixedLogits(),
+        [b"x"] * 16,
+        length=30,
+        temperature=1.0,
+        rng=jax.random.key(0),
+        stop_byte=10,
+    )
     assert (lengths < 30).any() and (lengths >= 1).all()
     for row, n in zip(tokens, lengths, strict=True):
         emitted = bytes(row[:n])
@@ -148,13 +162,16 @@ def test_empty_prompt_starts_from_a_newline(model_and_params):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"length": 0}, "length must be positive"),
-    ({"temperature": -0.5}, "temperature must be >= 0"),
-    ({"temperature": float("nan")}, "temperature must be >= 0"),
-    ({"top_k": 0}, "top_k must be in"),
-    ({"top_k": 300}, "top_k must be in"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"length": 0}, "length must be positive"),
+        ({"temperature": -0.5}, "temperature must be >= 0"),
+        ({"temperature": float("nan")}, "temperature must be >= 0"),
+        ({"top_k": 0}, "top_k must be in"),
+        ({"top_k": 300}, "top_k must be in"),
+    ],
+)
 def test_bad_arguments_are_clear_errors(model_and_params, kwargs, message):
     with pytest.raises(ValueError, match=message):
         _sample(model_and_params, ["x"], **kwargs)
