@@ -16,6 +16,7 @@ from charrnn_jax.errors import UserError
 
 DATA_MODES = ("random", "epoch")
 SCHEDULES = ("constant", "cosine")
+OPTIMIZERS = ("adam", "keras_adam")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -50,6 +51,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         "max_to_keep",
     ):
         _require(t[key] > 0, f"train.{key} must be positive, got {t[key]}.")
+    _require(
+        t.optimizer in OPTIMIZERS,
+        f"train.optimizer must be one of {OPTIMIZERS}, got {t.optimizer!r}.",
+    )
     _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
     _require(
         t.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {t.schedule!r}."

@@ -59,8 +59,45 @@ def make_optimizer(train_config: ml_collections.ConfigDict):
     else:
         schedule = optax.constant_schedule(t.learning_rate)
     parts = [optax.clip_by_global_norm(t.grad_clip_norm)] if t.grad_clip_norm > 0 else []
-    parts.append(optax.adam(schedule, eps=t.adam_eps))
+    if t.optimizer == "keras_adam":
+        parts += [scale_by_keras_adam(eps=t.adam_eps), optax.scale_by_learning_rate(schedule)]
+    else:
+        parts.append(optax.adam(schedule, eps=t.adam_eps))
     return optax.chain(*parts), schedule
+
+
+def scale_by_keras_adam(b1=0.9, b2=0.999, eps=1e-7) -> optax.GradientTransformation:
+    """Adam exactly as Keras computes it, for like-for-like comparisons.
+
+    Keras adds eps to sqrt(v) before bias correction (m * sqrt(1-b2^t)/(1-b1^t) /
+    (sqrt(v) + eps)); optax adds it after (m_hat / (sqrt(v_hat) + eps)). The two differ
+    when sqrt(v) is near eps, i.e. for rarely updated params early in training.
+    """
+
+    def init(params):
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
+
+    def update(grads, state, params=None):
+        del params
+        mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, grads)
+        nu = jax.tree.map(lambda v, g: v + (g * g - v) * (1 - b2), state.nu, grads)
+        count = state.count + 1
+        t = count.astype(jnp.float32)
+        alpha = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        updates = jax.tree.map(lambda m, v: m * alpha / (jnp.sqrt(v) + eps), mu, nu)
+        return updates, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def initial_params(config: ml_collections.ConfigDict):
+    """The params a fresh run with this config starts from (for parity comparisons)."""
+    model = models.from_config(config.model)
+    return model.init(
+        jax.random.fold_in(jax.random.key(config.seed), 0),
+        jnp.zeros((1, config.data.seq_len), jnp.int32),
+    )["params"]
 
 
 def create_train_state(rng, *, model: models.CharRNN, tx, seq_len: int) -> TrainState:

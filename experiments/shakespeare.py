@@ -39,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64  # Global batch, split over all devices.
     config.train.num_steps = 3440  # Total steps; may be raised when resuming.
+    config.train.optimizer = "adam"  # 'adam' (optax) or 'keras_adam' (Keras's eps placement).
     config.train.learning_rate = 1e-3  # Adam's peak learning rate (Keras default).
     config.train.schedule = "constant"  # 'constant', or 'cosine' decay to 0 after warmup.
     config.train.warmup_steps = 0  # Linear warmup steps (with schedule='cosine').

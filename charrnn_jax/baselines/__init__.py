@@ -1,0 +1,1 @@
+"""Reference implementations we compare against (optional dependencies)."""
