@@ -116,12 +116,14 @@ def summary_markdown(curves: dict, info: dict, *, parity: bool) -> str:
     train_diff, n_train = max_abs_diff(curves, "train_loss")
     val_diff, n_val = max_abs_diff(curves, "val_loss")
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    mode = "parity: identical initial weights" if parity else "each with its own initialisers"
     lines = [
-        f"# charrnn_jax vs Keras tutorial ({'parity: identical initial weights' if parity else 'each with its own initialisers'})",
+        f"# charrnn_jax vs Keras tutorial ({mode})",
         "",
         f"Keras backend: {info['backend']}. Same byte batches on both sides.",
         "",
-        "| system | steps | final train loss | train bpb | final val loss | val bpb | tokens/s (median) |",
+        "| system | steps | final train loss | train bpb | final val loss | val bpb "
+        "| tokens/s (median) |",
         "|---|---|---|---|---|---|---|",
     ]
     for system, steps, tl, vl, rate in rows:
