@@ -44,6 +44,12 @@ REGISTRY = {
         "881521cb5431586bb513e9eddc92a8915c52a884/dinos.txt",
         sha256="ad6465621cf56c08f71d4fbb40cf7eab763f9df42c54cc460d6c4d86e9c927fb",
     ),
+    # 1,000 labelled IMDB sentences (UCI Sentiment Labelled Sentences, CC BY 4.0).
+    "imdb_labelled": RegisteredDataset(
+        url="https://raw.githubusercontent.com/usman-naveed/Classifying-Movie-Reviews/"
+        "a68f80de4cb7ab78833f2df02689454cc14cc141/imdb_labelled.txt",
+        sha256="9df288d4b74222fedd8a390605693c0cfa01e335f7cc0910ab050814c50a480e",
+    ),
 }
 
 
@@ -209,3 +215,179 @@ def decode(data: bytes | np.ndarray) -> str:
     """Bytes -> text for display; invalid UTF-8 becomes U+FFFD."""
     raw = data if isinstance(data, bytes) else np.asarray(data, dtype=np.uint8).tobytes()
     return raw.decode("utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------------------------------
+# Pipelines: what the trainer sees. Each builds this process's rows of the global batch
+# for a step, and fixed eval batches, so the loop does not care which data mode it runs.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BytePipeline:
+    """A byte stream: windows of seq_len + 1 ('random' or 'epoch' order)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    seq_len: int
+    mode: str
+    seed: int
+    global_batch: int
+    num_eval_batches: int
+
+    def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
+        return train_batch(self.train, seed=self.seed, step=step, global_batch=self.global_batch,
+                           seq_len=self.seq_len, mode=self.mode, process_index=process_index,
+                           process_count=process_count)
+
+    def eval_batches(self, process_index: int = 0, process_count: int = 1):
+        return eval_batches(self.val, global_batch=self.global_batch, seq_len=self.seq_len,
+                            num_batches=self.num_eval_batches, process_index=process_index,
+                            process_count=process_count)
+
+
+def _example_ids(seed: int, step: int, num_examples: int, global_batch: int) -> np.ndarray:
+    return np.random.default_rng((seed, step)).integers(0, num_examples, size=global_batch)
+
+
+def _eval_id_batches(num_examples: int, global_batch: int) -> list[np.ndarray]:
+    """All examples once, in order; the last batch is padded with id -1 (weight 0)."""
+    ids = np.arange(-(-num_examples // global_batch) * global_batch)
+    ids[num_examples:] = -1
+    return np.split(ids, len(ids) // global_batch)
+
+
+@dataclasses.dataclass
+class LinePipeline:
+    """One example per line (e.g. a dinosaur name), for per-name language modelling.
+
+    Each example is '\\n' + line as input and line + '\\n' as target, right-padded to
+    seq_len with weight 0: the loss never sees padding, and one name never bleeds into
+    the next (every example starts from a zero carry at its own '\\n').
+    """
+
+    train: list[bytes]
+    val: list[bytes]
+    seq_len: int
+    seed: int
+    global_batch: int
+
+    def _encode(self, lines: list[bytes], ids: np.ndarray) -> dict[str, np.ndarray]:
+        inputs = np.zeros((len(ids), self.seq_len), np.int32)
+        targets = np.zeros_like(inputs)
+        weights = np.zeros(inputs.shape, np.float32)
+        for row, i in enumerate(ids):
+            if i < 0:
+                continue
+            framed = np.frombuffer(b"\n" + lines[i] + b"\n", np.uint8)
+            n = len(framed) - 1
+            inputs[row, :n], targets[row, :n], weights[row, :n] = framed[:-1], framed[1:], 1.0
+        return {"inputs": inputs, "targets": targets, "weights": weights}
+
+    def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
+        ids = _example_ids(self.seed, step, len(self.train), self.global_batch)
+        return self._encode(self.train, ids[local_rows(self.global_batch, process_index,
+                                                          process_count)])
+
+    def eval_batches(self, process_index: int = 0, process_count: int = 1):
+        rows = local_rows(self.global_batch, process_index, process_count)
+        return [self._encode(self.val, ids[rows])
+                for ids in _eval_id_batches(len(self.val), self.global_batch)]
+
+
+@dataclasses.dataclass
+class LabelledPipeline:
+    """(text, label) examples for many-to-one classification, bytes truncated to seq_len."""
+
+    train: tuple[list[bytes], np.ndarray]
+    val: tuple[list[bytes], np.ndarray]
+    seq_len: int
+    seed: int
+    global_batch: int
+
+    def _encode(self, split, ids: np.ndarray) -> dict[str, np.ndarray]:
+        texts, labels = split
+        inputs = np.zeros((len(ids), self.seq_len), np.int32)
+        lengths = np.ones(len(ids), np.int32)
+        out_labels = np.zeros(len(ids), np.int32)
+        weights = np.zeros(len(ids), np.float32)
+        for row, i in enumerate(ids):
+            if i < 0:
+                continue
+            text = np.frombuffer(texts[i][: self.seq_len] or b"\n", np.uint8)
+            inputs[row, : len(text)], lengths[row] = text, len(text)
+            out_labels[row], weights[row] = labels[i], 1.0
+        return {"inputs": inputs, "lengths": lengths, "labels": out_labels, "weights": weights}
+
+    def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
+        ids = _example_ids(self.seed, step, len(self.train[0]), self.global_batch)
+        return self._encode(self.train, ids[local_rows(self.global_batch, process_index,
+                                                          process_count)])
+
+    def eval_batches(self, process_index: int = 0, process_count: int = 1):
+        rows = local_rows(self.global_batch, process_index, process_count)
+        return [self._encode(self.val, ids[rows])
+                for ids in _eval_id_batches(len(self.val[0]), self.global_batch)]
+
+
+def read_lines(tokens: np.ndarray) -> list[bytes]:
+    """Non-empty lines (CRLF tolerated)."""
+    return [line.rstrip(b"\r") for line in tokens.tobytes().split(b"\n") if line.strip()]
+
+
+def read_labelled(path: pathlib.Path) -> tuple[list[bytes], np.ndarray]:
+    """`text<TAB>label` lines, or an aclImdb-style folder with pos/ and neg/ *.txt files."""
+    if path.is_dir():
+        texts, labels = [], []
+        for label, name in ((0, "neg"), (1, "pos")):
+            files = sorted((path / name).glob("*.txt"))
+            texts += [f.read_bytes() for f in files]
+            labels += [label] * len(files)
+        if not texts:
+            raise DataError(f"{path} has no pos/*.txt or neg/*.txt files.")
+        return texts, np.array(labels, np.int32)
+    texts, labels = [], []
+    for number, line in enumerate(read_lines(load_bytes(path)), start=1):
+        text, sep, label = line.rpartition(b"\t")
+        if not sep or not label.strip().isdigit():
+            raise DataError(f"{path}:{number}: expected 'text<TAB>integer label'.")
+        texts.append(text)
+        labels.append(int(label))
+    return texts, np.array(labels, np.int32)
+
+
+def seeded_split(num_examples: int, val_fraction: float, seed: int):
+    """Shuffled (train_ids, val_ids): for example files, whose order is often sorted."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}.")
+    order = np.random.default_rng((seed, 12345)).permutation(num_examples)
+    num_val = max(1, int(round(num_examples * val_fraction)))
+    if num_val >= num_examples:
+        raise DataError(f"{num_examples} examples are too few to split off a val set.")
+    return order[num_val:], order[:num_val]
+
+
+def build(data_config, *, seed: int, global_batch: int, num_eval_batches: int):
+    """The pipeline for data_config.mode, with every data check done up front."""
+    d = data_config
+    path = resolve_path(d.name, d.path)
+    if d.mode in ("random", "epoch"):
+        train, val = split(load_bytes(path), d.val_fraction)
+        check_long_enough(train, d.seq_len, "train")
+        check_long_enough(val, d.seq_len, "val")
+        return BytePipeline(train, val, d.seq_len, d.mode, seed, global_batch, num_eval_batches)
+    if d.mode == "lines":
+        lines = read_lines(load_bytes(path))
+        longest = max(len(line) for line in lines) if lines else 0
+        if longest + 1 > d.seq_len:
+            raise DataError(f"The longest line of {path} has {longest} bytes; lines mode needs "
+                            f"data.seq_len >= {longest + 1}.")
+        train_ids, val_ids = seeded_split(len(lines), d.val_fraction, seed)
+        return LinePipeline([lines[i] for i in train_ids], [lines[i] for i in val_ids],
+                            d.seq_len, seed, global_batch)
+    if d.mode == "labelled":
+        texts, labels = read_labelled(path)
+        train_ids, val_ids = seeded_split(len(texts), d.val_fraction, seed)
+        pick = lambda ids: ([texts[i] for i in ids], labels[ids])  # noqa: E731
+        return LabelledPipeline(pick(train_ids), pick(val_ids), d.seq_len, seed, global_batch)
+    raise DataError(f"Unknown data.mode {d.mode!r}.")

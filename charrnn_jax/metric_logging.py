@@ -12,6 +12,8 @@ sweep tools read. One JSON object per line, with exactly these keys:
   tokens_per_sec  float  training throughput since the previous record, or null
   grad_norm       float  mean global gradient norm since the previous record, or null
   learning_rate   float  learning rate at this step, or null
+  train_accuracy  float  classifiers only (else null): mean train accuracy since the last record
+  val_accuracy    float  classifiers only (else null): val accuracy at this step
 """
 
 from __future__ import annotations
@@ -150,6 +152,8 @@ def progress_line(step: int, num_steps: int, record: dict, rates: dict) -> str:
     if record.get("val_loss") is not None:
         parts.append(f"val_loss {record['val_loss']:.4f}")
         parts.append(f"val_bpb {record['val_bpb']:.4f}")
+    if record.get("val_accuracy") is not None:
+        parts.append(f"val_acc {record['val_accuracy']:.3f}")
     parts.append(f"{rates['steps_per_sec']:.2f} steps/s")
     parts.append(f"{rates['tokens_per_sec']:,.0f} tok/s")
     parts.append(f"ETA {format_duration(rates['eta_sec'])}")

@@ -96,6 +96,8 @@ class CharRNN(nn.Module):
       cell_type: 'gru' (default), 'lstm' or 'optimized_lstm'.
       dropout_rate: dropout on each recurrent layer's output during training.
       dtype: compute dtype; params stay float32.
+      num_classes: 0 for a language model; else a many-to-one classifier whose logits come
+        from the last layer's hidden state at each row's length (padding never counts).
     """
 
     embed_dim: int
@@ -104,6 +106,7 @@ class CharRNN(nn.Module):
     cell_type: str = "gru"
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    num_classes: int = 0
 
     def initialize_carry(self, batch_size: int) -> Carry:
         return zero_carry(self.cell_type, self.num_layers, batch_size, self.hidden_size)
@@ -120,7 +123,8 @@ class CharRNN(nn.Module):
           train: enables dropout (needs a 'dropout' rng).
 
         Returns:
-          logits [batch, time, 256] float32 and the new carry.
+          logits [batch, time, 256] float32 (classifiers: [batch, num_classes]) and the
+          new carry.
         """
         batch, time = tokens.shape
         if carry is None:
@@ -135,6 +139,12 @@ class CharRNN(nn.Module):
             new_carry.append(layer_carry)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        if self.num_classes:
+            last = new_carry[-1] if self.cell_type == "gru" else new_carry[-1][1]
+            if self.dropout_rate > 0:
+                last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
+            logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(last)
+            return logits.astype(jnp.float32), tuple(new_carry)
         logits = nn.Dense(VOCAB_SIZE, dtype=self.dtype, name="head")(x)
         return logits.astype(jnp.float32), tuple(new_carry)
 
@@ -148,4 +158,5 @@ def from_config(model_config) -> CharRNN:
         cell_type=model_config.cell,
         dropout_rate=model_config.dropout,
         dtype=DTYPES[model_config.dtype],
+        num_classes=model_config.get("num_classes", 0),
     )

@@ -8,7 +8,6 @@ replays exactly what an uninterrupted one would have done.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -112,49 +111,68 @@ def cross_entropy(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
+def loss_sums(logits, batch) -> dict:
+    """Weighted sums for the batch's task; the task is read off the batch's keys.
+
+    Language model batches have 'targets' (and optionally per-token 'weights', 0 on
+    padding); classification batches have 'labels' and per-row 'weights'.
+    """
+    labels = batch["labels"] if "labels" in batch else batch["targets"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    weights = batch.get("weights", jnp.ones_like(ce))
+    sums = {"loss_sum": jnp.sum(ce * weights), "weight": jnp.sum(weights)}
+    if "labels" in batch:
+        sums["correct"] = jnp.sum((jnp.argmax(logits, -1) == labels) * weights)
+    return sums
+
+
+def _apply(apply_fn, params, batch, **kwargs):
+    logits, _ = apply_fn({"params": params}, batch["inputs"], lengths=batch.get("lengths"),
+                         **kwargs)
+    return logits
+
+
 def train_step(state: TrainState, batch, dropout_rng, *, schedule):
     """One Adam step on a global batch. Returns the new state and on-device metrics."""
     rng = jax.random.fold_in(dropout_rng, state.step)
 
     def loss_fn(params):
-        logits, _ = state.apply_fn(
-            {"params": params}, batch["inputs"], train=True, rngs={"dropout": rng}
-        )
-        return cross_entropy(logits, batch["targets"])
+        logits = _apply(state.apply_fn, params, batch, train=True, rngs={"dropout": rng})
+        sums = loss_sums(logits, batch)
+        return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), sums
 
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
         "learning_rate": schedule(state.step),
     }
+    if "correct" in sums:
+        metrics["accuracy"] = sums["correct"] / jnp.maximum(sums["weight"], 1.0)
     return state.apply_gradients(grads=grads), metrics
 
 
 def eval_step(params, batch, *, apply_fn):
-    logits, _ = apply_fn({"params": params}, batch["inputs"])
-    return cross_entropy(logits, batch["targets"])
+    return loss_sums(_apply(apply_fn, params, batch), batch)
 
 
-def evaluate(eval_fn, params, batches) -> float:
-    """Mean val loss over fixed batches: one host fetch for all of them."""
-    return float(jnp.mean(jnp.stack([eval_fn(params, batch) for batch in batches])))
+def evaluate(eval_fn, params, batches) -> dict:
+    """Val loss (and accuracy) over fixed batches: one host fetch for all of them."""
+    sums = jax.device_get(jax.tree.map(lambda *x: jnp.sum(jnp.stack(x)),
+                                       *[eval_fn(params, batch) for batch in batches]))
+    out = {"val_loss": float(sums["loss_sum"] / sums["weight"])}
+    out["val_bpb"] = metric_logging.bits_per_byte(out["val_loss"])
+    if "correct" in sums:
+        out["val_accuracy"] = float(sums["correct"] / sums["weight"])
+    return out
 
 
-@dataclasses.dataclass
-class _Data:
-    train: np.ndarray
-    val: np.ndarray
-
-
-def load_data(data_config: ml_collections.ConfigDict) -> _Data:
-    path = input_pipeline.resolve_path(data_config.name, data_config.path)
-    tokens = input_pipeline.load_bytes(path)
-    train, val = input_pipeline.split(tokens, data_config.val_fraction)
-    input_pipeline.check_long_enough(train, data_config.seq_len, "train")
-    input_pipeline.check_long_enough(val, data_config.seq_len, "val")
-    logging.info("Data %s: %d train bytes, %d val bytes.", path, len(train), len(val))
-    return _Data(train, val)
+def load_data(config: ml_collections.ConfigDict):
+    pipeline = input_pipeline.build(config.data, seed=config.seed,
+                                    global_batch=config.train.batch_size,
+                                    num_eval_batches=config.train.eval_batches)
+    logging.info("Data: %s", type(pipeline).__name__)
+    return pipeline
 
 
 def prepare_workdir(workdir) -> pathlib.Path:
@@ -221,6 +239,8 @@ class _MetricWindow:
             "learning_rate": float(self.host[-1]["learning_rate"]),
         }
         out["train_bpb"] = metric_logging.bits_per_byte(out["train_loss"])
+        if "accuracy" in self.host[0]:
+            out["train_accuracy"] = float(np.mean([m["accuracy"] for m in self.host]))
         self.host = []
         return out
 
@@ -265,7 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
     """
     config_lib.validate(config)
     workdir = prepare_workdir(workdir)
-    data = load_data(config.data)
+    data = load_data(config)
     mesh = parallel.make_mesh(devices)
     try:
         parallel.check_batch_divides(config.train.batch_size, mesh)
@@ -299,17 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
         in_shardings=(state_sharding.params, data_sharding),
         out_shardings=repl,
     )
-    eval_data = [
-        parallel.global_batch(b, mesh)
-        for b in input_pipeline.eval_batches(
-            data.val,
-            global_batch=t.batch_size,
-            seq_len=config.data.seq_len,
-            num_batches=t.eval_batches,
-            process_index=process_index,
-            process_count=process_count,
-        )
-    ]
+    eval_data = [parallel.global_batch(b, mesh)
+                 for b in data.eval_batches(process_index, process_count)]
     rng = jax.random.key(config.seed)
     # Built by jit so that it is a global array in multi-process runs too.
     dropout_rng = jax.jit(lambda: jax.random.fold_in(rng, 1), out_shardings=repl)()
@@ -350,16 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
 
     try:
         for step in range(start_step, t.num_steps):
-            local = input_pipeline.train_batch(
-                data.train,
-                seed=config.seed,
-                step=step,
-                global_batch=t.batch_size,
-                seq_len=config.data.seq_len,
-                mode=config.data.mode,
-                process_index=process_index,
-                process_count=process_count,
-            )
+            local = data.train_batch(step, process_index, process_count)
             state, metrics = step_fn(state, parallel.global_batch(local, mesh), dropout_rng)
             done = step + 1
             window.add(done, metrics)
@@ -374,12 +376,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
             progress.pause()
             record = {"step": done}
             if eval_now:
-                record["val_loss"] = evaluate(eval_fn, state.params, eval_data)
-                record["val_bpb"] = metric_logging.bits_per_byte(record["val_loss"])
+                record.update(evaluate(eval_fn, state.params, eval_data))
                 summary["val_loss"] = record["val_loss"]
+                summary["val_accuracy"] = record.get("val_accuracy")
             if save_now:
                 ckpt.save(done, state.params, state.opt_state)
-            if is_main and eval_now and config.sample.length:
+            if is_main and eval_now and config.sample.length and not model.num_classes:
                 text = generate_text(
                     state.params, model, config.sample, jax.random.fold_in(sample_rng, done)
                 )

@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.name = "tinyshakespeare"  # Registered dataset (see input_pipeline.REGISTRY).
     config.data.path = ""  # Any local file; overrides data.name when set.
     config.data.val_fraction = 0.1  # The last 10% of the file is the val split.
-    config.data.mode = "random"  # 'random' windows, or 'epoch' (tutorial's shuffled chunks).
+    config.data.mode = "random"  # 'random' windows, 'epoch' (tutorial order), 'lines', 'labelled'.
     config.data.seq_len = 100  # Bytes per training window (inputs; targets are shifted by 1).
 
     config.model = ml_collections.ConfigDict()
@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.num_layers = 1  # Stacked recurrent layers.
     config.model.dropout = 0.0  # Dropout on each recurrent layer's output while training.
     config.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
+    config.model.num_classes = 0  # 0 = language model; >= 2 = many-to-one classifier.
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64  # Global batch, split over all devices.
