@@ -30,10 +30,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}.")
     _require(d.mode in DATA_MODES, f"data.mode must be one of {DATA_MODES}, got {d.mode!r}.")
     num_classes = m.get("num_classes", 0)
-    _require(num_classes >= 0 and num_classes != 1,
-             f"model.num_classes must be 0 (language model) or >= 2, got {num_classes}.")
-    _require((num_classes > 0) == (d.mode == "labelled"),
-             "Classifiers (model.num_classes > 0) need data.mode='labelled' and vice versa.")
+    _require(
+        num_classes >= 0 and num_classes != 1,
+        f"model.num_classes must be 0 (language model) or >= 2, got {num_classes}.",
+    )
+    _require(
+        (num_classes > 0) == (d.mode == "labelled"),
+        "Classifiers (model.num_classes > 0) need data.mode='labelled' and vice versa.",
+    )
     _require(bool(d.name or d.path), "Set data.name (a registered dataset) or data.path.")
     _require(
         m.cell in models.CELL_TYPES,

@@ -236,14 +236,26 @@ class BytePipeline:
     num_eval_batches: int
 
     def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
-        return train_batch(self.train, seed=self.seed, step=step, global_batch=self.global_batch,
-                           seq_len=self.seq_len, mode=self.mode, process_index=process_index,
-                           process_count=process_count)
+        return train_batch(
+            self.train,
+            seed=self.seed,
+            step=step,
+            global_batch=self.global_batch,
+            seq_len=self.seq_len,
+            mode=self.mode,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     def eval_batches(self, process_index: int = 0, process_count: int = 1):
-        return eval_batches(self.val, global_batch=self.global_batch, seq_len=self.seq_len,
-                            num_batches=self.num_eval_batches, process_index=process_index,
-                            process_count=process_count)
+        return eval_batches(
+            self.val,
+            global_batch=self.global_batch,
+            seq_len=self.seq_len,
+            num_batches=self.num_eval_batches,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
 
 def _example_ids(seed: int, step: int, num_examples: int, global_batch: int) -> np.ndarray:
@@ -286,13 +298,16 @@ class LinePipeline:
 
     def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
         ids = _example_ids(self.seed, step, len(self.train), self.global_batch)
-        return self._encode(self.train, ids[local_rows(self.global_batch, process_index,
-                                                          process_count)])
+        return self._encode(
+            self.train, ids[local_rows(self.global_batch, process_index, process_count)]
+        )
 
     def eval_batches(self, process_index: int = 0, process_count: int = 1):
         rows = local_rows(self.global_batch, process_index, process_count)
-        return [self._encode(self.val, ids[rows])
-                for ids in _eval_id_batches(len(self.val), self.global_batch)]
+        return [
+            self._encode(self.val, ids[rows])
+            for ids in _eval_id_batches(len(self.val), self.global_batch)
+        ]
 
 
 @dataclasses.dataclass
@@ -321,13 +336,16 @@ class LabelledPipeline:
 
     def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
         ids = _example_ids(self.seed, step, len(self.train[0]), self.global_batch)
-        return self._encode(self.train, ids[local_rows(self.global_batch, process_index,
-                                                          process_count)])
+        return self._encode(
+            self.train, ids[local_rows(self.global_batch, process_index, process_count)]
+        )
 
     def eval_batches(self, process_index: int = 0, process_count: int = 1):
         rows = local_rows(self.global_batch, process_index, process_count)
-        return [self._encode(self.val, ids[rows])
-                for ids in _eval_id_batches(len(self.val[0]), self.global_batch)]
+        return [
+            self._encode(self.val, ids[rows])
+            for ids in _eval_id_batches(len(self.val[0]), self.global_batch)
+        ]
 
 
 def read_lines(tokens: np.ndarray) -> list[bytes]:
@@ -380,14 +398,26 @@ def build(data_config, *, seed: int, global_batch: int, num_eval_batches: int):
         lines = read_lines(load_bytes(path))
         longest = max(len(line) for line in lines) if lines else 0
         if longest + 1 > d.seq_len:
-            raise DataError(f"The longest line of {path} has {longest} bytes; lines mode needs "
-                            f"data.seq_len >= {longest + 1}.")
+            raise DataError(
+                f"The longest line of {path} has {longest} bytes; lines mode needs "
+                f"data.seq_len >= {longest + 1}."
+            )
         train_ids, val_ids = seeded_split(len(lines), d.val_fraction, seed)
-        return LinePipeline([lines[i] for i in train_ids], [lines[i] for i in val_ids],
-                            d.seq_len, seed, global_batch)
+        return LinePipeline(
+            [lines[i] for i in train_ids],
+            [lines[i] for i in val_ids],
+            d.seq_len,
+            seed,
+            global_batch,
+        )
     if d.mode == "labelled":
         texts, labels = read_labelled(path)
         train_ids, val_ids = seeded_split(len(texts), d.val_fraction, seed)
         pick = lambda ids: ([texts[i] for i in ids], labels[ids])  # noqa: E731
         return LabelledPipeline(pick(train_ids), pick(val_ids), d.seq_len, seed, global_batch)
     raise DataError(f"Unknown data.mode {d.mode!r}.")
+
+
+def prompt_prefix(mode: str) -> bytes:
+    """What every training example starts with, so prompts get it too ('lines': b'\\n')."""
+    return b"\n" if mode == "lines" else b""

@@ -34,6 +34,8 @@ FIELDS = (
     "tokens_per_sec",
     "grad_norm",
     "learning_rate",
+    "train_accuracy",
+    "val_accuracy",
 )
 METRICS_FILE = "metrics.jsonl"
 

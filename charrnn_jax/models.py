@@ -112,7 +112,9 @@ class CharRNN(nn.Module):
         return zero_carry(self.cell_type, self.num_layers, batch_size, self.hidden_size)
 
     @nn.compact
-    def __call__(self, tokens, carry: Carry | None = None, *, lengths=None, train: bool = False):
+    def __call__(
+        self, tokens, carry: Carry | None = None, *, lengths=None, valid=None, train: bool = False
+    ):
         """Runs the model over a batch of byte sequences.
 
         Args:
@@ -120,6 +122,8 @@ class CharRNN(nn.Module):
           carry: per-layer state from a previous call, or None for zeros.
           lengths: optional [batch] valid lengths; the returned carry of each row is its
             carry after `lengths[row]` bytes (logits past that are meaningless).
+          valid: optional [batch, time] bool, a general form of `lengths`: steps where it
+            is False leave the carry unchanged (e.g. left padding).
           train: enables dropout (needs a 'dropout' rng).
 
         Returns:
@@ -129,7 +133,8 @@ class CharRNN(nn.Module):
         batch, time = tokens.shape
         if carry is None:
             carry = self.initialize_carry(batch)
-        valid = None if lengths is None else jnp.arange(time)[None, :] < lengths[:, None]
+        if valid is None and lengths is not None:
+            valid = jnp.arange(time)[None, :] < lengths[:, None]
         x = nn.Embed(VOCAB_SIZE, self.embed_dim, dtype=self.dtype, name="embed")(tokens)
         new_carry = []
         for i in range(self.num_layers):

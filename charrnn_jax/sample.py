@@ -22,6 +22,18 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest
 _STOP = flags.DEFINE_string(
     "stop", "", "Stop a sample after this byte: 'newline', or a single character."
 )
+_WINDOW = flags.DEFINE_integer(
+    "window",
+    None,
+    "Condition each byte only on the last N bytes (re-primes the carry "
+    "from zero over them every step; N model steps per byte).",
+)
+_NAMES_REPORT = flags.DEFINE_bool(
+    "names_report",
+    False,
+    "For line-per-example runs (dinos): print the share of samples "
+    "that are new names and that are well formed.",
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -54,7 +66,7 @@ def gather_prompts(prompts, prompt_file, num_samples) -> list[bytes]:
     return [p for p in collected for _ in range(num_samples)]
 
 
-def run(argv_flags=None) -> list[str]:
+def run() -> list[str]:
     """Returns the generated texts (prompt + continuation), also used by tests."""
     import jax
 
@@ -63,28 +75,52 @@ def run(argv_flags=None) -> list[str]:
 
     top_k = _TOP_K.value or None
     try:
-        sampling.check_args(length=_LENGTH.value, temperature=_TEMPERATURE.value, top_k=top_k)
+        sampling.check_args(
+            length=_LENGTH.value, temperature=_TEMPERATURE.value, top_k=top_k, window=_WINDOW.value
+        )
     except ValueError as e:
         raise UserError(str(e)) from None
     stop_byte = parse_stop(_STOP.value)
     prompts = gather_prompts(_PROMPT.value, _PROMPT_FILE.value, _NUM_SAMPLES.value)
-    _, model, params, step = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)
+    config, model, params, step = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)
+    if model.num_classes:
+        raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
+    # Line-per-example runs trained every example after a newline: prompts get one too.
+    prefix = input_pipeline.prompt_prefix(config.data.mode)
     tokens, lengths = sampling.sample(
         params,
         model,
-        prompts,
+        [prefix + p for p in prompts],
         length=_LENGTH.value,
         temperature=_TEMPERATURE.value,
         rng=jax.random.key(_SEED.value),
         top_k=top_k,
         stop_byte=stop_byte,
+        window=_WINDOW.value,
     )
     texts = [
         input_pipeline.decode(prompt + bytes(row[:n]))
         for prompt, row, n in zip(prompts, tokens, lengths, strict=True)
     ]
     print(f"# {len(texts)} sample(s) from step {step} of {_WORKDIR.value}", file=sys.stderr)
+    if _NAMES_REPORT.value:
+        print_names_report(config, texts)
     return texts
+
+
+def print_names_report(config, texts: list[str]) -> None:
+    from charrnn_jax import input_pipeline, text_metrics
+
+    pipeline = input_pipeline.build(
+        config.data, seed=config.seed, global_batch=config.train.batch_size, num_eval_batches=1
+    )
+    training = [line.decode("utf-8", errors="replace") for line in pipeline.train]
+    stats = text_metrics.name_stats(texts, training)
+    print(
+        f"# names: {stats['count']}, new: {stats['novel']:.0%}, well formed: "
+        f"{stats['well_formed']:.0%}",
+        file=sys.stderr,
+    )
 
 
 def main(argv):

@@ -45,7 +45,11 @@ def encode_prompts(prompts: Sequence[bytes | str]) -> tuple[np.ndarray, np.ndarr
     return tokens, lengths
 
 
-def check_args(*, length: int, temperature: float, top_k: int | None) -> None:
+def check_args(
+    *, length: int, temperature: float, top_k: int | None, window: int | None = None
+) -> None:
+    if window is not None and window <= 0:
+        raise ValueError(f"window must be positive, got {window}.")
     if length <= 0:
         raise ValueError(f"length must be positive, got {length}.")
     if not np.isfinite(temperature) or temperature < 0:
@@ -110,6 +114,52 @@ def _generate(
     return new_bytes.T, emitted.sum(axis=0).astype(jnp.int32)
 
 
+@functools.partial(
+    jax.jit, static_argnames=("model", "length", "window", "greedy", "top_k", "stop_byte")
+)
+def _generate_windowed(
+    params,
+    prompt_tokens,
+    prompt_lengths,
+    row_keys,
+    temperature,
+    *,
+    model,
+    length,
+    window,
+    greedy,
+    top_k,
+    stop_byte,
+):
+    """Each byte conditions only on the last `window` bytes: the carry is re-primed from
+    zero over the window at every step (the sliding-window seed's decoding)."""
+    batch, bucket = prompt_tokens.shape
+    variables = {"params": params}
+    # Right-align each prompt's last `window` bytes in a [batch, window] buffer.
+    positions = prompt_lengths[:, None] - window + jnp.arange(window)[None, :]
+    gathered = jnp.take_along_axis(prompt_tokens, jnp.clip(positions, 0, bucket - 1), axis=1)
+    buffer = jnp.where(positions >= 0, gathered, 0)
+    filled = jnp.minimum(prompt_lengths, window)
+
+    def step(state, t):
+        buffer, filled, done = state
+        # Left padding is skipped by the carry selection: each row starts at its first byte.
+        valid = jnp.arange(window)[None, :] >= (window - filled)[:, None]
+        logits, _ = model.apply(variables, buffer, valid=valid)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
+        new_byte = choose_next(logits[:, -1], keys, temperature, greedy=greedy, top_k=top_k)
+        new_byte = jnp.where(done, 0, new_byte)
+        emitted = ~done
+        if stop_byte is not None:
+            done = done | (new_byte == stop_byte)
+        buffer = jnp.concatenate([buffer[:, 1:], new_byte[:, None]], axis=1)
+        return (buffer, jnp.minimum(filled + 1, window), done), (new_byte, emitted)
+
+    init = (buffer, filled, jnp.zeros((batch,), bool))
+    _, (new_bytes, emitted) = jax.lax.scan(step, init, jnp.arange(length))
+    return new_bytes.T, emitted.sum(axis=0).astype(jnp.int32)
+
+
 def row_keys_for(rng, batch: int):
     """One key per row: a single key is split; a [batch] stack of keys is used as is."""
     if not jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
@@ -131,6 +181,7 @@ def sample(
     rng,
     top_k: int | None = None,
     stop_byte: int | None = None,
+    window: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Continues each prompt by `length` bytes.
 
@@ -143,23 +194,24 @@ def sample(
       rng: a key, or [B] keys (row i then draws only from key i).
       top_k: keep only the k most likely bytes before sampling.
       stop_byte: rows stop after emitting this byte (it is included in the output).
+      window: condition each byte only on the last `window` bytes (prompt included), by
+        re-priming the carry from zero over them every step: costs `window` model steps
+        per byte instead of one.
 
     Returns:
       tokens [B, length] uint8 (zeros past each row's end) and lengths [B] int32.
     """
-    check_args(length=length, temperature=temperature, top_k=top_k)
+    check_args(length=length, temperature=temperature, top_k=top_k, window=window)
     tokens, lengths = encode_prompts(prompts)
     keys = row_keys_for(rng, tokens.shape[0])
-    generated, out_lengths = _generate(
-        params,
-        tokens,
-        lengths,
-        keys,
-        jnp.float32(temperature if temperature > 0 else 1.0),
-        model=model,
-        length=length,
-        greedy=temperature == 0,
-        top_k=top_k,
-        stop_byte=stop_byte,
+    static = dict(
+        model=model, length=length, greedy=temperature == 0, top_k=top_k, stop_byte=stop_byte
     )
+    temperature = jnp.float32(temperature if temperature > 0 else 1.0)
+    if window is None:
+        generated, out_lengths = _generate(params, tokens, lengths, keys, temperature, **static)
+    else:
+        generated, out_lengths = _generate_windowed(
+            params, tokens, lengths, keys, temperature, window=window, **static
+        )
     return np.asarray(generated, np.uint8), np.asarray(out_lengths)

@@ -127,8 +127,9 @@ def loss_sums(logits, batch) -> dict:
 
 
 def _apply(apply_fn, params, batch, **kwargs):
-    logits, _ = apply_fn({"params": params}, batch["inputs"], lengths=batch.get("lengths"),
-                         **kwargs)
+    logits, _ = apply_fn(
+        {"params": params}, batch["inputs"], lengths=batch.get("lengths"), **kwargs
+    )
     return logits
 
 
@@ -158,8 +159,11 @@ def eval_step(params, batch, *, apply_fn):
 
 def evaluate(eval_fn, params, batches) -> dict:
     """Val loss (and accuracy) over fixed batches: one host fetch for all of them."""
-    sums = jax.device_get(jax.tree.map(lambda *x: jnp.sum(jnp.stack(x)),
-                                       *[eval_fn(params, batch) for batch in batches]))
+    sums = jax.device_get(
+        jax.tree.map(
+            lambda *x: jnp.sum(jnp.stack(x)), *[eval_fn(params, batch) for batch in batches]
+        )
+    )
     out = {"val_loss": float(sums["loss_sum"] / sums["weight"])}
     out["val_bpb"] = metric_logging.bits_per_byte(out["val_loss"])
     if "correct" in sums:
@@ -168,9 +172,12 @@ def evaluate(eval_fn, params, batches) -> dict:
 
 
 def load_data(config: ml_collections.ConfigDict):
-    pipeline = input_pipeline.build(config.data, seed=config.seed,
-                                    global_batch=config.train.batch_size,
-                                    num_eval_batches=config.train.eval_batches)
+    pipeline = input_pipeline.build(
+        config.data,
+        seed=config.seed,
+        global_batch=config.train.batch_size,
+        num_eval_batches=config.train.eval_batches,
+    )
     logging.info("Data: %s", type(pipeline).__name__)
     return pipeline
 
@@ -245,18 +252,20 @@ class _MetricWindow:
         return out
 
 
-def generate_text(params, model, sample_config, rng) -> str:
+def generate_text(params, model, config, rng) -> str:
     """A short sample for the logs; params are gathered to the host first."""
-    params = jax.device_get(params)
+    prefix = input_pipeline.prompt_prefix(config.data.mode)
+    prompt = config.sample.prompt.encode("utf-8")
     tokens, lengths = sampling.sample(
-        params,
+        jax.device_get(params),
         model,
-        [sample_config.prompt],
-        length=sample_config.length,
-        temperature=sample_config.temperature,
+        [prefix + prompt],
+        length=config.sample.length,
+        temperature=config.sample.temperature,
         rng=rng,
+        stop_byte=prefix[0] if prefix else None,  # One example, e.g. one dinosaur name.
     )
-    return sample_config.prompt + input_pipeline.decode(tokens[0, : lengths[0]])
+    return input_pipeline.decode(prompt + tokens[0, : lengths[0]].tobytes())
 
 
 def _restore_or_init(config, ckpt, init_fn, state_sharding, abstract_state):
@@ -319,8 +328,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
         in_shardings=(state_sharding.params, data_sharding),
         out_shardings=repl,
     )
-    eval_data = [parallel.global_batch(b, mesh)
-                 for b in data.eval_batches(process_index, process_count)]
+    eval_data = [
+        parallel.global_batch(b, mesh) for b in data.eval_batches(process_index, process_count)
+    ]
     rng = jax.random.key(config.seed)
     # Built by jit so that it is a global array in multi-process runs too.
     dropout_rng = jax.jit(lambda: jax.random.fold_in(rng, 1), out_shardings=repl)()
@@ -383,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
                 ckpt.save(done, state.params, state.opt_state)
             if is_main and eval_now and config.sample.length and not model.num_classes:
                 text = generate_text(
-                    state.params, model, config.sample, jax.random.fold_in(sample_rng, done)
+                    state.params, model, config, jax.random.fold_in(sample_rng, done)
                 )
                 logging.info("Sample at step %d:\n%s", done, text)
                 tb.write_text("sample", text, done)

@@ -1,0 +1,61 @@
+"""Classify texts with a trained many-to-one model (e.g. experiments/sentiment.py).
+
+    python -m charrnn_jax.classify --workdir=/tmp/sentiment --text="that movie was just amazing"
+
+Prints each text's class probabilities. Texts are bytes, truncated to the run's seq_len.
+"""
+
+import sys
+
+from absl import app, flags
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory of a classifier.")
+_TEXT = flags.DEFINE_multi_string("text", None, "Text to classify; repeat for several.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+_LABELS = flags.DEFINE_list("labels", ["negative", "positive"], "Names of the classes.")
+flags.mark_flags_as_required(["workdir", "text"])
+
+
+def predict(params, model, texts: list[bytes], max_len: int):
+    """Class probabilities [len(texts), num_classes] as numpy."""
+    import jax
+    import numpy as np
+
+    tokens = np.zeros((len(texts), max_len), np.int32)
+    lengths = np.ones(len(texts), np.int32)
+    for row, text in enumerate(texts):
+        data = np.frombuffer(text[:max_len] or b"\n", np.uint8)
+        tokens[row, : len(data)], lengths[row] = data, len(data)
+    logits, _ = jax.jit(model.apply)({"params": params}, tokens, lengths=lengths)
+    return np.asarray(jax.nn.softmax(logits, axis=-1))
+
+
+def run() -> list[list[float]]:
+    from charrnn_jax import checkpointing
+    from charrnn_jax.errors import UserError
+
+    config, model, params, _ = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)
+    if not model.num_classes:
+        raise UserError(f"{_WORKDIR.value} holds a language model; use charrnn_jax.sample.")
+    texts = [t.encode("utf-8") for t in _TEXT.value]
+    return predict(params, model, texts, config.data.seq_len).tolist()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from charrnn_jax import cli
+
+    cli.setup_logging()
+    probabilities = cli.exit_on_user_error(run)
+    labels = _LABELS.value
+    for text, probs in zip(_TEXT.value, probabilities, strict=True):
+        names = labels if len(labels) == len(probs) else [str(i) for i in range(len(probs))]
+        shown = ", ".join(f"{n}: {p:.3f}" for n, p in zip(names, probs, strict=True))
+        sys.stdout.write(f"{shown}\t{text}\n")
+
+
+if __name__ == "__main__":
+    from charrnn_jax import cli
+
+    cli.run(main)
