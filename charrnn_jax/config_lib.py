@@ -47,6 +47,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
         m.dtype in models.DTYPES,
         f"model.dtype must be one of {tuple(models.DTYPES)}, got {m.dtype!r}.",
     )
+    gru_impl = m.get("gru_impl", "fused")
+    _require(
+        gru_impl in models.GRU_IMPLS,
+        f"model.gru_impl must be one of {models.GRU_IMPLS}, got {gru_impl!r}.",
+    )
     for key in ("embed_dim", "hidden_size", "num_layers"):
         _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}.")
     _require(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}.")

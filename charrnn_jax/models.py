@@ -6,6 +6,7 @@ a time all run the same module, like the Keras tutorial's `return_state=True` mo
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ CELL_TYPES = {
     "optimized_lstm": nn.OptimizedLSTMCell,
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+GRU_IMPLS = ("fused", "flax")
 
 Carry = tuple[Any, ...]  # One entry per layer: h for GRU, (c, h) for LSTMs.
 
@@ -55,6 +57,7 @@ class _MaskedCell(nn.Module):
             new_carry = jax.tree.map(
                 lambda new, old: jnp.where(valid[:, None], new, old), new_carry, carry
             )
+            y = new_carry if self.cell_type == "gru" else new_carry[1]  # The held state.
         return new_carry, y
 
 
@@ -67,23 +70,197 @@ class RecurrentLayer(nn.Module):
 
     @nn.compact
     def __call__(self, carry, inputs, valid=None):
-        """inputs: [batch, time, features]; valid: optional [batch, time] bool."""
-        if inputs.shape[1] == 1:
+        """inputs: [time, batch, features]; valid: optional [time, batch] bool."""
+        if inputs.shape[0] == 1:
             # One step (sampling): call the cell directly, skipping the scan's loop. Named
             # like the scanned module, so both paths share the same params.
             step = _MaskedCell(self.cell_type, self.hidden_size, self.dtype, name="scan")
-            carry, y = step(carry, (inputs[:, 0], None if valid is None else valid[:, 0]))
-            return carry, y[:, None]
+            carry, y = step(carry, (inputs[0], None if valid is None else valid[0]))
+            return carry, y[None]
         scan = nn.scan(
             _MaskedCell,
             variable_broadcast="params",
             split_rngs={"params": False},
-            in_axes=1,
-            out_axes=1,
+            in_axes=0,
+            out_axes=0,
         )
         return scan(self.cell_type, self.hidden_size, self.dtype, name="scan")(
             carry, (inputs, valid)
         )
+
+
+class _DenseParams(nn.Module):
+    """The kernel (and bias) nn.Dense would create, returned instead of applied."""
+
+    in_features: int
+    features: int
+    kernel_init: Any
+    use_bias: bool
+
+    @nn.compact
+    def __call__(self):
+        kernel = self.param(
+            "kernel", self.kernel_init, (self.in_features, self.features), jnp.float32
+        )
+        bias = (
+            self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+            if self.use_bias
+            else None
+        )
+        return kernel, bias
+
+
+class _GRUCellParams(nn.Module):
+    """nn.GRUCell's params (names, shapes, initialisers), fused across the gates r, z, n.
+
+    Returns (w_i [in, 3H], b_i [3H], w_h [H, 3H], b_hn [H]).
+    """
+
+    in_features: int
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self):
+        h = self.hidden_size
+        inputs = [
+            _DenseParams(self.in_features, h, nn.initializers.lecun_normal(), True, name=f"i{g}")()
+            for g in "rzn"
+        ]
+        hidden = [
+            _DenseParams(h, h, nn.initializers.orthogonal(), g == "n", name=f"h{g}")()
+            for g in "rzn"
+        ]
+        w_i = jnp.concatenate([k for k, _ in inputs], axis=1)
+        b_i = jnp.concatenate([b for _, b in inputs])
+        w_h = jnp.concatenate([k for k, _ in hidden], axis=1)
+        return w_i, b_i, w_h, hidden[2][1]
+
+
+class _ScanScope(nn.Module):
+    """Puts the fused GRU's params where the nn.scan'd GRUCell keeps them (rnn_i/scan/cell),
+    so checkpoints and weight conversions are the same for both implementations."""
+
+    in_features: int
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self):
+        return _GRUCellParams(self.in_features, self.hidden_size, name="cell")()
+
+
+def _gru_forward(xi, h0, w_h, b_hn, valid, dtype):
+    """The recurrence over precomputed input projections; also returns what backward needs."""
+    hidden = h0.shape[-1]
+    w = w_h.astype(dtype)
+
+    def step(h, inputs):
+        x, v = inputs
+        hh = jnp.dot(h.astype(dtype), w, preferred_element_type=jnp.float32)
+        r = jax.nn.sigmoid(x[:, :hidden] + hh[:, :hidden])
+        z = jax.nn.sigmoid(x[:, hidden : 2 * hidden] + hh[:, hidden : 2 * hidden])
+        hn = hh[:, 2 * hidden :] + b_hn
+        n = jnp.tanh(x[:, 2 * hidden :] + r * hn)
+        new = n + z * (h - n)  # = (1 - z) * n + z * h, as nn.GRUCell.
+        if v is not None:
+            new = jnp.where(v[:, None], new, h)
+        return new, (new, r, z, n, hn)
+
+    h_last, (hs, r, z, n, hn) = jax.lax.scan(step, h0, (xi, valid))
+    return hs, h_last, (r, z, n, hn)
+
+
+def _gru_backward(dtype, residuals, cotangents):
+    """Backward scan that only does dh @ w_h^T per step; dw_h is one GEMM afterwards.
+
+    (Autodiff of the forward scan would accumulate T rank-B updates of dw_h inside the
+    loop; here the per-step gate gradients are kept and contracted once over T*B.)
+    """
+    h0, w_h, valid, hs, (r, z, n, hn) = residuals
+    d_hs, d_h_last = cotangents
+    h_prev = jnp.concatenate([h0[None], hs[:-1]])
+    w_t = w_h.T.astype(dtype)
+
+    def step(dh_next, inputs):
+        dy, hp, r, z, n, hn, v = inputs
+        dh = dh_next + dy
+        dn_pre = dh * (1 - z) * (1 - n * n)
+        dz_pre = dh * (hp - n) * z * (1 - z)
+        dr_pre = dn_pre * hn * r * (1 - r)
+        dxi = jnp.concatenate([dr_pre, dz_pre, dn_pre], axis=-1)
+        dhh = jnp.concatenate([dr_pre, dz_pre, dn_pre * r], axis=-1)
+        dh_prev = dh * z + jnp.dot(dhh.astype(dtype), w_t, preferred_element_type=jnp.float32)
+        if v is not None:  # Masked steps passed the carry through unchanged.
+            keep = v[:, None]
+            dxi, dhh = jnp.where(keep, dxi, 0.0), jnp.where(keep, dhh, 0.0)
+            dh_prev = jnp.where(keep, dh_prev, dh)
+        return dh_prev, (dxi, dhh)
+
+    dh0, (dxi, dhh) = jax.lax.scan(step, d_h_last, (d_hs, h_prev, r, z, n, hn, valid), reverse=True)
+    dw_h = jnp.einsum(
+        "tbh,tbg->hg", h_prev.astype(dtype), dhh.astype(dtype), preferred_element_type=jnp.float32
+    )
+    hidden = h0.shape[-1]
+    db_hn = dhh[..., 2 * hidden :].sum(axis=(0, 1))
+    return dxi, dh0, dw_h, db_hn, None
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def gru_recurrence(xi, h0, w_h, b_hn, valid, dtype=jnp.float32):
+    """GRU over time given the input projections.
+
+    Args:
+      xi: [time, batch, 3H] float32, x @ w_i + b_i with the gates in order r, z, n.
+      h0: [batch, H] float32 starting state.
+      w_h: [H, 3H] recurrent kernel (r, z, n); b_hn: [H] the candidate's recurrent bias.
+      valid: None, or [time, batch] bool; steps where False keep the state unchanged.
+      dtype: matmul operand dtype (float32 or bfloat16; accumulation is float32).
+
+    Returns:
+      hs [time, batch, H] (the state after each step) and the last state [batch, H].
+    """
+    hs, h_last, _ = _gru_forward(xi, h0, w_h, b_hn, valid, dtype)
+    return hs, h_last
+
+
+def _gru_recurrence_fwd(xi, h0, w_h, b_hn, valid, dtype):
+    hs, h_last, gates = _gru_forward(xi, h0, w_h, b_hn, valid, dtype)
+    return (hs, h_last), (h0, w_h, valid, hs, gates)
+
+
+def _gru_recurrence_bwd(dtype, residuals, cotangents):
+    return _gru_backward(dtype, residuals, cotangents)
+
+
+gru_recurrence.defvjp(_gru_recurrence_fwd, _gru_recurrence_bwd)
+
+
+class FusedGRULayer(nn.Module):
+    """nn.GRUCell's math with the input projection hoisted out of the time loop.
+
+    One [time*batch, in] x [in, 3H] GEMM before the recurrence (or, for the first layer,
+    a [256, 3H] table of embedding @ w_i gathered per byte), then a scan that does only
+    h @ w_h per step, with a hand-written backward pass (see gru_recurrence).
+    """
+
+    hidden_size: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, carry, inputs, valid=None, tokens=None):
+        """inputs: [time, batch, in] or, with `tokens` [time, batch], the [256, in] table."""
+        w_i, b_i, w_h, b_hn = _ScanScope(inputs.shape[-1], self.hidden_size, name="scan")()
+        projected = (
+            jnp.dot(
+                inputs.astype(self.dtype),
+                w_i.astype(self.dtype),
+                preferred_element_type=jnp.float32,
+            )
+            + b_i
+        )
+        if tokens is not None:
+            projected = projected[tokens]
+        hs, h_last = gru_recurrence(projected, carry, w_h, b_hn, valid, self.dtype)
+        return h_last, hs
 
 
 class CharRNN(nn.Module):
@@ -96,6 +273,8 @@ class CharRNN(nn.Module):
       cell_type: 'gru' (default), 'lstm' or 'optimized_lstm'.
       dropout_rate: dropout on each recurrent layer's output during training.
       dtype: compute dtype; params stay float32.
+      gru_impl: 'fused' (hoisted input projection, hand-written backward pass) or 'flax'
+        (nn.scan over nn.GRUCell, the reference); same params, same function.
       num_classes: 0 for a language model; else a many-to-one classifier whose logits come
         from the last layer's hidden state at each row's length (padding never counts).
     """
@@ -107,6 +286,7 @@ class CharRNN(nn.Module):
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
     num_classes: int = 0
+    gru_impl: str = "fused"
 
     def initialize_carry(self, batch_size: int) -> Carry:
         return zero_carry(self.cell_type, self.num_layers, batch_size, self.hidden_size)
@@ -135,12 +315,25 @@ class CharRNN(nn.Module):
             carry = self.initialize_carry(batch)
         if valid is None and lengths is not None:
             valid = jnp.arange(time)[None, :] < lengths[:, None]
-        x = nn.Embed(VOCAB_SIZE, self.embed_dim, dtype=self.dtype, name="embed")(tokens)
+        # Time-major inside: the recurrences scan over the leading axis.
+        tokens_tm = tokens.T
+        valid_tm = None if valid is None else valid.T
+        embed = nn.Embed(VOCAB_SIZE, self.embed_dim, dtype=self.dtype, name="embed")
+        fused = self.cell_type == "gru" and self.gru_impl == "fused"
+        # Folding the embedding into the first projection pays once there are more
+        # positions than byte values (training); one-step sampling projects directly.
+        fold = fused and time * batch > VOCAB_SIZE
+        x = embed(jnp.arange(VOCAB_SIZE)) if fold else embed(tokens_tm)
         new_carry = []
         for i in range(self.num_layers):
-            layer_carry, x = RecurrentLayer(
-                self.cell_type, self.hidden_size, self.dtype, name=f"rnn_{i}"
-            )(carry[i], x, valid)
+            if fused:
+                layer_carry, x = FusedGRULayer(self.hidden_size, self.dtype, name=f"rnn_{i}")(
+                    carry[i], x, valid_tm, tokens_tm if (fold and i == 0) else None
+                )
+            else:
+                layer_carry, x = RecurrentLayer(
+                    self.cell_type, self.hidden_size, self.dtype, name=f"rnn_{i}"
+                )(carry[i], x, valid_tm)
             new_carry.append(layer_carry)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -151,7 +344,7 @@ class CharRNN(nn.Module):
             logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(last)
             return logits.astype(jnp.float32), tuple(new_carry)
         logits = nn.Dense(VOCAB_SIZE, dtype=self.dtype, name="head")(x)
-        return logits.astype(jnp.float32), tuple(new_carry)
+        return logits.astype(jnp.float32).transpose(1, 0, 2), tuple(new_carry)
 
 
 def from_config(model_config) -> CharRNN:
@@ -164,4 +357,5 @@ def from_config(model_config) -> CharRNN:
         dropout_rate=model_config.dropout,
         dtype=DTYPES[model_config.dtype],
         num_classes=model_config.get("num_classes", 0),
+        gru_impl=model_config.get("gru_impl", "fused"),
     )

@@ -35,6 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.num_layers = 1  # Stacked recurrent layers.
     config.model.dropout = 0.0  # Dropout on each recurrent layer's output while training.
     config.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
+    config.model.gru_impl = (
+        "fused"  # 'fused' (fast path) or 'flax' (nn.scan(GRUCell)); same params.
+    )
     config.model.num_classes = 0  # 0 = language model; >= 2 = many-to-one classifier.
 
     config.train = ml_collections.ConfigDict()
