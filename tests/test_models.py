@@ -109,13 +109,13 @@ def test_dropout_is_active_only_in_training():
 def test_fused_gru_matches_nn_gru_cell_forward_and_gradients(num_layers, use_lengths):
     """The fast path (hoisted projection, folded embedding, hand-written backward) computes
     the same function and gradients as nn.scan over nn.GRUCell, with the same params."""
-    reference = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=num_layers,
-                               gru_impl="flax")
+    reference = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=num_layers, gru_impl="flax")
     fused = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=num_layers)
     tokens = jax.random.randint(jax.random.key(1), (4, 70), 0, 256)  # 280 > 256: folded.
     params = reference.init(jax.random.key(0), tokens)["params"]
     assert jax.tree.map(jnp.shape, fused.init(jax.random.key(0), tokens)["params"]) == (
-        jax.tree.map(jnp.shape, params))
+        jax.tree.map(jnp.shape, params)
+    )
     lengths = jnp.array([70, 3, 1, 40]) if use_lengths else None
 
     def loss(params, model):
@@ -123,8 +123,11 @@ def test_fused_gru_matches_nn_gru_cell_forward_and_gradients(num_layers, use_len
         return (logits**2).mean() + (carry[-1] ** 3).sum()
 
     np.testing.assert_allclose(loss(params, fused), loss(params, reference), rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(jax.grad(loss)(params, fused)),
-                    jax.tree.leaves(jax.grad(loss)(params, reference)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(jax.grad(loss)(params, fused)),
+        jax.tree.leaves(jax.grad(loss)(params, reference)),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))
 
 

@@ -1,0 +1,244 @@
+"""Training throughput against Keras and PyTorch, measured in one run on identical shapes.
+
+    python benchmarks/throughput.py [--sizes=small,tutorial] [--batches=64,256] \
+        [--impls=ours_f32,ours_bf16,flax_reference,keras,torch_f32,torch_bf16]
+
+Every (implementation, size, batch) runs in its own subprocess, so peak RSS is its own:
+one warm-up step, then the median over 3 repeats of at least --seconds each. The table
+gives tokens/s, the ratio to ours (f32), the fraction of this machine's f32 matmul
+ceiling (a 2048^3 jnp.dot, measured in the same run; training FLOPs per token are 3x the
+forward's 2*(E*3H + H*3H + H*V)) and peak RSS. Implementations whose library is not
+installed are skipped (Keras: `pip install .[keras]`, PyTorch: `pip install torch`).
+Results are appended to --out as one JSON line per run. On a GPU the same command
+measures the GPU (JAX and PyTorch use it when present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+SIZES = {"small": (64, 256), "tutorial": (256, 1024)}  # (embed_dim, hidden_size)
+VOCAB, SEQ_LEN = 256, 100
+IMPLS = ("ours_f32", "ours_bf16", "flax_reference", "keras", "torch_f32", "torch_bf16")
+
+
+def flops_per_token(embed_dim: int, hidden: int) -> float:
+    return 3 * 2 * (embed_dim * 3 * hidden + hidden * 3 * hidden + hidden * VOCAB)
+
+
+def _timed(step, *, seconds: float, repeats: int = 3) -> float:
+    """Median seconds per step over `repeats`, after one warm-up step."""
+    step()
+    times = []
+    for _ in range(repeats):
+        count, start = 0, time.perf_counter()
+        while count < 2 or time.perf_counter() - start < seconds:
+            step()
+            count += 1
+        times.append((time.perf_counter() - start) / count)
+    return statistics.median(times)
+
+
+def _batch(batch_size: int):
+    import numpy as np
+
+    tokens = np.random.default_rng(0).integers(0, VOCAB, (batch_size, SEQ_LEN + 1))
+    return tokens[:, :-1].astype(np.int32), tokens[:, 1:].astype(np.int32)
+
+
+def _jax_step(impl: str, embed_dim: int, hidden: int, batch_size: int):
+    import functools
+
+    import jax
+    import optax
+
+    from charrnn_jax import models, train
+
+    model = models.CharRNN(
+        embed_dim=embed_dim,
+        hidden_size=hidden,
+        dtype=models.DTYPES["bfloat16" if impl == "ours_bf16" else "float32"],
+        gru_impl="flax" if impl == "flax_reference" else "fused",
+    )
+    tx = optax.adam(1e-3)
+    state = train.create_train_state(jax.random.key(0), model=model, tx=tx, seq_len=SEQ_LEN)
+    step_fn = jax.jit(
+        functools.partial(train.train_step, schedule=optax.constant_schedule(1e-3)),
+        donate_argnums=0,
+    )
+    inputs, targets = _batch(batch_size)
+    batch = jax.device_put({"inputs": inputs, "targets": targets})
+    rng = jax.random.key(1)
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = step_fn(holder["state"], batch, rng)
+        jax.block_until_ready(metrics)
+
+    return step
+
+
+def _keras_step(embed_dim: int, hidden: int, batch_size: int):
+    from charrnn_jax.baselines import keras_tutorial
+
+    keras = keras_tutorial.import_keras()
+    model = keras_tutorial.build_model(embed_dim=embed_dim, hidden_size=hidden)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    inputs, targets = _batch(batch_size)
+    return lambda: float(model.train_on_batch(inputs, targets))
+
+
+def _torch_step(embed_dim: int, hidden: int, batch_size: int, bf16: bool):
+    import torch
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(VOCAB, embed_dim)
+            self.gru = torch.nn.GRU(embed_dim, hidden, batch_first=True)
+            self.head = torch.nn.Linear(hidden, VOCAB)
+
+        def forward(self, x):
+            return self.head(self.gru(self.embed(x))[0])
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = Model().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    inputs, targets = (torch.from_numpy(a).long().to(device) for a in _batch(batch_size))
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(inputs)
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, VOCAB), targets.reshape(-1)
+        )
+        loss.backward()
+        optimizer.step()
+        loss.item()
+
+    return step
+
+
+def worker(impl: str, size: str, batch_size: int, seconds: float) -> dict:
+    embed_dim, hidden = SIZES[size]
+    if impl.startswith(("ours", "flax")):
+        step = _jax_step(impl, embed_dim, hidden, batch_size)
+    elif impl == "keras":
+        step = _keras_step(embed_dim, hidden, batch_size)
+    else:
+        step = _torch_step(embed_dim, hidden, batch_size, bf16=impl == "torch_bf16")
+    seconds_per_step = _timed(step, seconds=seconds)
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"tokens_per_sec": batch_size * SEQ_LEN / seconds_per_step, "peak_rss_mib": rss_mib}
+
+
+def matmul_worker(n: int = 2048) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    seconds = _timed(lambda: dot(a, b).block_until_ready(), seconds=1.0)
+    device = jax.devices()[0]
+    return {
+        "flops_per_sec": 2 * n**3 / seconds,
+        "device": f"{device.platform} {device.device_kind}",
+    }
+
+
+def available(impl: str) -> bool:
+    module = {"keras": "keras", "torch_f32": "torch", "torch_bf16": "torch"}.get(impl)
+    return module is None or importlib.util.find_spec(module) is not None
+
+
+def run_worker(args: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True
+    )
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="small,tutorial")
+    parser.add_argument("--batches", default="64")
+    parser.add_argument("--impls", default=",".join(IMPLS))
+    parser.add_argument("--seconds", type=float, default=3.0, help="Minimum per repeat.")
+    parser.add_argument("--out", default="benchmarks/results/throughput.jsonl")
+    parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker is not None:
+        result = (
+            matmul_worker()
+            if args.worker == ["matmul"]
+            else worker(args.worker[0], args.worker[1], int(args.worker[2]), args.seconds)
+        )
+        print(json.dumps(result))
+        return
+
+    ceiling = run_worker(["matmul"])
+    print(
+        f"device: {ceiling['device']}; f32 matmul: {ceiling['flops_per_sec'] / 1e9:.0f} "
+        f"GFLOP/s (2048^3, this run)"
+    )
+    header = (
+        f"{'size':9} {'batch':>5} {'implementation':15} {'tokens/s':>10} {'vs ours':>8} "
+        f"{'% ceiling':>9} {'RSS MiB':>8}"
+    )
+    print(header + "\n" + "-" * len(header))
+    rows = []
+    for size in args.sizes.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            ours = None
+            for impl in args.impls.split(","):
+                if not available(impl):
+                    print(f"{size:9} {batch:5d} {impl:15} {'(not installed)':>10}")
+                    continue
+                result = run_worker([impl, size, str(batch), f"--seconds={args.seconds}"])
+                if "error" in result:
+                    print(f"{size:9} {batch:5d} {impl:15} error: {result['error'][:60]}")
+                    continue
+                rate = result["tokens_per_sec"]
+                ours = rate if impl == "ours_f32" else ours
+                frac = rate * flops_per_token(*SIZES[size]) / ceiling["flops_per_sec"]
+                ratio = f"{rate / ours:7.2f}x" if ours else f"{'':8}"
+                print(
+                    f"{size:9} {batch:5d} {impl:15} {rate:10,.0f} {ratio} {100 * frac:8.1f}% "
+                    f"{result['peak_rss_mib']:8.0f}",
+                    flush=True,
+                )
+                rows.append(
+                    {"size": size, "batch": batch, "impl": impl, **result, "ceiling_fraction": frac}
+                )
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "a") as f:
+        f.write(
+            json.dumps(
+                {
+                    "time": time.time(),
+                    "device": ceiling["device"],
+                    "matmul_flops_per_sec": ceiling["flops_per_sec"],
+                    "rows": rows,
+                }
+            )
+            + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
