@@ -15,8 +15,10 @@ Model: GRU 128 on embeddings of 32 (~70k params). The data is 20 KB: the tutoria
 256/1024 model (4.3M params) would memorise it outright; 128 units learn the spelling
 patterns and still generalise to held-out names.
 
-Measured (2-core CPU, 1,500 steps, about 1 minute):
-  see the dinos line in README "Experiments" (val loss, novelty, well-formedness).
+Measured (2-core CPU, 600 steps, 25 s): val loss 1.64 nats/byte. 200 names sampled at
+temperature 1.0 (--prompt= --num_samples=200 --names_report): 100% new (not in the
+training list), 98% well formed. --prompt=Ram at temperature 0.2: 20/20 new and well
+formed, mostly "Ramanosaurus".
 """
 
 import importlib.util

@@ -12,7 +12,9 @@ padding never changes a prediction. 20% of the sentences (shuffled by the seed) 
 
 Model: embed 32, one LSTM of 128, dropout 0.2, Dense(2).
 
-Measured (2-core CPU): see README "Experiments". 800 training sentences are little for
+Measured (2-core CPU, 600 steps, 85 s): val accuracy 0.60 (best 0.62 at step 500; chance
+0.50), while train loss falls to 0.15. A GRU 64 with dropout 0.5 did no better (0.54-0.58).
+800 training sentences are little for
 a model that must learn words from bytes: it overfits quickly, so val accuracy is the
 number to watch, not train loss.
 """

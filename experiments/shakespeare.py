@@ -10,7 +10,9 @@ Presets (the part after the colon):
   tiny    embed 64, GRU 256: learns visibly on a 2-core CPU in a few minutes.
 
 Measured (2-core AVX-512 CPU, float32):
-  tiny, 1000 steps:  see README "Quickstart" for the loss curve and the sample.
+  tiny, 1000 steps in 4 min: train loss 1.48, val 1.65 nats/byte (2.38 bits/byte).
+  full (tutorial) preset: about 3,900-4,200 tokens/s (0.6 steps/s) on this CPU; 60 steps
+  reach val 2.44 (README "Compare with the Keras tutorial").
 """
 
 import ml_collections
