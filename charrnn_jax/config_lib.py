@@ -6,6 +6,7 @@ values of the right type that make no sense.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import pathlib
 
@@ -96,3 +97,14 @@ def load(path: pathlib.Path) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
     config.lock()
     return config
+
+
+def load_config_file(path: pathlib.Path, preset: str | None = None) -> ml_collections.ConfigDict:
+    """get_config(preset) of a config file, as `--config=path:preset` would load it.
+
+    Lets one experiment file build on another (e.g. dinos.py on shakespeare.py).
+    """
+    spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)

@@ -21,18 +21,15 @@ training list), 98% well formed. --prompt=Ram at temperature 0.2: 20/20 new and 
 formed, mostly "Ramanosaurus".
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
+from charrnn_jax import config_lib
+
 
 def _base(preset):
-    path = pathlib.Path(__file__).with_name("shakespeare.py")
-    spec = importlib.util.spec_from_file_location("shakespeare_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return config_lib.load_config_file(pathlib.Path(__file__).with_name("shakespeare.py"), preset)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

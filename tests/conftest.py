@@ -3,7 +3,6 @@
 XLA_FLAGS must be set before jax is imported anywhere, so it happens here at import.
 """
 
-import importlib.util
 import os
 import pathlib
 
@@ -22,10 +21,9 @@ DATA_DIR = pathlib.Path(os.environ.get("CHARRNN_DATA_DIR", _DEFAULT_DATA_DIR))
 
 def load_experiment(name: str, preset: str | None = None):
     """get_config(preset) of experiments/<name>.py, as config_flags would load it."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    from charrnn_jax import config_lib
+
+    return config_lib.load_config_file(REPO / "experiments" / f"{name}.py", preset)
 
 
 def tiny_config(**overrides):
