@@ -269,8 +269,28 @@ def _eval_id_batches(num_examples: int, global_batch: int) -> list[np.ndarray]:
     return np.split(ids, len(ids) // global_batch)
 
 
+class _ExamplePipeline:
+    """Batching for datasets of whole examples: random ids per step, every val example once.
+
+    Subclasses hold `train`, `val`, `seed`, `global_batch` and define `_encode(split, ids)`
+    (id -1 is a padding row of weight 0) and `_size(split)`.
+    """
+
+    def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
+        ids = _example_ids(self.seed, step, self._size(self.train), self.global_batch)
+        rows = local_rows(self.global_batch, process_index, process_count)
+        return self._encode(self.train, ids[rows])
+
+    def eval_batches(self, process_index: int = 0, process_count: int = 1):
+        rows = local_rows(self.global_batch, process_index, process_count)
+        return [
+            self._encode(self.val, ids[rows])
+            for ids in _eval_id_batches(self._size(self.val), self.global_batch)
+        ]
+
+
 @dataclasses.dataclass
-class LinePipeline:
+class LinePipeline(_ExamplePipeline):
     """One example per line (e.g. a dinosaur name), for per-name language modelling.
 
     Each example is '\\n' + line as input and line + '\\n' as target, right-padded to
@@ -284,6 +304,9 @@ class LinePipeline:
     seed: int
     global_batch: int
 
+    def _size(self, lines: list[bytes]) -> int:
+        return len(lines)
+
     def _encode(self, lines: list[bytes], ids: np.ndarray) -> dict[str, np.ndarray]:
         inputs = np.zeros((len(ids), self.seq_len), np.int32)
         targets = np.zeros_like(inputs)
@@ -296,22 +319,9 @@ class LinePipeline:
             inputs[row, :n], targets[row, :n], weights[row, :n] = framed[:-1], framed[1:], 1.0
         return {"inputs": inputs, "targets": targets, "weights": weights}
 
-    def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
-        ids = _example_ids(self.seed, step, len(self.train), self.global_batch)
-        return self._encode(
-            self.train, ids[local_rows(self.global_batch, process_index, process_count)]
-        )
-
-    def eval_batches(self, process_index: int = 0, process_count: int = 1):
-        rows = local_rows(self.global_batch, process_index, process_count)
-        return [
-            self._encode(self.val, ids[rows])
-            for ids in _eval_id_batches(len(self.val), self.global_batch)
-        ]
-
 
 @dataclasses.dataclass
-class LabelledPipeline:
+class LabelledPipeline(_ExamplePipeline):
     """(text, label) examples for many-to-one classification, bytes truncated to seq_len."""
 
     train: tuple[list[bytes], np.ndarray]
@@ -319,6 +329,9 @@ class LabelledPipeline:
     seq_len: int
     seed: int
     global_batch: int
+
+    def _size(self, split) -> int:
+        return len(split[0])
 
     def _encode(self, split, ids: np.ndarray) -> dict[str, np.ndarray]:
         texts, labels = split
@@ -333,19 +346,6 @@ class LabelledPipeline:
             inputs[row, : len(text)], lengths[row] = text, len(text)
             out_labels[row], weights[row] = labels[i], 1.0
         return {"inputs": inputs, "lengths": lengths, "labels": out_labels, "weights": weights}
-
-    def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
-        ids = _example_ids(self.seed, step, len(self.train[0]), self.global_batch)
-        return self._encode(
-            self.train, ids[local_rows(self.global_batch, process_index, process_count)]
-        )
-
-    def eval_batches(self, process_index: int = 0, process_count: int = 1):
-        rows = local_rows(self.global_batch, process_index, process_count)
-        return [
-            self._encode(self.val, ids[rows])
-            for ids in _eval_id_batches(len(self.val[0]), self.global_batch)
-        ]
 
 
 def read_lines(tokens: np.ndarray) -> list[bytes]:

@@ -81,6 +81,17 @@ def choose_next(logits, keys, temperature, *, greedy: bool, top_k: int | None):
     return jnp.minimum(jnp.sum(cdf < u[:, None], axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
 
 
+def _emit(logits, row_keys, t, done, temperature, *, greedy, top_k, stop_byte):
+    """Step t's byte per row (0 once a row is done); whether it counts; the new done mask."""
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
+    new_byte = choose_next(logits, keys, temperature, greedy=greedy, top_k=top_k)
+    new_byte = jnp.where(done, 0, new_byte)
+    emitted = ~done
+    if stop_byte is not None:
+        done = done | (new_byte == stop_byte)
+    return new_byte, emitted, done
+
+
 @functools.partial(jax.jit, static_argnames=("model", "length", "greedy", "top_k", "stop_byte"))
 def _generate(
     params,
@@ -104,12 +115,16 @@ def _generate(
     def step(state, t):
         carry, byte, done = state
         logits, carry = model.apply(variables, byte[:, None], carry)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
-        new_byte = choose_next(logits[:, 0], keys, temperature, greedy=greedy, top_k=top_k)
-        new_byte = jnp.where(done, 0, new_byte)
-        emitted = ~done
-        if stop_byte is not None:
-            done = done | (new_byte == stop_byte)
+        new_byte, emitted, done = _emit(
+            logits[:, 0],
+            row_keys,
+            t,
+            done,
+            temperature,
+            greedy=greedy,
+            top_k=top_k,
+            stop_byte=stop_byte,
+        )
         return (carry, new_byte, done), (new_byte, emitted)
 
     init = (carry, last_byte, jnp.zeros((batch,), bool))
@@ -149,12 +164,16 @@ def _generate_windowed(
         # Left padding is skipped by the carry selection: each row starts at its first byte.
         valid = jnp.arange(window)[None, :] >= (window - filled)[:, None]
         logits, _ = model.apply(variables, buffer, valid=valid)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
-        new_byte = choose_next(logits[:, -1], keys, temperature, greedy=greedy, top_k=top_k)
-        new_byte = jnp.where(done, 0, new_byte)
-        emitted = ~done
-        if stop_byte is not None:
-            done = done | (new_byte == stop_byte)
+        new_byte, emitted, done = _emit(
+            logits[:, -1],
+            row_keys,
+            t,
+            done,
+            temperature,
+            greedy=greedy,
+            top_k=top_k,
+            stop_byte=stop_byte,
+        )
         buffer = jnp.concatenate([buffer[:, 1:], new_byte[:, None]], axis=1)
         return (buffer, jnp.minimum(filled + 1, window), done), (new_byte, emitted)
 
