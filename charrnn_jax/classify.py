@@ -16,22 +16,9 @@ _LABELS = flags.DEFINE_list("labels", ["negative", "positive"], "Names of the cl
 flags.mark_flags_as_required(["workdir", "text"])
 
 
-def predict(params, model, texts: list[bytes], max_len: int):
-    """Class probabilities [len(texts), num_classes] as numpy."""
-    import jax
-    import numpy as np
-
-    tokens = np.zeros((len(texts), max_len), np.int32)
-    lengths = np.ones(len(texts), np.int32)
-    for row, text in enumerate(texts):
-        data = np.frombuffer(text[:max_len] or b"\n", np.uint8)
-        tokens[row, : len(data)], lengths[row] = data, len(data)
-    logits, _ = jax.jit(model.apply)({"params": params}, tokens, lengths=lengths)
-    return np.asarray(jax.nn.softmax(logits, axis=-1))
-
-
 def run() -> list[list[float]]:
     from charrnn_jax import checkpointing
+    from charrnn_jax.classification import predict
     from charrnn_jax.errors import UserError
 
     config, model, params, _ = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)

@@ -3,8 +3,6 @@
 Only flags and a call to train.train_and_evaluate, which tests call directly.
 """
 
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -29,29 +27,13 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the j
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-# Environments where jax.distributed.initialize() can discover the cluster by itself.
-_CLUSTER_ENV_VARS = (
-    "SLURM_JOB_ID",
-    "TPU_WORKER_HOSTNAMES",
-    "MEGASCALE_COORDINATOR_ADDRESS",
-    "JAX_COORDINATOR_ADDRESS",
-)
-
-
-def should_initialize_distributed(mode: str, environ=os.environ) -> bool:
-    if mode != "auto":
-        return mode == "on"
-    if "SLURM_JOB_ID" in environ and int(environ.get("SLURM_NTASKS", "1")) <= 1:
-        return False  # A single-task SLURM job is just one process.
-    return any(var in environ for var in _CLUSTER_ENV_VARS)
-
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax
 
-    from charrnn_jax import cli, train
+    from charrnn_jax import cli, distributed, train
 
     cli.setup_logging()
     if _COORDINATOR.value:
@@ -60,7 +42,7 @@ def main(argv):
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
-    elif should_initialize_distributed(_DISTRIBUTED.value):
+    elif distributed.should_initialize_distributed(_DISTRIBUTED.value):
         jax.distributed.initialize()
     logging.info(
         "Process %d/%d; %d local devices, %d global: %s",

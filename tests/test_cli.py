@@ -6,8 +6,7 @@ import sys
 import pytest
 from conftest import REPO, subprocess_env, tiny_overrides
 
-from charrnn_jax import main as main_module
-from charrnn_jax import metric_logging
+from charrnn_jax import distributed, metric_logging
 
 CONFIG = f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny"
 
@@ -136,7 +135,7 @@ def test_user_errors_exit_1_with_one_line(tmp_path):
 
 
 def test_distributed_autodetection():
-    detect = main_module.should_initialize_distributed
+    detect = distributed.should_initialize_distributed
     assert not detect("auto", {})
     assert detect("auto", {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "8"})
     assert not detect("auto", {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"})

@@ -6,7 +6,7 @@ import pytest
 from conftest import load_experiment
 
 from charrnn_jax import input_pipeline, metric_logging, models, sampling, text_metrics, train
-from charrnn_jax.classify import predict
+from charrnn_jax.classification import predict
 
 
 def _few_steps(config, **overrides):

@@ -11,7 +11,8 @@ from conftest import tiny_config
 
 pytest.importorskip("keras")
 
-from charrnn_jax import compare, models, train  # noqa: E402
+from charrnn_jax import comparison as compare  # noqa: E402
+from charrnn_jax import models, train  # noqa: E402
 from charrnn_jax.baselines import keras_tutorial  # noqa: E402
 
 # Measured on this CPU (float32, JAX backend): 2.6e-7 at step 0, 4.6e-4 after 20 steps
