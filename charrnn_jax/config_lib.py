@@ -104,7 +104,28 @@ def load_config_file(path: pathlib.Path, preset: str | None = None) -> ml_collec
 
     Lets one experiment file build on another (e.g. dinos.py on shakespeare.py).
     """
+    return load_config_module(path).get_config(preset)
+
+
+def load_config_module(path: pathlib.Path):
+    """A config file as a module (get_config, and sweep functions beside it)."""
     spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return module
+
+
+def sweep_product(axes: dict[str, list]) -> list[dict]:
+    """Every combination: {'train.learning_rate': [1e-3, 3e-3], 'seed': [0, 1]} -> 4 dicts."""
+    runs = [{}]
+    for key, values in axes.items():
+        runs = [{**run, key: value} for run in runs for value in values]
+    return runs
+
+
+def sweep_zip(axes: dict[str, list]) -> list[dict]:
+    """Values taken together: {'a': [1, 2], 'b': [3, 4]} -> [{'a': 1, 'b': 3}, {'a': 2, 'b': 4}]."""
+    lengths = {len(v) for v in axes.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"sweep_zip needs equally long value lists, got {sorted(lengths)}.")
+    return [dict(zip(axes, values, strict=True)) for values in zip(*axes.values(), strict=True)]

@@ -10,6 +10,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from charrnn_jax.errors import UserError
+
 DATA_AXIS = "data"
 
 
@@ -34,7 +36,7 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_divides(global_batch: int, mesh: Mesh) -> None:
     if global_batch % mesh.size:
-        raise ValueError(
+        raise UserError(
             f"train.batch_size={global_batch} does not divide over {mesh.size} devices; use a "
             f"multiple of {mesh.size}."
         )

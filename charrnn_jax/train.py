@@ -296,10 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=No
     workdir = prepare_workdir(workdir)
     data = load_data(config)
     mesh = parallel.make_mesh(devices)
-    try:
-        parallel.check_batch_divides(config.train.batch_size, mesh)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    parallel.check_batch_divides(config.train.batch_size, mesh)
     t = config.train
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0

@@ -17,6 +17,8 @@ Measured (2-core AVX-512 CPU, float32):
 
 import ml_collections
 
+from charrnn_jax import config_lib
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     preset = arg or "full"
@@ -76,3 +78,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.lock()
     return config
+
+
+def sweep() -> list[dict]:
+    """Learning rate x hidden size x seed (8 runs).
+
+    python -m launch.sweep --config=experiments/shakespeare.py:tiny --sweep=sweep \
+        --workdir_root=/tmp/sweep --launcher=local
+    """
+    return config_lib.sweep_product(
+        {
+            "train.learning_rate": [1e-3, 3e-3],  # Adam peak learning rate.
+            "model.hidden_size": [256, 512],  # GRU width.
+            "seed": [0, 1],  # Init, batch order and dropout.
+        }
+    )

@@ -1,0 +1,1 @@
+"""Sweep expansion, launchers (local, SLURM, TPU VM) and sweep reports."""

@@ -1,0 +1,212 @@
+"""Run a config's sweep(): every override set becomes one ordinary training run.
+
+    python -m launch.sweep --config=experiments/shakespeare.py:tiny --sweep=sweep \
+        --workdir_root=/tmp/sweep --launcher=local|slurm|tpu_vm [--dry_run]
+
+Each run's workdir is <workdir_root>/<name>, the name spelled from its overrides
+(e.g. `learning_rate=0.003,hidden_size=512,seed=1`), so a rerun finds it again: finished
+runs are skipped and unfinished ones resume from their checkpoints.
+
+- local: runs here, `--parallel` at a time (with `--gpus_per_run`, each gets its own
+  CUDA_VISIBLE_DEVICES); a failing run is recorded and the others go on.
+- slurm: writes an sbatch array script (one task per run, `srun` over its nodes; the
+  trainer initialises jax.distributed from SLURM) and submits it unless --dry_run.
+- tpu_vm: writes one `gcloud compute tpus tpu-vm ssh --worker=all` command per run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+STATUS_FILE = "sweep_status.json"
+
+
+def run_name(overrides: dict) -> str:
+    """Short, stable and unique within a sweep: the last key part unless that is ambiguous."""
+    lasts = [key.split(".")[-1] for key in overrides]
+    parts = []
+    for key, last in zip(overrides, lasts, strict=True):
+        label = last if lasts.count(last) == 1 else key
+        parts.append(f"{label}={overrides[key]}")
+    return ",".join(parts).replace("/", "_").replace(" ", "") or "default"
+
+
+def expand(config_arg: str, sweep_name: str) -> list[tuple[str, dict]]:
+    """[(name, overrides)] from the config file's sweep function."""
+    from charrnn_jax import config_lib
+
+    path = config_arg.split(":", 1)[0]
+    module = config_lib.load_config_module(pathlib.Path(path))
+    if not hasattr(module, sweep_name):
+        raise SystemExit(f"error: {path} defines no {sweep_name}()")
+    runs = [(run_name(overrides), overrides) for overrides in getattr(module, sweep_name)()]
+    names = [name for name, _ in runs]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"error: the sweep repeats a run: {sorted(names)}")
+    return runs
+
+
+def train_command(config_arg: str, workdir: str, overrides: dict, python="python") -> list[str]:
+    return [
+        python,
+        "-m",
+        "charrnn_jax.main",
+        f"--config={config_arg}",
+        f"--workdir={workdir}",
+        *(f"--config.{key}={value}" for key, value in overrides.items()),
+    ]
+
+
+def read_status(workdir: pathlib.Path) -> dict:
+    path = workdir / STATUS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_local(
+    config_arg: str, root: pathlib.Path, runs, *, parallel: int, gpus_per_run: int, dry_run: bool
+) -> dict[str, dict]:
+    """Runs what is not done yet; returns {name: status}. Failures never stop the rest."""
+
+    def one(slot_and_run):
+        slot, (name, overrides) = slot_and_run
+        workdir = root / name
+        if read_status(workdir).get("status") == "done":
+            return name, {**read_status(workdir), "skipped": True}
+        cmd = train_command(config_arg, str(workdir), overrides, python=sys.executable)
+        if dry_run:
+            print(shlex.join(cmd))
+            return name, {"status": "dry_run"}
+        env = dict(os.environ)
+        if gpus_per_run:
+            first = (slot % parallel) * gpus_per_run
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(first, first + gpus_per_run)))
+        workdir.mkdir(parents=True, exist_ok=True)
+        with open(workdir / "launch.log", "a") as log:
+            code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        status = {
+            "status": "done" if code == 0 else "failed",
+            "returncode": code,
+            "overrides": overrides,
+        }
+        (workdir / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+        return name, status
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
+        results = dict(pool.map(one, enumerate(runs)))
+    if not dry_run:
+        (root / "sweep_summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def slurm_script(config_arg: str, root: str, runs, *, nodes: int, repo_dir: str) -> str:
+    entries = "\n".join(
+        f"  {shlex.quote(name + '|' + ' '.join(f'--config.{k}={v}' for k, v in o.items()))}"
+        for name, o in runs
+    )
+    return f"""#!/bin/bash
+#SBATCH --job-name=charrnn_sweep
+#SBATCH --array=0-{len(runs) - 1}
+#SBATCH --nodes={nodes}
+#SBATCH --ntasks-per-node=1
+#SBATCH --output={root}/slurm-%A_%a.out
+# One array task per run; srun starts one process per node and the trainer calls
+# jax.distributed.initialize() from the SLURM environment. Reruns resume.
+set -euo pipefail
+RUNS=(
+{entries}
+)
+IFS='|' read -r NAME OVERRIDES <<< "${{RUNS[$SLURM_ARRAY_TASK_ID]}}"
+cd {repo_dir}
+srun python -m charrnn_jax.main --config={config_arg} --workdir={root}/"$NAME" $OVERRIDES
+"""
+
+
+def tpu_vm_commands(
+    config_arg: str, root: str, runs, *, tpu_name: str, zone: str, repo_dir: str
+) -> list[str]:
+    """One command per run, every worker of the pod slice running the same trainer."""
+    commands = []
+    for name, overrides in runs:
+        inner = shlex.join(train_command(config_arg, f"{root}/{name}", overrides))
+        commands.append(
+            f"gcloud compute tpus tpu-vm ssh {tpu_name} --zone={zone} --worker=all "
+            f"--command={shlex.quote(f'cd {repo_dir} && {inner}')}"
+        )
+    return commands
+
+
+def define_flags() -> None:
+    """Defined only when run as a program, so tests can import this module."""
+    flags.DEFINE_string("config", None, "Config file, optionally with ':preset'.")
+    flags.DEFINE_string("sweep", "sweep", "Name of the sweep function in the file.")
+    flags.DEFINE_string("workdir_root", None, "Parent of every run's workdir.")
+    flags.DEFINE_enum("launcher", "local", ["local", "slurm", "tpu_vm"], "Where to run.")
+    flags.DEFINE_bool("dry_run", False, "Write/print what would run; run nothing.")
+    flags.DEFINE_integer("parallel", 1, "local: runs at a time.")
+    flags.DEFINE_integer("gpus_per_run", 0, "local: GPUs per run (0: no pinning).")
+    flags.DEFINE_integer("nodes", 1, "slurm: nodes per run.")
+    flags.DEFINE_string("tpu_name", "my-tpu", "tpu_vm: the TPU VM's name.")
+    flags.DEFINE_string("zone", "us-central2-b", "tpu_vm: its zone.")
+    flags.DEFINE_string("repo_dir", "~/charrnn_jax", "tpu_vm/slurm: checkout path.")
+    flags.mark_flags_as_required(["config", "workdir_root"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    runs = expand(FLAGS.config, FLAGS.sweep)
+    root = FLAGS.workdir_root
+    print(f"{len(runs)} runs in {root}")
+    if FLAGS.launcher == "local":
+        results = run_local(
+            FLAGS.config,
+            pathlib.Path(root),
+            runs,
+            parallel=FLAGS.parallel,
+            gpus_per_run=FLAGS.gpus_per_run,
+            dry_run=FLAGS.dry_run,
+        )
+        for name, status in results.items():
+            print(f"{status['status']:8} {name}")
+        failed = [n for n, s in results.items() if s["status"] == "failed"]
+        if failed:
+            sys.exit(f"{len(failed)} run(s) failed; see their launch.log")
+        return
+    if FLAGS.launcher == "slurm":
+        pathlib.Path(root).mkdir(parents=True, exist_ok=True)
+        script = pathlib.Path(root) / "sweep.sbatch"
+        script.write_text(
+            slurm_script(FLAGS.config, root, runs, nodes=FLAGS.nodes, repo_dir=FLAGS.repo_dir)
+        )
+        print(f"wrote {script}")
+        if not FLAGS.dry_run:
+            subprocess.run(["sbatch", str(script)], check=True)
+        return
+    commands = tpu_vm_commands(
+        FLAGS.config,
+        root,
+        runs,
+        tpu_name=FLAGS.tpu_name,
+        zone=FLAGS.zone,
+        repo_dir=FLAGS.repo_dir,
+    )
+    print("\n".join(commands))
+    if not FLAGS.dry_run:
+        for command in commands:
+            subprocess.run(command, shell=True, check=False)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

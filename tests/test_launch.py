@@ -1,0 +1,116 @@
+"""Sweeps: expansion, stable run names, the local launcher with a failing run, the SLURM
+and TPU VM outputs, and the report."""
+
+import json
+import shlex
+
+import pytest
+from conftest import REPO
+
+from charrnn_jax import config_lib
+from launch import report, sweep
+
+SWEEP_CONFIG = f"""
+import pathlib
+from charrnn_jax import config_lib
+
+def get_config(arg=None):
+    config = config_lib.load_config_file(pathlib.Path({str(REPO / "experiments" / "shakespeare.py")!r}), "tiny")
+    config.model.embed_dim, config.model.hidden_size = 8, 16
+    config.data.seq_len, config.train.batch_size = 16, 4
+    config.train.num_steps, config.train.log_every, config.train.eval_every = 4, 2, 2
+    config.train.eval_batches, config.train.checkpoint_every, config.sample.length = 1, 4, 0
+    return config
+
+def sweep():
+    runs = config_lib.sweep_product({{"train.learning_rate": [0.001, 0.01], "seed": [0, 1]}})
+    runs[3]["data.seq_len"] = 0  # This run fails on purpose.
+    return runs
+"""
+
+
+def test_product_and_zip():
+    assert config_lib.sweep_product({"a": [1, 2], "b": [3, 4]}) == [
+        {"a": 1, "b": 3},
+        {"a": 1, "b": 4},
+        {"a": 2, "b": 3},
+        {"a": 2, "b": 4},
+    ]
+    assert config_lib.sweep_zip({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    with pytest.raises(ValueError, match="equally long"):
+        config_lib.sweep_zip({"a": [1], "b": [3, 4]})
+
+
+def test_shakespeare_sweep_names_are_unique_and_stable():
+    config = str(REPO / "experiments" / "shakespeare.py") + ":tiny"
+    runs = sweep.expand(config, "sweep")
+    assert len(runs) == 8 and runs == sweep.expand(config, "sweep")
+    names = [name for name, _ in runs]
+    assert len(set(names)) == 8
+    assert names[0] == "learning_rate=0.001,hidden_size=256,seed=0"
+    assert sweep.run_name({"model.seed": 1, "train.seed": 2}) == "model.seed=1,train.seed=2"
+
+
+def test_local_launcher_runs_records_a_failure_skips_finished_and_reports(tmp_path):
+    config_file = tmp_path / "sweep_config.py"
+    config_file.write_text(SWEEP_CONFIG)
+    runs = sweep.expand(str(config_file), "sweep")
+    root = tmp_path / "sweep"
+    results = sweep.run_local(
+        str(config_file), root, runs, parallel=2, gpus_per_run=0, dry_run=False
+    )
+    statuses = {name: s["status"] for name, s in results.items()}
+    assert sorted(statuses.values()) == ["done", "done", "done", "failed"]
+    failed = [n for n, s in statuses.items() if s == "failed"][0]
+    assert "seq_len must be positive" in (root / failed / "launch.log").read_text()
+    summary = json.loads((root / "sweep_summary.json").read_text())
+    assert summary[failed]["returncode"] == 1
+
+    again = sweep.run_local(str(config_file), root, runs, parallel=2, gpus_per_run=0, dry_run=False)
+    assert sum(bool(s.get("skipped")) for s in again.values()) == 3
+
+    text = report.report(root)
+    rows = [line for line in text.splitlines()[2:] if line.startswith("|")]
+    assert len(rows) == 3 and all("| done | 4 |" in row for row in rows)
+    best = [float(row.split("|")[4]) for row in rows]
+    assert best == sorted(best)
+    assert (root / "report.md").is_file()
+    assert (root / "val_loss.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_slurm_script_and_tpu_vm_commands_are_well_formed():
+    runs = [
+        ("lr=0.1,seed=0", {"train.learning_rate": 0.1, "seed": 0}),
+        ("lr=0.2,seed=0", {"train.learning_rate": 0.2, "seed": 0}),
+    ]
+    script = sweep.slurm_script(
+        "experiments/shakespeare.py:tiny",
+        "/shared/sweep",
+        runs,
+        nodes=2,
+        repo_dir="/home/me/charrnn_jax",
+    )
+    assert script.startswith("#!/bin/bash\n")
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --nodes=2" in script
+    assert "'lr=0.1,seed=0|--config.train.learning_rate=0.1 --config.seed=0'" in script
+    assert (
+        "srun python -m charrnn_jax.main --config=experiments/shakespeare.py:tiny "
+        '--workdir=/shared/sweep/"$NAME" $OVERRIDES'
+    ) in script
+
+    commands = sweep.tpu_vm_commands(
+        "experiments/shakespeare.py",
+        "gs://bucket/sweep",
+        runs,
+        tpu_name="pod",
+        zone="us-central2-b",
+        repo_dir="~/c",
+    )
+    assert len(commands) == 2
+    words = shlex.split(commands[1])
+    assert words[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod"]
+    assert "--worker=all" in words
+    inner = words[-1].removeprefix("--command=")
+    assert inner.startswith("cd ~/c && python -m charrnn_jax.main")
+    assert "--workdir=gs://bucket/sweep/lr=0.2,seed=0" in inner
+    assert "--config.train.learning_rate=0.2" in inner
