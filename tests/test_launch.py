@@ -10,12 +10,13 @@ from conftest import REPO
 from charrnn_jax import config_lib
 from launch import report, sweep
 
+BASE = str(REPO / "experiments" / "shakespeare.py")
 SWEEP_CONFIG = f"""
 import pathlib
 from charrnn_jax import config_lib
 
 def get_config(arg=None):
-    config = config_lib.load_config_file(pathlib.Path({str(REPO / "experiments" / "shakespeare.py")!r}), "tiny")
+    config = config_lib.load_config_file(pathlib.Path({BASE!r}), "tiny")
     config.model.embed_dim, config.model.hidden_size = 8, 16
     config.data.seq_len, config.train.batch_size = 16, 4
     config.train.num_steps, config.train.log_every, config.train.eval_every = 4, 2, 2
