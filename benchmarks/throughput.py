@@ -3,6 +3,10 @@
     python benchmarks/throughput.py [--sizes=small,tutorial] [--batches=64,256] \
         [--impls=ours_f32,ours_bf16,flax_reference,keras,torch_f32,torch_bf16]
 
+`--impls=ours_f32,ours_f32@2,ours_f32@4` gives the data-parallel scaling rows: the same
+global batch sharded over 1, 2 and 4 fake CPU devices of the same 2 cores, which shows the
+sharded step's overhead (it cannot show a speed-up without more hardware).
+
 Every (implementation, size, batch) runs in its own subprocess, so peak RSS is its own:
 one warm-up step, then the median over 3 repeats of at least --seconds each. The table
 gives tokens/s, the ratio to ours (f32), the fraction of this machine's f32 matmul
@@ -54,13 +58,13 @@ def _batch(batch_size: int):
     return tokens[:, :-1].astype(np.int32), tokens[:, 1:].astype(np.int32)
 
 
-def _jax_step(impl: str, embed_dim: int, hidden: int, batch_size: int):
+def _jax_step(impl: str, embed_dim: int, hidden: int, batch_size: int, num_devices: int = 1):
     import functools
 
     import jax
     import optax
 
-    from charrnn_jax import models, train
+    from charrnn_jax import models, parallel, train
 
     model = models.CharRNN(
         embed_dim=embed_dim,
@@ -69,13 +73,18 @@ def _jax_step(impl: str, embed_dim: int, hidden: int, batch_size: int):
         gru_impl="flax" if impl == "flax_reference" else "fused",
     )
     tx = optax.adam(1e-3)
+    mesh = parallel.make_mesh(jax.devices()[:num_devices])
+    repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
     state = train.create_train_state(jax.random.key(0), model=model, tx=tx, seq_len=SEQ_LEN)
+    state = jax.device_put(state, repl)
     step_fn = jax.jit(
         functools.partial(train.train_step, schedule=optax.constant_schedule(1e-3)),
+        in_shardings=(repl, data, repl),
+        out_shardings=(repl, repl),
         donate_argnums=0,
     )
     inputs, targets = _batch(batch_size)
-    batch = jax.device_put({"inputs": inputs, "targets": targets})
+    batch = jax.device_put({"inputs": inputs, "targets": targets}, data)
     rng = jax.random.key(1)
     holder = {"state": state}
 
@@ -133,8 +142,9 @@ def _torch_step(embed_dim: int, hidden: int, batch_size: int, bf16: bool):
 
 def worker(impl: str, size: str, batch_size: int, seconds: float) -> dict:
     embed_dim, hidden = SIZES[size]
+    impl, _, devices = impl.partition("@")  # "ours_f32@4": on 4 (fake CPU) devices.
     if impl.startswith(("ours", "flax")):
-        step = _jax_step(impl, embed_dim, hidden, batch_size)
+        step = _jax_step(impl, embed_dim, hidden, batch_size, int(devices or 1))
     elif impl == "keras":
         step = _keras_step(embed_dim, hidden, batch_size)
     else:
@@ -160,13 +170,16 @@ def matmul_worker(n: int = 2048) -> dict:
 
 
 def available(impl: str) -> bool:
-    module = {"keras": "keras", "torch_f32": "torch", "torch_bf16": "torch"}.get(impl)
+    module = {"keras": "keras", "torch_f32": "torch", "torch_bf16": "torch"}.get(impl.split("@")[0])
     return module is None or importlib.util.find_spec(module) is not None
 
 
 def run_worker(args: list[str]) -> dict:
+    env = dict(os.environ)
+    if "@" in args[0]:  # Fake CPU devices for the scaling rows (ignored on a GPU).
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args[0].split('@')[1]}"
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True
+        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env
     )
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
