@@ -85,3 +85,18 @@ def subprocess_env(**extra) -> dict:
     env = dict(os.environ)
     env.update({"PYTHONPATH": str(REPO), "CHARRNN_DATA_DIR": str(DATA_DIR)}, **extra)
     return env
+
+
+def main_command(workdir, *extra, **overrides) -> list[str]:
+    """`python -m charrnn_jax.main` on the tiny settings, as a subprocess argv."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "charrnn_jax.main",
+        f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny",
+        f"--workdir={workdir}",
+        *tiny_overrides(**overrides),
+        *extra,
+    ]

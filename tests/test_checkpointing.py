@@ -5,14 +5,13 @@ import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, subprocess_env, tiny_config, tiny_overrides
+from conftest import main_command, subprocess_env, tiny_config
 
 from charrnn_jax import checkpointing, metric_logging, train
 from charrnn_jax.errors import NonFiniteLossError, UserError
@@ -30,14 +29,7 @@ RESUME_RUN = {
 
 
 def _main_cmd(workdir, **overrides):
-    return [
-        sys.executable,
-        "-m",
-        "charrnn_jax.main",
-        f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny",
-        f"--workdir={workdir}",
-        *tiny_overrides(**overrides),
-    ]
+    return main_command(workdir, **overrides)
 
 
 def _env():
@@ -104,21 +96,26 @@ def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path):
     assert curve(killed) == curve(straight)
 
 
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
-    overrides = {**RESUME_RUN, "train.checkpoint_every": 1000}
+def _sigterm_after(workdir, step: int, overrides) -> int:
+    """Starts a run, sends SIGTERM once `step` is logged; returns the step it stopped at."""
     proc = subprocess.Popen(
-        _main_cmd(tmp_path, **overrides),
+        _main_cmd(workdir, **overrides),
         env=_env(),
         text=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    _wait_for_step(tmp_path, proc, 20)
+    _wait_for_step(workdir, proc, step)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
     assert "Preempted at step" in out
-    stopped_at = int(out.split("Preempted at step ")[1].split(";")[0])
+    return int(out.split("Preempted at step ")[1].split(";")[0])
+
+
+def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+    overrides = {**RESUME_RUN, "train.checkpoint_every": 1000}
+    stopped_at = _sigterm_after(tmp_path, 20, overrides)
     assert 20 <= stopped_at < 150
     assert checkpointing.Checkpointer(tmp_path, read_only=True).all_steps() == [stopped_at]
     rerun = subprocess.run(
@@ -129,18 +126,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
 
 def test_sigterm_during_saves_leaves_readable_checkpoints(tmp_path):
     overrides = {**RESUME_RUN, "train.checkpoint_every": 1}  # A save is always in flight.
-    proc = subprocess.Popen(
-        _main_cmd(tmp_path, **overrides),
-        env=_env(),
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _wait_for_step(tmp_path, proc, 10)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    stopped_at = int(out.split("Preempted at step ")[1].split(";")[0])
+    stopped_at = _sigterm_after(tmp_path, 10, overrides)
     step, _ = _final_params(tmp_path)
     assert step == stopped_at
 

@@ -42,29 +42,14 @@ def test_main_trains_logs_progress_and_writes_metrics(trained):
 
 def test_sample_cli_prints_each_prompt_continued(trained):
     workdir, _ = trained
-    result = _run(
-        "charrnn_jax.sample",
-        f"--workdir={workdir}",
-        "--prompt=ROMEO: ",
-        "--prompt=式部",
-        "--length=20",
-        "--num_samples=2",
-        "--seed=3",
-    )
+    args = ["--prompt=ROMEO: ", "--prompt=式部", "--length=20", "--num_samples=2", "--seed=3"]
+    result = _run("charrnn_jax.sample", f"--workdir={workdir}", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     chunks = result.stdout.split("----- sample ")[1:]
     assert len(chunks) == 4
     assert chunks[0].split("\n", 1)[1].startswith("ROMEO: ")
     assert chunks[2].split("\n", 1)[1].startswith("式部")
-    again = _run(
-        "charrnn_jax.sample",
-        f"--workdir={workdir}",
-        "--prompt=ROMEO: ",
-        "--prompt=式部",
-        "--length=20",
-        "--num_samples=2",
-        "--seed=3",
-    )
+    again = _run("charrnn_jax.sample", f"--workdir={workdir}", *args)
     assert again.stdout == result.stdout
 
 

@@ -2,10 +2,9 @@
 
 import socket
 import subprocess
-import sys
 
 import numpy as np
-from conftest import REPO, subprocess_env, tiny_overrides
+from conftest import main_command, subprocess_env
 
 from charrnn_jax import checkpointing, metric_logging
 
@@ -25,15 +24,7 @@ def _free_port() -> int:
 
 
 def _cmd(workdir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "charrnn_jax.main",
-        f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny",
-        f"--workdir={workdir}",
-        *tiny_overrides(**RUN),
-        *extra,
-    ]
+    return main_command(workdir, *extra, **RUN)
 
 
 def _devices(n):
