@@ -62,8 +62,12 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def reached_preemption(self, step: int) -> bool:
-        """True on every process once a preemption notice arrived (multi-host runs)."""
-        return self.manager.reached_preemption(step)
+        """True on every process once a preemption notice arrived (multi-host runs).
+
+        JAX's preemption service exists only under jax.distributed; a single process
+        relies on the trainer's SIGTERM handler, so skip the per-step query there.
+        """
+        return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
     def save(self, step: int, params, opt_state) -> bool:
         """Starts an async save; every process must call this (never only process 0)."""

@@ -92,50 +92,49 @@ def _emit(logits, row_keys, t, done, temperature, *, greedy, top_k, stop_byte):
     return new_byte, emitted, done
 
 
-@functools.partial(jax.jit, static_argnames=("model", "length", "greedy", "top_k", "stop_byte"))
-def _generate(
-    params,
-    prompt_tokens,
-    prompt_lengths,
-    row_keys,
-    temperature,
-    *,
-    model,
-    length,
-    greedy,
-    top_k,
-    stop_byte,
-):
+def _carry_context(model, variables, prompt_tokens, prompt_lengths):
+    """Default decoding: the carry runs on over everything generated so far."""
     batch = prompt_tokens.shape[0]
-    variables = {"params": params}
-    # Prime on all but the last prompt byte; the scan's first step feeds the last one.
+    # Prime on all but the last prompt byte; each step then feeds one byte.
     _, carry = model.apply(variables, prompt_tokens, lengths=prompt_lengths - 1)
     last_byte = prompt_tokens[jnp.arange(batch), prompt_lengths - 1]
 
-    def step(state, t):
-        carry, byte, done = state
+    def read(context):
+        carry, byte = context
         logits, carry = model.apply(variables, byte[:, None], carry)
-        new_byte, emitted, done = _emit(
-            logits[:, 0],
-            row_keys,
-            t,
-            done,
-            temperature,
-            greedy=greedy,
-            top_k=top_k,
-            stop_byte=stop_byte,
-        )
-        return (carry, new_byte, done), (new_byte, emitted)
+        return logits[:, 0], lambda new_byte: (carry, new_byte)
 
-    init = (carry, last_byte, jnp.zeros((batch,), bool))
-    _, (new_bytes, emitted) = jax.lax.scan(step, init, jnp.arange(length))
-    return new_bytes.T, emitted.sum(axis=0).astype(jnp.int32)
+    return (carry, last_byte), read
+
+
+def _window_context(model, variables, prompt_tokens, prompt_lengths, window):
+    """Sliding-window decoding: each byte conditions only on the last `window` bytes, the
+    carry re-primed from zero over them at every step (the sliding-window seed's way)."""
+    bucket = prompt_tokens.shape[1]
+    # Right-align each prompt's last `window` bytes in a [batch, window] buffer.
+    positions = prompt_lengths[:, None] - window + jnp.arange(window)[None, :]
+    gathered = jnp.take_along_axis(prompt_tokens, jnp.clip(positions, 0, bucket - 1), axis=1)
+    buffer = jnp.where(positions >= 0, gathered, 0)
+
+    def read(context):
+        buffer, filled = context
+        # Left padding is skipped by the carry selection: each row starts at its first byte.
+        valid = jnp.arange(window)[None, :] >= (window - filled)[:, None]
+        logits, _ = model.apply(variables, buffer, valid=valid)
+
+        def feed(new_byte):
+            shifted = jnp.concatenate([buffer[:, 1:], new_byte[:, None]], axis=1)
+            return shifted, jnp.minimum(filled + 1, window)
+
+        return logits[:, -1], feed
+
+    return (buffer, jnp.minimum(prompt_lengths, window)), read
 
 
 @functools.partial(
     jax.jit, static_argnames=("model", "length", "window", "greedy", "top_k", "stop_byte")
 )
-def _generate_windowed(
+def _generate(
     params,
     prompt_tokens,
     prompt_lengths,
@@ -149,35 +148,21 @@ def _generate_windowed(
     top_k,
     stop_byte,
 ):
-    """Each byte conditions only on the last `window` bytes: the carry is re-primed from
-    zero over the window at every step (the sliding-window seed's decoding)."""
-    batch, bucket = prompt_tokens.shape
     variables = {"params": params}
-    # Right-align each prompt's last `window` bytes in a [batch, window] buffer.
-    positions = prompt_lengths[:, None] - window + jnp.arange(window)[None, :]
-    gathered = jnp.take_along_axis(prompt_tokens, jnp.clip(positions, 0, bucket - 1), axis=1)
-    buffer = jnp.where(positions >= 0, gathered, 0)
-    filled = jnp.minimum(prompt_lengths, window)
+    if window is None:
+        context, read = _carry_context(model, variables, prompt_tokens, prompt_lengths)
+    else:
+        context, read = _window_context(model, variables, prompt_tokens, prompt_lengths, window)
 
     def step(state, t):
-        buffer, filled, done = state
-        # Left padding is skipped by the carry selection: each row starts at its first byte.
-        valid = jnp.arange(window)[None, :] >= (window - filled)[:, None]
-        logits, _ = model.apply(variables, buffer, valid=valid)
+        context, done = state
+        logits, feed = read(context)
         new_byte, emitted, done = _emit(
-            logits[:, -1],
-            row_keys,
-            t,
-            done,
-            temperature,
-            greedy=greedy,
-            top_k=top_k,
-            stop_byte=stop_byte,
+            logits, row_keys, t, done, temperature, greedy=greedy, top_k=top_k, stop_byte=stop_byte
         )
-        buffer = jnp.concatenate([buffer[:, 1:], new_byte[:, None]], axis=1)
-        return (buffer, jnp.minimum(filled + 1, window), done), (new_byte, emitted)
+        return (feed(new_byte), done), (new_byte, emitted)
 
-    init = (buffer, filled, jnp.zeros((batch,), bool))
+    init = (context, jnp.zeros((prompt_tokens.shape[0],), bool))
     _, (new_bytes, emitted) = jax.lax.scan(step, init, jnp.arange(length))
     return new_bytes.T, emitted.sum(axis=0).astype(jnp.int32)
 
@@ -226,14 +211,17 @@ def sample(
     check_args(length=length, temperature=temperature, top_k=top_k, window=window)
     tokens, lengths = encode_prompts(prompts)
     keys = row_keys_for(rng, tokens.shape[0])
-    static = dict(
-        model=model, length=length, greedy=temperature == 0, top_k=top_k, stop_byte=stop_byte
+    generated, out_lengths = _generate(
+        params,
+        tokens,
+        lengths,
+        keys,
+        jnp.float32(temperature if temperature > 0 else 1.0),
+        model=model,
+        length=length,
+        window=window,
+        greedy=temperature == 0,
+        top_k=top_k,
+        stop_byte=stop_byte,
     )
-    temperature = jnp.float32(temperature if temperature > 0 else 1.0)
-    if window is None:
-        generated, out_lengths = _generate(params, tokens, lengths, keys, temperature, **static)
-    else:
-        generated, out_lengths = _generate_windowed(
-            params, tokens, lengths, keys, temperature, window=window, **static
-        )
     return np.asarray(generated, np.uint8), np.asarray(out_lengths)
