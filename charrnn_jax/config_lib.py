@@ -82,8 +82,40 @@ def validate(config: ml_collections.ConfigDict) -> None:
         t.grad_clip_norm >= 0,
         f"train.grad_clip_norm must be >= 0 (0 = off), got {t.grad_clip_norm}.",
     )
+    if "sweep" in config:
+        _require(
+            config.sweep.vmap >= 0,
+            f"sweep.vmap must be >= 0 (0 = off), got {config.sweep.vmap}.",
+        )
     _require(s.length >= 0, f"sample.length must be >= 0 (0 = no samples), got {s.length}.")
     _require(s.temperature >= 0, f"sample.temperature must be >= 0, got {s.temperature}.")
+
+
+def flatten(config: ml_collections.ConfigDict) -> dict:
+    """{'train.learning_rate': 0.003, ...}: every leaf under its dotted key."""
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """A copy with dotted-key overrides applied; unknown keys and wrong types raise UserError."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.lock()
+    for key, value in overrides.items():
+        *parents, field = key.split(".")
+        node = config
+        try:
+            for parent in parents:
+                node = node[parent]
+            node[field] = value
+        except (KeyError, AttributeError, TypeError) as e:
+            raise UserError(f"Bad sweep override {key}={value!r}: {e}".splitlines()[0]) from None
+    return config
 
 
 def save(config: ml_collections.ConfigDict, path: pathlib.Path) -> None:

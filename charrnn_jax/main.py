@@ -1,6 +1,7 @@
 """Entry point: `python -m charrnn_jax.main --config=experiments/shakespeare.py --workdir=DIR`.
 
-Only flags and a call to train.train_and_evaluate, which tests call directly.
+Only flags and a call to train.train_and_evaluate, which tests call directly
+(or, with --config.sweep.vmap=K, to sweeps.run_vmapped).
 """
 
 from absl import app, flags, logging
@@ -52,12 +53,35 @@ def main(argv):
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    summary = cli.exit_on_user_error(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    if config.sweep.vmap:
+        cli.exit_on_user_error(_vmapped_sweep, config, _WORKDIR.value)
+        return
+    summary = cli.exit_on_user_error(train.train_and_evaluate, config, _WORKDIR.value)
     if summary["preempted"]:
         print(
             f"Preempted at step {summary['final_step']}; checkpoint saved. Rerun the same "
             f"command to resume."
         )
+
+
+def _vmapped_sweep(config, root) -> None:
+    """--config.sweep.vmap=K: the file's sweep() (or K seeds), K variants per program."""
+    import sys
+
+    from charrnn_jax import sweeps
+
+    path = config_flags.get_config_filename(flags.FLAGS["config"])
+    if sweeps.has_sweep(path, config.sweep.name):
+        runs = sweeps.expand(path, config.sweep.name)
+    else:
+        runs = sweeps.seed_runs(config, config.sweep.vmap)
+    statuses = sweeps.run_vmapped(config, runs, root, size=config.sweep.vmap)
+    for name, status in statuses.items():
+        print(f"{status['status']:9} {name}  val_loss={status.get('val_loss')}")
+    failed = [name for name, status in statuses.items() if status["status"] == "failed"]
+    if failed:
+        sys.exit(f"{len(failed)} variant(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def data_sharded(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over 'data'; other axes whole."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+def data_sharded(mesh: Mesh, *, variant_axis: bool = False) -> NamedSharding:
+    """The batch axis split over 'data'; other axes whole.
+
+    The batch axis is the leading one, or the second after a vmapped sweep's variant axis
+    (every variant's batch is split the same way; the variants are not).
+    """
+    return NamedSharding(
+        mesh, PartitionSpec(None, DATA_AXIS) if variant_axis else PartitionSpec(DATA_AXIS)
+    )
 
 
 def check_batch_divides(global_batch: int, mesh: Mesh) -> None:
@@ -42,13 +48,14 @@ def check_batch_divides(global_batch: int, mesh: Mesh) -> None:
         )
 
 
-def global_batch(local_batch, mesh: Mesh):
+def global_batch(local_batch, mesh: Mesh, *, variant_axis: bool = False):
     """Assembles each process's rows into one global array sharded on 'data'.
 
     Args:
-      local_batch: pytree of numpy arrays [local_batch, ...], this process's rows.
+      local_batch: pytree of numpy arrays [local_batch, ...], this process's rows
+        ([variants, local_batch, ...] with variant_axis).
     """
-    sharding = data_sharded(mesh)
+    sharding = data_sharded(mesh, variant_axis=variant_axis)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
     )

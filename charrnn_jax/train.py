@@ -40,24 +40,32 @@ class TrainState(train_state.TrainState):
     pass
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict):
-    """Adam (Keras's epsilon by default), optional global-norm clipping and warmup+cosine."""
+def make_optimizer(
+    train_config: ml_collections.ConfigDict, *, learning_rate=None, grad_clip_norm=None
+):
+    """Adam (Keras's epsilon by default), optional global-norm clipping and warmup+cosine.
+
+    `learning_rate` and `grad_clip_norm` replace the config's values; a vmapped sweep
+    passes them as traced per-variant scalars (the optimizer state does not depend on them).
+    """
     t = train_config
+    peak = t.learning_rate if learning_rate is None else learning_rate
+    clip = t.grad_clip_norm if grad_clip_norm is None else grad_clip_norm
     if t.schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(
-            0.0, t.learning_rate, max(t.warmup_steps, 1), t.num_steps
+            0.0, peak, max(t.warmup_steps, 1), t.num_steps
         )
     elif t.warmup_steps:
         schedule = optax.join_schedules(
             [
-                optax.linear_schedule(0.0, t.learning_rate, t.warmup_steps),
-                optax.constant_schedule(t.learning_rate),
+                optax.linear_schedule(0.0, peak, t.warmup_steps),
+                optax.constant_schedule(peak),
             ],
             [t.warmup_steps],
         )
     else:
-        schedule = optax.constant_schedule(t.learning_rate)
-    parts = [optax.clip_by_global_norm(t.grad_clip_norm)] if t.grad_clip_norm > 0 else []
+        schedule = optax.constant_schedule(peak)
+    parts = [optax.clip_by_global_norm(clip)] if t.grad_clip_norm > 0 else []
     if t.optimizer == "keras_adam":
         parts += [scale_by_keras_adam(eps=t.adam_eps), optax.scale_by_learning_rate(schedule)]
     else:
@@ -153,22 +161,52 @@ def train_step(state: TrainState, batch, dropout_rng, *, schedule):
     return state.apply_gradients(grads=grads), metrics
 
 
+VMAPPABLE_KEYS = ("seed", "train.learning_rate", "train.grad_clip_norm")
+
+
+def vmapped_train_step(states, batches, dropout_rngs, hparams, *, train_config):
+    """train_step for K stacked variants that differ only in VMAPPABLE_KEYS.
+
+    Args:
+      states: a TrainState whose leaves have a leading variant axis K.
+      batches: the variants' batches, [K, B, ...].
+      dropout_rngs: [K] keys.
+      hparams: {'learning_rate': [K], 'grad_clip_norm': [K]} float32.
+    """
+
+    def one(state, batch, rng, hp):
+        tx, schedule = make_optimizer(train_config, **hp)
+        new_state, metrics = train_step(state.replace(tx=tx), batch, rng, schedule=schedule)
+        return new_state.replace(tx=state.tx), metrics  # No traced optimizer escapes.
+
+    return jax.vmap(one)(states, batches, dropout_rngs, hparams)
+
+
 def eval_step(params, batch, *, apply_fn):
     return loss_sums(_apply(apply_fn, params, batch), batch)
 
 
-def evaluate(eval_fn, params, batches) -> dict:
-    """Val loss (and accuracy) over fixed batches: one host fetch for all of them."""
-    sums = jax.device_get(
+def _eval_sums(eval_fn, params, batches) -> dict:
+    """Summed loss weights over fixed batches: one host fetch for all of them."""
+    return jax.device_get(
         jax.tree.map(
-            lambda *x: jnp.sum(jnp.stack(x)), *[eval_fn(params, batch) for batch in batches]
+            lambda *x: jnp.sum(jnp.stack(x), axis=0),
+            *[eval_fn(params, batch) for batch in batches],
         )
     )
+
+
+def _val_record(sums: dict) -> dict:
     out = {"val_loss": float(sums["loss_sum"] / sums["weight"])}
     out["val_bpb"] = metric_logging.bits_per_byte(out["val_loss"])
     if "correct" in sums:
         out["val_accuracy"] = float(sums["correct"] / sums["weight"])
     return out
+
+
+def evaluate(eval_fn, params, batches) -> dict:
+    """Val loss (and accuracy) over fixed batches."""
+    return _val_record(_eval_sums(eval_fn, params, batches))
 
 
 def load_data(config: ml_collections.ConfigDict):
@@ -213,31 +251,53 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-class _MetricWindow:
-    """Per-step metrics stay on the device until a log, eval or save step fetches them."""
+class _Run:
+    """One run's outputs: checkpoints, metric streams and host-side metrics since the last record.
 
-    def __init__(self):
-        self.pending: list[tuple[int, dict]] = []
+    A plain run has one; a vmapped sweep one per variant, each a normal workdir that can
+    be sampled from or resumed on its own.
+    """
+
+    def __init__(self, config, workdir: pathlib.Path):
+        self.config = config
+        self.workdir = workdir
+        self.ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.train.max_to_keep)
         self.host: list[dict] = []
+        self.failed: str | None = None  # Set when a vmapped variant diverges.
+        self.jsonl = self.tb = None
+        self.wall_offset = 0.0
+        self.summary = {
+            "resumed_from": None,
+            "preempted": False,
+            "failed": None,
+            "train_loss": None,
+            "val_loss": None,
+        }
 
-    def add(self, step: int, metrics) -> None:
-        self.pending.append((step, metrics))
+    def open_logs(self, start_step: int) -> None:
+        config_lib.save(self.config, self.workdir / "config.json")
+        self.jsonl = metric_logging.JsonlWriter(
+            self.workdir / metric_logging.METRICS_FILE, start_step
+        )
+        self.wall_offset = self.jsonl.wall_time_offset
+        self.tb = metric_logging.TensorBoardWriter(self.workdir / "tensorboard")
 
-    def fetch(self, last_good_checkpoint: str) -> None:
-        """Moves pending metrics to the host, failing on the first non-finite step."""
-        fetched = jax.device_get([m for _, m in self.pending])
-        for (step, _), metrics in zip(self.pending, fetched, strict=True):
-            if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
-                raise NonFiniteLossError(
-                    f"Loss or grad norm became non-finite at step {step} (loss "
-                    f"{metrics['loss']}, grad norm {metrics['grad_norm']}); nothing was saved "
-                    f"after it. Last good checkpoint: {last_good_checkpoint}."
-                )
-            self.host.append(metrics)
-        self.pending = []
+    def last_good(self) -> str:
+        latest = self.ckpt.latest_step()
+        return f"step {latest} in {self.ckpt.directory}" if latest is not None else "none"
 
-    def summary(self) -> dict:
-        """Means since the last summary; empties the window."""
+    def add(self, step: int, metrics: dict) -> None:
+        """Keeps one step's fetched metrics; raises on the first non-finite step."""
+        if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
+            raise NonFiniteLossError(
+                f"Loss or grad norm became non-finite at step {step} (loss "
+                f"{metrics['loss']}, grad norm {metrics['grad_norm']}); nothing was saved "
+                f"after it. Last good checkpoint: {self.last_good()}."
+            )
+        self.host.append(metrics)
+
+    def window_summary(self) -> dict:
+        """Means since the last record; empties the window."""
         if not self.host:
             return {}
         out = {
@@ -250,6 +310,13 @@ class _MetricWindow:
             out["train_accuracy"] = float(np.mean([m["accuracy"] for m in self.host]))
         self.host = []
         return out
+
+    def close(self) -> None:
+        self.ckpt.wait_until_finished()
+        self.ckpt.close()
+        if self.jsonl:
+            self.jsonl.close()
+            self.tb.close()
 
 
 def generate_text(params, model, config, rng) -> str:
@@ -268,160 +335,317 @@ def generate_text(params, model, config, rng) -> str:
     return input_pipeline.decode(prompt + tokens[0, : lengths[0]].tobytes())
 
 
-def _restore_or_init(config, ckpt, init_fn, state_sharding, abstract_state):
-    abstract = {
-        item: checkpointing.abstract_like(
-            getattr(abstract_state, item), getattr(state_sharding, item)
+def check_vmappable(configs) -> None:
+    """Variants trained in one vmapped program may differ only in VMAPPABLE_KEYS."""
+    flat = [config_lib.flatten(c) for c in configs]
+    for key in flat[0]:
+        if key in VMAPPABLE_KEYS:
+            continue
+        values = {repr(f.get(key)) for f in flat}
+        if len(values) > 1:
+            raise UserError(
+                f"A vmapped sweep's variants may differ only in {', '.join(VMAPPABLE_KEYS)}; "
+                f"{key} takes the values {sorted(values)}. Run those as separate sweeps."
+            )
+    if len({c.train.grad_clip_norm > 0 for c in configs}) > 1:
+        raise UserError("A vmapped sweep needs train.grad_clip_norm > 0 in all variants or none.")
+
+
+def _restore_all(runs, abstract_items):
+    """Every run restored at one common step: (step or None, [restored items per run])."""
+    restored = [run.ckpt.restore(abstract_items) for run in runs]
+    steps = [step for step, _ in restored]
+    if len(set(steps)) == 1:
+        return steps[0], [items for _, items in restored]
+    if None in steps:
+        raise UserError(
+            "The variants' workdirs hold checkpoints at different steps ("
+            + ", ".join(f"{run.workdir.name}: {s}" for run, s in zip(runs, steps, strict=True))
+            + "); resume them with the same variants, or move the odd ones away."
         )
-        for item in checkpointing.ITEMS
-    }
-    step, restored = ckpt.restore(abstract)
-    rng = jax.random.key(config.seed)
-    if step is None:
-        return init_fn(jax.random.fold_in(rng, 0)), 0
-    logging.info("Resumed from checkpoint step %d in %s.", step, ckpt.directory)
-    step_array = jax.jit(lambda: jnp.int32(step), out_shardings=state_sharding.step)()
-    return abstract_state.replace(
-        step=step_array, params=restored["params"], opt_state=restored["opt_state"]
-    ), step
+    common = min(steps)
+    logging.warning("Variants are at different steps %s; resuming all from %d.", steps, common)
+    return common, [
+        items if step == common else run.ckpt.restore(abstract_items, step=common)[1]
+        for run, (step, items) in zip(runs, restored, strict=True)
+    ]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, *, devices=None) -> dict:
     """Trains until config.train.num_steps, resuming from the workdir's latest checkpoint.
 
-    Returns a summary: final step, last train/val loss, the step resumed from and
-    whether the run stopped early on a preemption signal.
+    Returns a summary: final step, last train/val loss, the step resumed from, whether
+    the run stopped early on a preemption signal, and the final state and model.
     """
-    config_lib.validate(config)
-    workdir = prepare_workdir(workdir)
-    data = load_data(config)
-    mesh = parallel.make_mesh(devices)
-    parallel.check_batch_divides(config.train.batch_size, mesh)
+    return _train([config], [workdir], devices=devices, vmapped=False)[0]
+
+
+def train_vmapped(configs, workdirs, *, devices=None) -> list[dict]:
+    """Trains K variants in one program: jax.vmap over their stacked states.
+
+    The variants may differ only in VMAPPABLE_KEYS (seed, learning rate, clipping); each
+    gets exactly the init, batches and dropout of a plain run of its config, and its own
+    workdir (checkpoints, metrics.jsonl, TensorBoard). A variant whose loss becomes
+    non-finite is marked failed and stops writing; the others go on.
+
+    Returns one summary per variant (as train_and_evaluate's, with 'failed' set to the
+    error for a diverged variant).
+    """
+    if len(configs) != len(workdirs) or not configs:
+        raise ValueError("train_vmapped needs one workdir per config, and at least one.")
+    return _train(list(configs), list(workdirs), devices=devices, vmapped=True)
+
+
+def _train(configs, workdirs, *, devices, vmapped: bool) -> list[dict]:
+    for config in configs:
+        config_lib.validate(config)
+    if vmapped:
+        check_vmappable(configs)
+    config, num_variants = configs[0], len(configs)
     t = config.train
+    runs = [_Run(c, prepare_workdir(w)) for c, w in zip(configs, workdirs, strict=True)]
+    pipelines = {}
+    for c in configs:  # Batches depend on the seed only; share a pipeline per seed.
+        if c.seed not in pipelines:
+            pipelines[c.seed] = load_data(c)
+    datas = [pipelines[c.seed] for c in configs]
+    mesh = parallel.make_mesh(devices)
+    parallel.check_batch_divides(t.batch_size, mesh)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
 
     model = models.from_config(config.model)
     tx, schedule = make_optimizer(t)
-    repl, data_sharding = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    repl = parallel.replicated(mesh)
+    data_sharding = parallel.data_sharded(mesh, variant_axis=vmapped)
     init = functools.partial(create_train_state, model=model, tx=tx, seq_len=config.data.seq_len)
-    abstract_state = jax.eval_shape(init, jax.random.key(0))
+    abstract_one = jax.eval_shape(init, jax.random.key(0))
+    seeds = jnp.array([c.seed for c in configs], jnp.int32)  # As jit sees a Python int.
+
+    def per_variant(fn):
+        """fn(seed) -> key, for every variant (vmapped) or the one run."""
+        if vmapped:
+            return jax.jit(jax.vmap(lambda s: fn(jax.random.key(s))), out_shardings=repl)(seeds)
+        return jax.jit(lambda: fn(jax.random.key(config.seed)), out_shardings=repl)()
+
+    abstract_items = {
+        item: checkpointing.abstract_like(
+            getattr(abstract_one, item), jax.tree.map(lambda _: repl, getattr(abstract_one, item))
+        )
+        for item in checkpointing.ITEMS
+    }
+    start_step, restored = _restore_all(runs, abstract_items)
+    init_keys = per_variant(lambda key: jax.random.fold_in(key, 0))
+    init_fn = jax.vmap(init) if vmapped else init
+    abstract_state = jax.eval_shape(init_fn, init_keys)
     state_sharding = jax.tree.map(lambda _: repl, abstract_state)
-    init_fn = jax.jit(init, out_shardings=state_sharding)
-    ckpt = checkpointing.Checkpointer(workdir, max_to_keep=t.max_to_keep)
-    state, start_step = _restore_or_init(config, ckpt, init_fn, state_sharding, abstract_state)
-    resumed_from = start_step or None
+    if start_step is None:
+        start_step = 0
+        state = jax.jit(init_fn, out_shardings=state_sharding)(init_keys)
+    else:
+        logging.info("Resumed from checkpoint step %d.", start_step)
+        stack = (lambda *trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)) if vmapped else None
+        items = {
+            item: jax.jit(stack, out_shardings=getattr(state_sharding, item))(
+                *[r[item] for r in restored]
+            )
+            if vmapped
+            else restored[0][item]
+            for item in checkpointing.ITEMS
+        }
+        step_array = jax.jit(
+            lambda: jnp.full(abstract_state.step.shape, start_step, jnp.int32),
+            out_shardings=state_sharding.step,
+        )()
+        state = abstract_state.replace(step=step_array, **items)
+        for run in runs:
+            run.summary["resumed_from"] = start_step
     if start_step >= t.num_steps:
         logging.info("Checkpoint step %d already reaches num_steps=%d.", start_step, t.num_steps)
 
-    step_fn = jax.jit(
-        functools.partial(train_step, schedule=schedule),
-        in_shardings=(state_sharding, data_sharding, repl),
-        out_shardings=(state_sharding, repl),
-        donate_argnums=0,
-    )
-    eval_fn = jax.jit(
-        functools.partial(eval_step, apply_fn=model.apply),
-        in_shardings=(state_sharding.params, data_sharding),
-        out_shardings=repl,
-    )
-    eval_data = [
-        parallel.global_batch(b, mesh) for b in data.eval_batches(process_index, process_count)
-    ]
-    rng = jax.random.key(config.seed)
-    # Built by jit so that it is a global array in multi-process runs too.
-    dropout_rng = jax.jit(lambda: jax.random.fold_in(rng, 1), out_shardings=repl)()
-    sample_rng = jax.random.fold_in(rng, 2)
+    if vmapped:
+        hparams = jax.device_put(
+            {
+                key: jnp.array([c.train[key] for c in configs], jnp.float32)
+                for key in ("learning_rate", "grad_clip_norm")
+            },
+            repl,
+        )
+        step_fn = jax.jit(
+            functools.partial(vmapped_train_step, hparams=hparams, train_config=t),
+            in_shardings=(state_sharding, data_sharding, repl),
+            out_shardings=(state_sharding, repl),
+            donate_argnums=0,
+        )
+        eval_one = functools.partial(eval_step, apply_fn=model.apply)
+        eval_fn = jax.jit(
+            jax.vmap(eval_one),
+            in_shardings=(state_sharding.params, data_sharding),
+            out_shardings=repl,
+        )
+        select = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=repl)
+    else:
+        step_fn = jax.jit(
+            functools.partial(train_step, schedule=schedule),
+            in_shardings=(state_sharding, data_sharding, repl),
+            out_shardings=(state_sharding, repl),
+            donate_argnums=0,
+        )
+        eval_fn = jax.jit(
+            functools.partial(eval_step, apply_fn=model.apply),
+            in_shardings=(state_sharding.params, data_sharding),
+            out_shardings=repl,
+        )
 
-    jsonl = tb = None
+    def variant(tree, i):
+        return select(tree, i) if vmapped else tree
+
+    def global_batch(local_batches):
+        """One batch per variant (process-local) -> one global array, stacked if vmapped."""
+        if not vmapped:
+            return parallel.global_batch(local_batches[0], mesh)
+        stacked = jax.tree.map(lambda *x: np.stack(x), *local_batches)
+        return parallel.global_batch(stacked, mesh, variant_axis=True)
+
+    eval_data = [
+        global_batch(batches)
+        for batches in zip(
+            *[d.eval_batches(process_index, process_count) for d in datas], strict=True
+        )
+    ]
+    # Built by jit so that they are global arrays in multi-process runs too.
+    dropout_rngs = per_variant(lambda key: jax.random.fold_in(key, 1))
+    sample_rngs = [jax.random.fold_in(jax.random.key(c.seed), 2) for c in configs]
+
     if is_main:
-        config_lib.save(config, workdir / "config.json")
-        jsonl = metric_logging.JsonlWriter(workdir / metric_logging.METRICS_FILE, start_step)
-        tb = metric_logging.TensorBoardWriter(workdir / "tensorboard")
+        for run in runs:
+            run.open_logs(start_step)
         logging.info(
-            "Devices: %d global, %d local, process %d of %d. Model: %s params.",
+            "Devices: %d global, %d local, process %d of %d. Model: %s params%s.",
             jax.device_count(),
             jax.local_device_count(),
             process_index,
             process_count,
-            f"{count_params(state.params):,}",
+            f"{count_params(abstract_one.params):,}",
+            f", {num_variants} vmapped variants" if vmapped else "",
         )
-    wall_offset = jsonl.wall_time_offset if jsonl else 0.0
     run_start = time.perf_counter()
     progress = metric_logging.Progress(
         start_step=start_step,
         num_steps=t.num_steps,
-        tokens_per_step=t.batch_size * config.data.seq_len,
+        tokens_per_step=num_variants * t.batch_size * config.data.seq_len,
     )
-    window = _MetricWindow()
+    pending = []  # (step, on-device metrics) until the next log, eval or save step.
     stop = _StopFlag().install()
-    summary = {
-        "resumed_from": resumed_from,
-        "preempted": False,
-        "train_loss": None,
-        "val_loss": None,
-    }
 
-    def last_good() -> str:
-        latest = ckpt.latest_step()
-        return f"step {latest} in {ckpt.directory}" if latest is not None else "none"
+    def fetch_metrics():
+        """Moves pending metrics to each run; a diverged run raises (plain) or is marked failed."""
+        fetched = jax.device_get([m for _, m in pending])
+        for i, run in enumerate(runs):
+            if run.failed:
+                continue
+            try:
+                for (step, _), metrics in zip(pending, fetched, strict=True):
+                    run.add(step, _host_row(metrics, i) if vmapped else metrics)
+            except NonFiniteLossError as e:
+                if not vmapped:
+                    raise
+                run.failed = run.summary["failed"] = str(e)
+                logging.error("Variant %s failed: %s", run.workdir.name, e)
+        pending.clear()
 
     try:
         for step in range(start_step, t.num_steps):
-            local = data.train_batch(step, process_index, process_count)
-            state, metrics = step_fn(state, parallel.global_batch(local, mesh), dropout_rng)
+            local = [d.train_batch(step, process_index, process_count) for d in datas]
+            state, metrics = step_fn(state, global_batch(local), dropout_rngs)
             done = step + 1
-            window.add(done, metrics)
+            pending.append((done, metrics))
             is_last = done == t.num_steps
-            preempted = stop.event.is_set() or ckpt.reached_preemption(done)
+            preempted = stop.event.is_set() or runs[0].ckpt.reached_preemption(done)
             log_now = done % t.log_every == 0 or is_last or preempted
             eval_now = done % t.eval_every == 0 or is_last
             save_now = is_last or preempted or done % t.checkpoint_every == 0
             if not (log_now or eval_now or save_now):
                 continue
-            window.fetch(last_good())  # Raises before any save of a diverged state.
+            fetch_metrics()  # Raises (or marks a variant failed) before any save of it.
+            live = [(i, run) for i, run in enumerate(runs) if not run.failed]
+            if not live:
+                logging.error("Every variant diverged; stopping at step %d.", done)
+                break
             progress.pause()
-            record = {"step": done}
+            records = {i: {"step": done} for i, _ in live}
             if eval_now:
-                record.update(evaluate(eval_fn, state.params, eval_data))
-                summary["val_loss"] = record["val_loss"]
-                summary["val_accuracy"] = record.get("val_accuracy")
+                sums = _eval_sums(eval_fn, state.params, eval_data)
+                for i, run in live:
+                    record = _val_record(_host_row(sums, i) if vmapped else sums)
+                    records[i].update(record)
+                    run.summary["val_loss"] = record["val_loss"]
+                    run.summary["val_accuracy"] = record.get("val_accuracy")
             if save_now:
-                ckpt.save(done, state.params, state.opt_state)
+                for i, run in live:
+                    run.ckpt.save(done, variant(state.params, i), variant(state.opt_state, i))
             if is_main and eval_now and config.sample.length and not model.num_classes:
-                text = generate_text(
-                    state.params, model, config, jax.random.fold_in(sample_rng, done)
-                )
-                logging.info("Sample at step %d:\n%s", done, text)
-                tb.write_text("sample", text, done)
+                for i, run in live:
+                    text = generate_text(
+                        variant(state.params, i),
+                        model,
+                        run.config,
+                        jax.random.fold_in(sample_rngs[i], done),
+                    )
+                    logging.info("Sample at step %d%s:\n%s", done, _tag(run, vmapped), text)
+                    run.tb.write_text("sample", text, done)
             progress.resume()
             if log_now or eval_now:
-                record.update(window.summary())
-                summary["train_loss"] = record.get("train_loss", summary["train_loss"])
                 rates = progress.update(done)
-                record["tokens_per_sec"] = rates["tokens_per_sec"]
-                record["wall_time"] = wall_offset + time.perf_counter() - run_start
-                if is_main:
-                    jsonl.write(record)
-                    tb.write(record)
-                    logging.info(metric_logging.progress_line(done, t.num_steps, record, rates))
+                for i, run in live:
+                    record = records[i]
+                    record.update(run.window_summary())
+                    run.summary["train_loss"] = record.get("train_loss", run.summary["train_loss"])
+                    record["tokens_per_sec"] = rates["tokens_per_sec"] / num_variants
+                    record["wall_time"] = run.wall_offset + time.perf_counter() - run_start
+                    if is_main:
+                        run.jsonl.write(record)
+                        run.tb.write(record)
+                        logging.info(
+                            "%s%s",
+                            metric_logging.progress_line(done, t.num_steps, record, rates),
+                            _tag(run, vmapped),
+                        )
             if preempted:
                 logging.warning(
-                    "Preemption signal: saved step %d in %s; exiting cleanly.", done, ckpt.directory
+                    "Preemption signal: saved step %d; exiting cleanly (rerun to resume).", done
                 )
-                summary["preempted"] = True
+                for run in runs:
+                    run.summary["preempted"] = True
                 break
     finally:
-        ckpt.wait_until_finished()
-        ckpt.close()
         stop.uninstall()
-        if is_main:
-            jsonl.close()
-            tb.close()
-    summary["final_step"] = int(jax.device_get(state.step))
-    summary["state"] = state
-    summary["model"] = model
-    return summary
+        for run in runs:
+            run.close()
+    final_step = int(np.max(jax.device_get(state.step)))
+    summaries = []
+    for i, run in enumerate(runs):
+        summary = dict(run.summary, final_step=final_step, model=model)
+        summary["state"] = (
+            state.replace(
+                step=variant(state.step, i),
+                params=variant(state.params, i),
+                opt_state=variant(state.opt_state, i),
+            )
+            if vmapped
+            else state
+        )
+        summaries.append(summary)
+    return summaries
+
+
+def _host_row(tree, i: int):
+    """Variant i of fetched (numpy) metrics."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _tag(run: _Run, vmapped: bool) -> str:
+    return f" [{run.workdir.name}]" if vmapped else ""
 
 
 def count_params(params) -> int:

@@ -64,6 +64,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sample.length = 200  # Bytes per logged sample; 0 turns samples off.
     config.sample.temperature = 0.8  # Sampling temperature for logged samples.
 
+    config.sweep = ml_collections.ConfigDict()
+    config.sweep.vmap = 0  # K > 0: train sweep() K variants per vmapped program (README).
+    config.sweep.name = "sweep"  # The sweep function in this file (none: K seeds).
+
     if preset == "tiny":
         config.model.embed_dim = 64
         config.model.hidden_size = 256

@@ -1,7 +1,7 @@
 """Run a config's sweep(): every override set becomes one ordinary training run.
 
     python -m launch.sweep --config=experiments/shakespeare.py:tiny --sweep=sweep \
-        --workdir_root=/tmp/sweep --launcher=local|slurm|tpu_vm [--dry_run]
+        --workdir_root=/tmp/sweep --launcher=local|vmap|slurm|tpu_vm [--dry_run]
 
 Each run's workdir is <workdir_root>/<name>, the name spelled from its overrides
 (e.g. `learning_rate=0.003,hidden_size=512,seed=1`), so a rerun finds it again: finished
@@ -9,6 +9,9 @@ runs are skipped and unfinished ones resume from their checkpoints.
 
 - local: runs here, `--parallel` at a time (with `--gpus_per_run`, each gets its own
   CUDA_VISIBLE_DEVICES); a failing run is recorded and the others go on.
+- vmap: one process here trains the runs `--vmap` at a time in one vmapped program
+  (runs that differ only in seed, learning rate or clipping share a program; see
+  charrnn_jax.sweeps). Same workdirs, so the report and sampler treat them alike.
 - slurm: writes an sbatch array script (one task per run, `srun` over its nodes; the
   trainer initialises jax.distributed from SLURM) and submits it unless --dry_run.
 - tpu_vm: writes one `gcloud compute tpus tpu-vm ssh --worker=all` command per run.
@@ -26,35 +29,18 @@ import sys
 
 from absl import app, flags
 
+from charrnn_jax import sweeps
+
 FLAGS = flags.FLAGS
 
 
 STATUS_FILE = "sweep_status.json"
-
-
-def run_name(overrides: dict) -> str:
-    """Short, stable and unique within a sweep: the last key part unless that is ambiguous."""
-    lasts = [key.split(".")[-1] for key in overrides]
-    parts = []
-    for key, last in zip(overrides, lasts, strict=True):
-        label = last if lasts.count(last) == 1 else key
-        parts.append(f"{label}={overrides[key]}")
-    return ",".join(parts).replace("/", "_").replace(" ", "") or "default"
+run_name = sweeps.run_name  # Re-exported: the launchers' naming is the library's.
 
 
 def expand(config_arg: str, sweep_name: str) -> list[tuple[str, dict]]:
-    """[(name, overrides)] from the config file's sweep function."""
-    from charrnn_jax import config_lib
-
-    path = config_arg.split(":", 1)[0]
-    module = config_lib.load_config_module(pathlib.Path(path))
-    if not hasattr(module, sweep_name):
-        raise SystemExit(f"error: {path} defines no {sweep_name}()")
-    runs = [(run_name(overrides), overrides) for overrides in getattr(module, sweep_name)()]
-    names = [name for name, _ in runs]
-    if len(set(names)) != len(names):
-        raise SystemExit(f"error: the sweep repeats a run: {sorted(names)}")
-    return runs
+    """[(name, overrides)] from the sweep function of `path[:preset]`."""
+    return sweeps.expand(config_arg.split(":", 1)[0], sweep_name)
 
 
 def train_command(config_arg: str, workdir: str, overrides: dict, python="python") -> list[str]:
@@ -65,6 +51,18 @@ def train_command(config_arg: str, workdir: str, overrides: dict, python="python
         f"--config={config_arg}",
         f"--workdir={workdir}",
         *(f"--config.{key}={value}" for key, value in overrides.items()),
+    ]
+
+
+def vmap_command(config_arg: str, root: str, sweep_name: str, size: int, python="python"):
+    return [
+        python,
+        "-m",
+        "charrnn_jax.main",
+        f"--config={config_arg}",
+        f"--workdir={root}",
+        f"--config.sweep.vmap={size}",
+        f"--config.sweep.name={sweep_name}",
     ]
 
 
@@ -151,10 +149,11 @@ def define_flags() -> None:
     flags.DEFINE_string("config", None, "Config file, optionally with ':preset'.")
     flags.DEFINE_string("sweep", "sweep", "Name of the sweep function in the file.")
     flags.DEFINE_string("workdir_root", None, "Parent of every run's workdir.")
-    flags.DEFINE_enum("launcher", "local", ["local", "slurm", "tpu_vm"], "Where to run.")
+    flags.DEFINE_enum("launcher", "local", ["local", "vmap", "slurm", "tpu_vm"], "Where to run.")
     flags.DEFINE_bool("dry_run", False, "Write/print what would run; run nothing.")
     flags.DEFINE_integer("parallel", 1, "local: runs at a time.")
     flags.DEFINE_integer("gpus_per_run", 0, "local: GPUs per run (0: no pinning).")
+    flags.DEFINE_integer("vmap", 4, "vmap: variants per vmapped program.")
     flags.DEFINE_integer("nodes", 1, "slurm: nodes per run.")
     flags.DEFINE_string("tpu_name", "my-tpu", "tpu_vm: the TPU VM's name.")
     flags.DEFINE_string("zone", "us-central2-b", "tpu_vm: its zone.")
@@ -165,9 +164,18 @@ def define_flags() -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    runs = expand(FLAGS.config, FLAGS.sweep)
+    try:
+        runs = expand(FLAGS.config, FLAGS.sweep)
+    except sweeps.UserError as e:
+        sys.exit(f"error: {e}")
     root = FLAGS.workdir_root
     print(f"{len(runs)} runs in {root}")
+    if FLAGS.launcher == "vmap":
+        cmd = vmap_command(FLAGS.config, root, FLAGS.sweep, FLAGS.vmap, python=sys.executable)
+        print(shlex.join(cmd))
+        if not FLAGS.dry_run:
+            sys.exit(subprocess.run(cmd).returncode)
+        return
     if FLAGS.launcher == "local":
         results = run_local(
             FLAGS.config,

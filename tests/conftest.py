@@ -28,6 +28,8 @@ def load_experiment(name: str, preset: str | None = None):
 
 def tiny_config(**overrides):
     """A seconds-fast variant of experiments/shakespeare.py:tiny; keys like 'train.num_steps'."""
+    from charrnn_jax import config_lib
+
     config = load_experiment("shakespeare", "tiny")
     small = {
         "model.embed_dim": 16,
@@ -42,14 +44,13 @@ def tiny_config(**overrides):
         "sample.length": 0,
     }
     small.update(overrides)
-    for key, value in small.items():
-        section, field = key.split(".")
-        config[section][field] = value
-    return config
+    return config_lib.with_overrides(config, small)
 
 
 def tiny_overrides(**overrides) -> list[str]:
     """The same tiny settings as command-line flags for subprocess runs."""
+    from charrnn_jax import config_lib
+
     config = tiny_config(**overrides)
     keys = [
         "model.embed_dim",
@@ -65,9 +66,9 @@ def tiny_overrides(**overrides) -> list[str]:
         *overrides,
     ]
     flags = []
+    values = config_lib.flatten(config)
     for key in dict.fromkeys(keys):
-        section, field = key.split(".")
-        flags.append(f"--config.{key}={config[section][field]}")
+        flags.append(f"--config.{key}={values[key]}")
     return flags
 
 

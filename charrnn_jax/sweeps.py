@@ -1,0 +1,112 @@
+"""Sweeps: a config file's sweep() as named runs, and vmapped groups of those runs.
+
+A sweep function beside get_config() returns override dicts ({'train.learning_rate':
+3e-3, 'seed': 1}); each becomes a run in `<root>/<name>`, the name spelled from its
+overrides so that reruns find it again. The launchers in launch/ start the runs as
+processes; `run_vmapped` trains them here, several per program (train.train_vmapped).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+from absl import logging
+
+from charrnn_jax import config_lib, train
+from charrnn_jax.errors import USER_ERRORS, UserError
+
+SUMMARY_FILE = "sweep_summary.json"
+
+
+def run_name(overrides: dict) -> str:
+    """Short, stable and unique within a sweep: the last key part unless that is ambiguous."""
+    lasts = [key.split(".")[-1] for key in overrides]
+    parts = []
+    for key, last in zip(overrides, lasts, strict=True):
+        label = last if lasts.count(last) == 1 else key
+        parts.append(f"{label}={overrides[key]}")
+    return ",".join(parts).replace("/", "_").replace(" ", "") or "default"
+
+
+def has_sweep(config_path, sweep_name: str) -> bool:
+    return hasattr(config_lib.load_config_module(pathlib.Path(config_path)), sweep_name)
+
+
+def expand(config_path, sweep_name: str) -> list[tuple[str, dict]]:
+    """[(name, overrides)] from the config file's sweep function."""
+    module = config_lib.load_config_module(pathlib.Path(config_path))
+    if not hasattr(module, sweep_name):
+        raise UserError(f"{config_path} defines no {sweep_name}() sweep function.")
+    runs = [(run_name(overrides), overrides) for overrides in getattr(module, sweep_name)()]
+    names = [name for name, _ in runs]
+    if len(set(names)) != len(names):
+        raise UserError(f"The sweep repeats a run: {sorted(names)}")
+    return runs
+
+
+def seed_runs(config: ml_collections.ConfigDict, count: int) -> list[tuple[str, dict]]:
+    """`count` seeds from config.seed on: the sweep of a file without a sweep function."""
+    return [(f"seed={config.seed + i}", {"seed": config.seed + i}) for i in range(count)]
+
+
+def vmap_groups(runs, size: int) -> list[list[tuple[str, dict]]]:
+    """Runs that differ only in train.VMAPPABLE_KEYS, in groups of at most `size`.
+
+    Sweep order is kept: groups appear in the order of their first run.
+    """
+    if size < 1:
+        raise UserError(f"sweep.vmap must be >= 1 variants per program, got {size}.")
+    by_shape: dict[str, list] = {}
+    for name, overrides in runs:
+        fixed = {k: v for k, v in overrides.items() if k not in train.VMAPPABLE_KEYS}
+        by_shape.setdefault(json.dumps(fixed, sort_keys=True, default=str), []).append(
+            (name, overrides)
+        )
+    return [
+        group[start : start + size]
+        for group in by_shape.values()
+        for start in range(0, len(group), size)
+    ]
+
+
+def run_vmapped(
+    config: ml_collections.ConfigDict, runs, root, *, size: int, devices=None
+) -> dict[str, dict]:
+    """Trains every run, `size` variants per vmapped program; returns {name: status}.
+
+    A group that fails (bad override, unreadable data) is recorded and the next group
+    goes on; a preempted group stops the sweep (rerun to resume, like any run).
+    """
+    root = pathlib.Path(root).expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    statuses: dict[str, dict] = {}
+    for group in vmap_groups(runs, size):
+        names = [name for name, _ in group]
+        logging.info("Vmapped group of %d: %s", len(group), ", ".join(names))
+        try:
+            configs = [config_lib.with_overrides(config, overrides) for _, overrides in group]
+            summaries = train.train_vmapped(
+                configs, [root / name for name in names], devices=devices
+            )
+        except USER_ERRORS as e:
+            for name, overrides in group:
+                statuses[name] = {"status": "failed", "overrides": overrides, "error": str(e)}
+            logging.error("Group %s failed: %s", names, e)
+            continue
+        for (name, overrides), summary in zip(group, summaries, strict=True):
+            statuses[name] = {
+                "status": "failed"
+                if summary["failed"]
+                else ("preempted" if summary["preempted"] else "done"),
+                "overrides": overrides,
+                "final_step": summary["final_step"],
+                "train_loss": summary["train_loss"],
+                "val_loss": summary["val_loss"],
+                "error": summary["failed"],
+            }
+        if any(summary["preempted"] for summary in summaries):
+            break
+    (root / SUMMARY_FILE).write_text(json.dumps(statuses, indent=2, default=str) + "\n")
+    return statuses
