@@ -8,14 +8,14 @@ kill at any moment leaves the previous checkpoints intact.
 
 from __future__ import annotations
 
-import pathlib
-import shutil
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from charrnn_jax import config_lib, models
@@ -31,13 +31,14 @@ class Checkpointer:
 
     def __init__(
         self,
-        workdir: pathlib.Path,
+        workdir: epath.PathLike,
         *,
         max_to_keep: int = 3,
         async_save: bool = True,
         read_only: bool = False,
     ):
-        self.directory = pathlib.Path(workdir).absolute() / CHECKPOINT_DIR
+        workdir = epath.Path(workdir)
+        self.directory = (workdir if is_remote(workdir) else workdir.absolute()) / CHECKPOINT_DIR
         self.read_only = read_only
         if self.directory.exists() and not self.directory.is_dir():
             raise UserError(f"Checkpoint path {self.directory} exists but is not a directory.")
@@ -85,13 +86,13 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.close()
 
-    def _quarantine(self, step: int) -> pathlib.Path:
+    def _quarantine(self, step: int) -> epath.Path:
         """Moves an unreadable step aside (kept for inspection) so the step can be redone."""
         target = self.directory.parent / QUARANTINE_DIR / str(step)
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
-                shutil.rmtree(target)
+                target.rmtree()
             (self.directory / str(step)).rename(target)
         multihost_utils.sync_global_devices(f"charrnn_quarantine_{step}")
         self.manager.reload()
@@ -167,6 +168,11 @@ class Checkpointer:
         return None, None
 
 
+def is_remote(path) -> bool:
+    """A bucket URL (gs://, s3://): no absolute(), no appends."""
+    return "://" in os.fspath(path)
+
+
 def abstract_like(tree, shardings):
     """ShapeDtypeStructs of `tree`'s leaves with the matching `shardings` leaves."""
     return jax.tree.map(
@@ -180,7 +186,7 @@ def load_for_inference(workdir, step: int | None = None):
     Returns:
       (config, model, params, step).
     """
-    workdir = pathlib.Path(workdir).expanduser()
+    workdir = epath.Path(os.path.expanduser(os.fspath(workdir)))
     if not workdir.is_dir():
         raise UserError(f"Workdir {workdir} does not exist.")
     config = config_lib.load(workdir / "config.json")

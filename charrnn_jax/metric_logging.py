@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 import time
 from collections.abc import Callable
 
@@ -44,7 +43,7 @@ def bits_per_byte(nats: float | None) -> float | None:
     return None if nats is None else nats / math.log(2)
 
 
-def read_jsonl(path: pathlib.Path) -> list[dict]:
+def read_jsonl(path) -> list[dict]:
     """All records of a metrics file (an empty list if it does not exist)."""
     if not path.is_file():
         return []
@@ -58,27 +57,38 @@ class JsonlWriter:
     interrupted, and `wall_time` continues from the last kept record.
     """
 
-    def __init__(self, path: pathlib.Path, resume_step: int):
+    def __init__(self, path, resume_step: int):
         self.path = path
         kept = [r for r in read_jsonl(path) if r["step"] <= resume_step]
         self.wall_time_offset = kept[-1]["wall_time"] if kept else 0.0
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        tmp.replace(path)
-        self._file = open(path, "a")  # noqa: SIM115 - open for the run's whole life.
+        self._lines = [json.dumps(r) + "\n" for r in kept]
+        self._rewrite()
+        # Buckets (gs://) cannot append: there every write rewrites the (small) file.
+        self._file = None if "://" in str(path) else path.open("a")
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(self._lines))
+        tmp.replace(self.path)
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps({k: record.get(k) for k in FIELDS}) + "\n")
-        self._file.flush()
+        line = json.dumps({k: record.get(k) for k in FIELDS}) + "\n"
+        self._lines.append(line)
+        if self._file is None:
+            self._rewrite()
+        else:
+            self._file.write(line)
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 class TensorBoardWriter:
     """Scalars and text samples as TensorBoard event files (tensorboardX, no TensorFlow)."""
 
-    def __init__(self, logdir: pathlib.Path):
+    def __init__(self, logdir):
         from tensorboardX import SummaryWriter
 
         self._writer = SummaryWriter(str(logdir))

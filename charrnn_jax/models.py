@@ -148,6 +148,47 @@ class _ScanScope(nn.Module):
         return _GRUCellParams(self.in_features, self.hidden_size, name="cell")()
 
 
+@jax.custom_vjp
+def mixed_matmul(x, w):
+    """x [..., K] @ w [K, N] on low-precision operands with float32 accumulation and output.
+
+    Autodiff of a bfloat16 dot gives bfloat16 -> bfloat16 dots in the backward pass,
+    which XLA:CPU runs slower than float32; here all three GEMMs take bfloat16 operands
+    and accumulate in float32.
+    """
+    return jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+
+def _mixed_matmul_fwd(x, w):
+    return mixed_matmul(x, w), (x, w)
+
+
+def _mixed_matmul_bwd(residuals, g):
+    x, w = residuals
+    g = g.astype(x.dtype)
+    dx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    dw = jnp.dot(
+        x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]), preferred_element_type=jnp.float32
+    )
+    return dx, dw.astype(w.dtype)
+
+
+mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def _mixed_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's dot_general, through mixed_matmul (Dense contracts lhs's last axis)."""
+    del precision, preferred_element_type
+    (lhs_contract, rhs_contract), batch_dims = dimension_numbers
+    assert tuple(rhs_contract) == (0,) and batch_dims == ((), ()), dimension_numbers
+    return mixed_matmul(lhs, rhs)
+
+
+def _dense_dot_general(dtype):
+    """Float32 keeps nn.Dense's own dot; lower precisions go through mixed_matmul."""
+    return None if dtype == jnp.float32 else _mixed_dot_general
+
+
 def _gru_forward(xi, h0, w_h, b_hn, valid, dtype):
     """The recurrence over precomputed input projections; also returns what backward needs."""
     hidden = h0.shape[-1]
@@ -249,14 +290,7 @@ class FusedGRULayer(nn.Module):
     def __call__(self, carry, inputs, valid=None, tokens=None):
         """inputs: [time, batch, in] or, with `tokens` [time, batch], the [256, in] table."""
         w_i, b_i, w_h, b_hn = _ScanScope(inputs.shape[-1], self.hidden_size, name="scan")()
-        projected = (
-            jnp.dot(
-                inputs.astype(self.dtype),
-                w_i.astype(self.dtype),
-                preferred_element_type=jnp.float32,
-            )
-            + b_i
-        )
+        projected = mixed_matmul(inputs.astype(self.dtype), w_i.astype(self.dtype)) + b_i
         if tokens is not None:
             projected = projected[tokens]
         hs, h_last = gru_recurrence(projected, carry, w_h, b_hn, valid, self.dtype)
@@ -293,7 +327,14 @@ class CharRNN(nn.Module):
 
     @nn.compact
     def __call__(
-        self, tokens, carry: Carry | None = None, *, lengths=None, valid=None, train: bool = False
+        self,
+        tokens,
+        carry: Carry | None = None,
+        *,
+        lengths=None,
+        valid=None,
+        train: bool = False,
+        time_major_logits: bool = False,
     ):
         """Runs the model over a batch of byte sequences.
 
@@ -305,6 +346,8 @@ class CharRNN(nn.Module):
           valid: optional [batch, time] bool, a general form of `lengths`: steps where it
             is False leave the carry unchanged (e.g. left padding).
           train: enables dropout (needs a 'dropout' rng).
+          time_major_logits: return logits as [time, batch, 256], skipping a transpose
+            of the largest activation (the training loss does not care about order).
 
         Returns:
           logits [batch, time, 256] float32 (classifiers: [batch, num_classes]) and the
@@ -341,10 +384,18 @@ class CharRNN(nn.Module):
             last = new_carry[-1] if self.cell_type == "gru" else new_carry[-1][1]
             if self.dropout_rate > 0:
                 last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
-            logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(last)
+            logits = nn.Dense(
+                self.num_classes,
+                dtype=self.dtype,
+                dot_general=_dense_dot_general(self.dtype),
+                name="classifier",
+            )(last)
             return logits.astype(jnp.float32), tuple(new_carry)
-        logits = nn.Dense(VOCAB_SIZE, dtype=self.dtype, name="head")(x)
-        return logits.astype(jnp.float32).transpose(1, 0, 2), tuple(new_carry)
+        logits = nn.Dense(
+            VOCAB_SIZE, dtype=self.dtype, dot_general=_dense_dot_general(self.dtype), name="head"
+        )(x)
+        logits = logits.astype(jnp.float32)
+        return (logits if time_major_logits else logits.transpose(1, 0, 2)), tuple(new_carry)
 
 
 def from_config(model_config) -> CharRNN:

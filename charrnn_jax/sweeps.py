@@ -79,7 +79,7 @@ def run_vmapped(
     A group that fails (bad override, unreadable data) is recorded and the next group
     goes on; a preempted group stops the sweep (rerun to resume, like any run).
     """
-    root = pathlib.Path(root).expanduser()
+    root = train.as_workdir(root)
     root.mkdir(parents=True, exist_ok=True)
     statuses: dict[str, dict] = {}
     for group in vmap_groups(runs, size):

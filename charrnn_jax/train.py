@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pathlib
 import signal
 import threading
 import time
@@ -22,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from flax.training import train_state
 
 from charrnn_jax import (
@@ -134,11 +134,24 @@ def loss_sums(logits, batch) -> dict:
     return sums
 
 
-def _apply(apply_fn, params, batch, **kwargs):
+def _logits_and_labels(apply_fn, params, batch, **kwargs):
+    """The logits and the batch that scores them.
+
+    Language models keep their logits time-major, as the model computes them, and the
+    small integer targets and weights are transposed instead: transposing the largest
+    activation (and its gradient) costs more than the loss needs.
+    """
+    language_model = "targets" in batch
     logits, _ = apply_fn(
-        {"params": params}, batch["inputs"], lengths=batch.get("lengths"), **kwargs
+        {"params": params},
+        batch["inputs"],
+        lengths=batch.get("lengths"),
+        time_major_logits=language_model,
+        **kwargs,
     )
-    return logits
+    if language_model:
+        batch = {key: batch[key].T for key in ("targets", "weights") if key in batch}
+    return logits, batch
 
 
 def train_step(state: TrainState, batch, dropout_rng, *, schedule):
@@ -146,8 +159,10 @@ def train_step(state: TrainState, batch, dropout_rng, *, schedule):
     rng = jax.random.fold_in(dropout_rng, state.step)
 
     def loss_fn(params):
-        logits = _apply(state.apply_fn, params, batch, train=True, rngs={"dropout": rng})
-        sums = loss_sums(logits, batch)
+        logits, scored = _logits_and_labels(
+            state.apply_fn, params, batch, train=True, rngs={"dropout": rng}
+        )
+        sums = loss_sums(logits, scored)
         return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), sums
 
     (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -183,7 +198,7 @@ def vmapped_train_step(states, batches, dropout_rngs, hparams, *, train_config):
 
 
 def eval_step(params, batch, *, apply_fn):
-    return loss_sums(_apply(apply_fn, params, batch), batch)
+    return loss_sums(*_logits_and_labels(apply_fn, params, batch))
 
 
 def _eval_sums(eval_fn, params, batches) -> dict:
@@ -220,8 +235,13 @@ def load_data(config: ml_collections.ConfigDict):
     return pipeline
 
 
-def prepare_workdir(workdir) -> pathlib.Path:
-    workdir = pathlib.Path(workdir).expanduser()
+def as_workdir(workdir) -> epath.Path:
+    """A local path or a bucket URL (gs://...), as Orbax and the metric writers take it."""
+    return epath.Path(os.path.expanduser(os.fspath(workdir)))
+
+
+def prepare_workdir(workdir) -> epath.Path:
+    workdir = as_workdir(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / f".write_test.{os.getpid()}"
@@ -258,7 +278,7 @@ class _Run:
     be sampled from or resumed on its own.
     """
 
-    def __init__(self, config, workdir: pathlib.Path):
+    def __init__(self, config, workdir: epath.Path):
         self.config = config
         self.workdir = workdir
         self.ckpt = checkpointing.Checkpointer(workdir, max_to_keep=config.train.max_to_keep)

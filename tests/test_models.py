@@ -1,5 +1,6 @@
 """CharRNN: shapes, carries, parameter counts and the loss at init."""
 
+import functools
 import math
 
 import jax
@@ -90,6 +91,33 @@ def test_bfloat16_compute_keeps_float32_params_and_is_close():
     b, carry = bf16.apply({"params": params}, tokens)
     assert b.dtype == jnp.float32 and carry[0].dtype == jnp.float32
     np.testing.assert_allclose(a, b, atol=0.05)
+
+
+def test_mixed_matmul_gradients_match_autodiff():
+    x = jax.random.normal(jax.random.key(0), (3, 5, 16))
+    w = jax.random.normal(jax.random.key(1), (16, 8))
+
+    def loss(matmul, x, w):
+        return jnp.sum(jnp.sin(matmul(x, w)))
+
+    ref = jax.grad(functools.partial(loss, jnp.dot), argnums=(0, 1))(x, w)
+    ours = jax.grad(functools.partial(loss, models.mixed_matmul), argnums=(0, 1))(x, w)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    low = jax.grad(functools.partial(loss, models.mixed_matmul), argnums=(0, 1))(
+        x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    )
+    assert [g.dtype for g in low] == [jnp.bfloat16, jnp.bfloat16]
+    for a, b in zip(low, ref, strict=True):
+        np.testing.assert_allclose(a.astype(jnp.float32), b, rtol=0.1, atol=0.1)
+
+
+def test_time_major_logits_are_the_transpose():
+    model = models.CharRNN(embed_dim=8, hidden_size=16)
+    params, tokens = _init(model, batch=3, time=7)
+    batch_major, _ = model.apply({"params": params}, tokens)
+    time_major, _ = model.apply({"params": params}, tokens, time_major_logits=True)
+    np.testing.assert_array_equal(time_major, batch_major.transpose(1, 0, 2))
 
 
 def test_dropout_is_active_only_in_training():
