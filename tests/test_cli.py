@@ -25,7 +25,11 @@ def _run(module, *args, **env):
 def trained(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli_run")
     result = _run(
-        "charrnn_jax.main", CONFIG, f"--workdir={workdir}", *tiny_overrides(**{"sample.length": 30})
+        "charrnn_jax.main",
+        CONFIG,
+        f"--workdir={workdir}",
+        "--cpu_devices=2",
+        *tiny_overrides(**{"sample.length": 30}),
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
@@ -35,6 +39,7 @@ def test_main_trains_logs_progress_and_writes_metrics(trained):
     workdir, result = trained
     assert "step 6/6 | loss" in result.stderr and "tok/s | ETA" in result.stderr
     assert "Sample at step 6:\nROMEO:" in result.stderr
+    assert "2 local devices" in result.stderr  # --cpu_devices=2 (the environment asks for 4).
     records = metric_logging.read_jsonl(workdir / "metrics.jsonl")
     assert records[-1]["step"] == 6 and records[-1]["val_loss"] > 0
     assert (workdir / "config.json").is_file()
