@@ -10,11 +10,12 @@ sharded step's overhead (it cannot show a speed-up without more hardware).
 Every (implementation, size, batch) runs in its own subprocess, so peak RSS is its own:
 one warm-up step, then the median over 3 repeats of at least --seconds each. The table
 gives tokens/s, the ratio to ours (f32), the fraction of this machine's f32 matmul
-ceiling (a 2048^3 jnp.dot, measured in the same run; training FLOPs per token are 3x the
-forward's 2*(E*3H + H*3H + H*V)) and peak RSS. Implementations whose library is not
-installed are skipped (Keras: `pip install .[keras]`, PyTorch: `pip install torch`).
-Results are appended to --out as one JSON line per run. On a GPU the same command
-measures the GPU (JAX and PyTorch use it when present).
+ceiling (the best of several 2048^3 jnp.dots, measured in the same run; training FLOPs
+per token are 3x the forward's 2*(E*3H + H*3H + H*V)) and peak RSS. Implementations
+whose library is not installed are skipped (Keras: `pip install .[keras]`, with
+`.[tensorflow]` for its TF backend; PyTorch: `pip install torch`). Results are appended
+to --out as one JSON line per run. On a GPU the same command measures the GPU (JAX and
+PyTorch use it when present).
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def matmul_worker(n: int = 2048) -> dict:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
-    seconds = _timed(lambda: dot(a, b).block_until_ready(), seconds=1.0)
+    dot(a, b).block_until_ready()
+    seconds = min(_timed(lambda: dot(a, b).block_until_ready(), seconds=0.5) for _ in range(4))
     device = jax.devices()[0]
     return {
         "flops_per_sec": 2 * n**3 / seconds,
@@ -204,7 +206,8 @@ def main():
         print(json.dumps(result))
         return
 
-    ceiling = run_worker(["matmul"])
+    # The best of several GEMM measurements: a noisy neighbour only ever slows one down.
+    ceiling = max((run_worker(["matmul"]) for _ in range(2)), key=lambda r: r["flops_per_sec"])
     print(
         f"device: {ceiling['device']}; f32 matmul: {ceiling['flops_per_sec'] / 1e9:.0f} "
         f"GFLOP/s (2048^3, this run)"

@@ -416,6 +416,87 @@ def train_vmapped(configs, workdirs, *, devices=None) -> list[dict]:
     return _train(list(configs), list(workdirs), devices=devices, vmapped=True)
 
 
+def _variant_keys(configs, fold: int, repl, vmapped: bool):
+    """fold_in(key(seed), fold) for the run, or stacked for every variant; global arrays."""
+    if not vmapped:
+        seed = configs[0].seed
+        return jax.jit(lambda: jax.random.fold_in(jax.random.key(seed), fold), out_shardings=repl)()
+    seeds = jnp.array([c.seed for c in configs], jnp.int32)  # As jit sees a Python int.
+    return jax.jit(
+        jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), fold)), out_shardings=repl
+    )(seeds)
+
+
+def _restore_or_init(runs, init, init_keys, repl, *, vmapped: bool):
+    """The (stacked) state at the runs' common checkpoint step, or freshly initialised.
+
+    Returns (state, state_sharding, start_step).
+    """
+    abstract_one = jax.eval_shape(init, jax.random.key(0))
+    abstract_items = {
+        item: checkpointing.abstract_like(
+            getattr(abstract_one, item), jax.tree.map(lambda _: repl, getattr(abstract_one, item))
+        )
+        for item in checkpointing.ITEMS
+    }
+    start_step, restored = _restore_all(runs, abstract_items)
+    init_fn = jax.vmap(init) if vmapped else init
+    abstract_state = jax.eval_shape(init_fn, init_keys)
+    state_sharding = jax.tree.map(lambda _: repl, abstract_state)
+    if start_step is None:
+        return jax.jit(init_fn, out_shardings=state_sharding)(init_keys), state_sharding, 0
+    logging.info("Resumed from checkpoint step %d.", start_step)
+    items = {}
+    for item in checkpointing.ITEMS:
+        trees = [r[item] for r in restored]
+        items[item] = (
+            jax.jit(
+                lambda *trees: jax.tree.map(lambda *x: jnp.stack(x), *trees),
+                out_shardings=getattr(state_sharding, item),
+            )(*trees)
+            if vmapped
+            else trees[0]
+        )
+    step_array = jax.jit(
+        lambda: jnp.full(abstract_state.step.shape, start_step, jnp.int32),
+        out_shardings=state_sharding.step,
+    )()
+    for run in runs:
+        run.summary["resumed_from"] = start_step
+    return abstract_state.replace(step=step_array, **items), state_sharding, start_step
+
+
+def _step_functions(
+    configs, model, schedule, state_sharding, data_sharding, repl, *, vmapped: bool
+):
+    """The jitted train and eval steps, sharded and donating the state."""
+    eval_one = functools.partial(eval_step, apply_fn=model.apply)
+    if vmapped:
+        hparams = jax.device_put(
+            {
+                key: jnp.array([c.train[key] for c in configs], jnp.float32)
+                for key in ("learning_rate", "grad_clip_norm")
+            },
+            repl,
+        )
+        train_fn = functools.partial(
+            vmapped_train_step, hparams=hparams, train_config=configs[0].train
+        )
+        eval_one = jax.vmap(eval_one)
+    else:
+        train_fn = functools.partial(train_step, schedule=schedule)
+    step_fn = jax.jit(
+        train_fn,
+        in_shardings=(state_sharding, data_sharding, repl),
+        out_shardings=(state_sharding, repl),
+        donate_argnums=0,
+    )
+    eval_fn = jax.jit(
+        eval_one, in_shardings=(state_sharding.params, data_sharding), out_shardings=repl
+    )
+    return step_fn, eval_fn
+
+
 def _train(configs, workdirs, *, devices, vmapped: bool) -> list[dict]:
     for config in configs:
         config_lib.validate(config)
@@ -439,85 +520,19 @@ def _train(configs, workdirs, *, devices, vmapped: bool) -> list[dict]:
     repl = parallel.replicated(mesh)
     data_sharding = parallel.data_sharded(mesh, variant_axis=vmapped)
     init = functools.partial(create_train_state, model=model, tx=tx, seq_len=config.data.seq_len)
-    abstract_one = jax.eval_shape(init, jax.random.key(0))
-    seeds = jnp.array([c.seed for c in configs], jnp.int32)  # As jit sees a Python int.
-
-    def per_variant(fn):
-        """fn(seed) -> key, for every variant (vmapped) or the one run."""
-        if vmapped:
-            return jax.jit(jax.vmap(lambda s: fn(jax.random.key(s))), out_shardings=repl)(seeds)
-        return jax.jit(lambda: fn(jax.random.key(config.seed)), out_shardings=repl)()
-
-    abstract_items = {
-        item: checkpointing.abstract_like(
-            getattr(abstract_one, item), jax.tree.map(lambda _: repl, getattr(abstract_one, item))
-        )
-        for item in checkpointing.ITEMS
-    }
-    start_step, restored = _restore_all(runs, abstract_items)
-    init_keys = per_variant(lambda key: jax.random.fold_in(key, 0))
-    init_fn = jax.vmap(init) if vmapped else init
-    abstract_state = jax.eval_shape(init_fn, init_keys)
-    state_sharding = jax.tree.map(lambda _: repl, abstract_state)
-    if start_step is None:
-        start_step = 0
-        state = jax.jit(init_fn, out_shardings=state_sharding)(init_keys)
-    else:
-        logging.info("Resumed from checkpoint step %d.", start_step)
-        stack = (lambda *trees: jax.tree.map(lambda *x: jnp.stack(x), *trees)) if vmapped else None
-        items = {
-            item: jax.jit(stack, out_shardings=getattr(state_sharding, item))(
-                *[r[item] for r in restored]
-            )
-            if vmapped
-            else restored[0][item]
-            for item in checkpointing.ITEMS
-        }
-        step_array = jax.jit(
-            lambda: jnp.full(abstract_state.step.shape, start_step, jnp.int32),
-            out_shardings=state_sharding.step,
-        )()
-        state = abstract_state.replace(step=step_array, **items)
-        for run in runs:
-            run.summary["resumed_from"] = start_step
+    init_keys = _variant_keys(configs, 0, repl, vmapped)
+    state, state_sharding, start_step = _restore_or_init(
+        runs, init, init_keys, repl, vmapped=vmapped
+    )
     if start_step >= t.num_steps:
         logging.info("Checkpoint step %d already reaches num_steps=%d.", start_step, t.num_steps)
-
-    if vmapped:
-        hparams = jax.device_put(
-            {
-                key: jnp.array([c.train[key] for c in configs], jnp.float32)
-                for key in ("learning_rate", "grad_clip_norm")
-            },
-            repl,
-        )
-        step_fn = jax.jit(
-            functools.partial(vmapped_train_step, hparams=hparams, train_config=t),
-            in_shardings=(state_sharding, data_sharding, repl),
-            out_shardings=(state_sharding, repl),
-            donate_argnums=0,
-        )
-        eval_one = functools.partial(eval_step, apply_fn=model.apply)
-        eval_fn = jax.jit(
-            jax.vmap(eval_one),
-            in_shardings=(state_sharding.params, data_sharding),
-            out_shardings=repl,
-        )
-        select = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=repl)
-    else:
-        step_fn = jax.jit(
-            functools.partial(train_step, schedule=schedule),
-            in_shardings=(state_sharding, data_sharding, repl),
-            out_shardings=(state_sharding, repl),
-            donate_argnums=0,
-        )
-        eval_fn = jax.jit(
-            functools.partial(eval_step, apply_fn=model.apply),
-            in_shardings=(state_sharding.params, data_sharding),
-            out_shardings=repl,
-        )
+    step_fn, eval_fn = _step_functions(
+        configs, model, schedule, state_sharding, data_sharding, repl, vmapped=vmapped
+    )
+    select = jax.jit(lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=repl)
 
     def variant(tree, i):
+        """Variant i's slice of a stacked tree (the tree itself for a plain run)."""
         return select(tree, i) if vmapped else tree
 
     def global_batch(local_batches):
@@ -534,7 +549,7 @@ def _train(configs, workdirs, *, devices, vmapped: bool) -> list[dict]:
         )
     ]
     # Built by jit so that they are global arrays in multi-process runs too.
-    dropout_rngs = per_variant(lambda key: jax.random.fold_in(key, 1))
+    dropout_rngs = _variant_keys(configs, 1, repl, vmapped)
     sample_rngs = [jax.random.fold_in(jax.random.key(c.seed), 2) for c in configs]
 
     if is_main:
@@ -546,7 +561,7 @@ def _train(configs, workdirs, *, devices, vmapped: bool) -> list[dict]:
             jax.local_device_count(),
             process_index,
             process_count,
-            f"{count_params(abstract_one.params):,}",
+            f"{count_params(state.params) // num_variants:,}",
             f", {num_variants} vmapped variants" if vmapped else "",
         )
     run_start = time.perf_counter()
