@@ -30,13 +30,22 @@ def run_name(overrides: dict) -> str:
     return ",".join(parts).replace("/", "_").replace(" ", "") or "default"
 
 
-def has_sweep(config_path, sweep_name: str) -> bool:
-    return hasattr(config_lib.load_config_module(pathlib.Path(config_path)), sweep_name)
+def _config_module(config_arg):
+    """The config file of `path[:preset]` as a module."""
+    path = pathlib.Path(str(config_arg).split(":", 1)[0])
+    if not path.is_file():
+        raise UserError(f"Config file {path} does not exist.")
+    return config_lib.load_config_module(path)
 
 
-def expand(config_path, sweep_name: str) -> list[tuple[str, dict]]:
-    """[(name, overrides)] from the config file's sweep function."""
-    module = config_lib.load_config_module(pathlib.Path(config_path))
+def has_sweep(config_arg, sweep_name: str) -> bool:
+    return hasattr(_config_module(config_arg), sweep_name)
+
+
+def expand(config_arg, sweep_name: str) -> list[tuple[str, dict]]:
+    """[(name, overrides)] from the sweep function of the config file `path[:preset]`."""
+    config_path = str(config_arg).split(":", 1)[0]
+    module = _config_module(config_arg)
     if not hasattr(module, sweep_name):
         raise UserError(f"{config_path} defines no {sweep_name}() sweep function.")
     runs = [(run_name(overrides), overrides) for overrides in getattr(module, sweep_name)()]

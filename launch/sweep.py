@@ -40,7 +40,7 @@ run_name = sweeps.run_name  # Re-exported: the launchers' naming is the library'
 
 def expand(config_arg: str, sweep_name: str) -> list[tuple[str, dict]]:
     """[(name, overrides)] from the sweep function of `path[:preset]`."""
-    return sweeps.expand(config_arg.split(":", 1)[0], sweep_name)
+    return sweeps.expand(config_arg, sweep_name)
 
 
 def train_command(config_arg: str, workdir: str, overrides: dict, python="python") -> list[str]:

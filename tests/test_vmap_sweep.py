@@ -119,7 +119,9 @@ def test_vmap_launcher_runs_the_sweep_through_main_and_reports(tmp_path):
     config_file = tmp_path / "sweep_config.py"
     config_file.write_text(SWEEP_CONFIG)
     root = tmp_path / "sweep"
-    cmd = sweep.vmap_command(str(config_file), str(root), "lr_by_width", 4, python=sys.executable)
+    cmd = sweep.vmap_command(
+        f"{config_file}:tiny", str(root), "lr_by_width", 4, python=sys.executable
+    )
     assert cmd[-2:] == ["--config.sweep.vmap=4", "--config.sweep.name=lr_by_width"]
     result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
