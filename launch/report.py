@@ -21,13 +21,19 @@ FLAGS = flags.FLAGS
 def collect(root: pathlib.Path) -> list[dict]:
     from charrnn_jax import metric_logging
 
+    summary_file = root / "sweep_summary.json"  # Written by the vmap launcher.
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     rows = []
     for metrics in sorted(root.glob(f"*/{metric_logging.METRICS_FILE}")):
         workdir = metrics.parent
         records = metric_logging.read_jsonl(metrics)
         vals = [r for r in records if r["val_loss"] is not None]
         status_file = workdir / "sweep_status.json"
-        status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+        status = (
+            json.loads(status_file.read_text())
+            if status_file.is_file()
+            else summary.get(workdir.name, {})
+        )
         rates = [r["tokens_per_sec"] for r in records if r["tokens_per_sec"]]
         best = min(vals, key=lambda r: r["val_loss"]) if vals else None
         rows.append(

@@ -132,5 +132,6 @@ def test_vmap_launcher_runs_the_sweep_through_main_and_reports(tmp_path):
     assert "vmapped variants" in result.stderr  # Two programs of 4, not 8 processes.
     rows = report.collect(root)
     assert len(rows) == 8 and all(row["best_val_loss"] is not None for row in rows)
+    assert all(row["status"] == "done" for row in rows)
     config = json.loads((root / names[-1] / "config.json").read_text())
     assert config["model"]["hidden_size"] == 24 and config["seed"] == 1
