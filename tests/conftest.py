@@ -72,6 +72,23 @@ def tiny_overrides(**overrides) -> list[str]:
     return flags
 
 
+# A config file for sweep tests: seconds-fast runs; append a sweep function to it.
+TINY_SWEEP_CONFIG = f"""
+import pathlib
+from charrnn_jax import config_lib
+
+def get_config(arg=None):
+    config = config_lib.load_config_file(
+        pathlib.Path({str(REPO / "experiments" / "shakespeare.py")!r}), "tiny"
+    )
+    config.model.embed_dim, config.model.hidden_size = 8, 16
+    config.data.seq_len, config.train.batch_size = 16, 4
+    config.train.num_steps, config.train.log_every, config.train.eval_every = 4, 2, 2
+    config.train.eval_batches, config.train.checkpoint_every, config.sample.length = 1, 4, 0
+    return config
+"""
+
+
 @pytest.fixture
 def shakespeare_path() -> pathlib.Path:
     path = DATA_DIR / "tinyshakespeare.txt"

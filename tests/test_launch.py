@@ -5,29 +5,20 @@ import json
 import shlex
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_SWEEP_CONFIG
 
 from charrnn_jax import config_lib
 from launch import report, sweep
 
-BASE = str(REPO / "experiments" / "shakespeare.py")
-SWEEP_CONFIG = f"""
-import pathlib
-from charrnn_jax import config_lib
-
-def get_config(arg=None):
-    config = config_lib.load_config_file(pathlib.Path({BASE!r}), "tiny")
-    config.model.embed_dim, config.model.hidden_size = 8, 16
-    config.data.seq_len, config.train.batch_size = 16, 4
-    config.train.num_steps, config.train.log_every, config.train.eval_every = 4, 2, 2
-    config.train.eval_batches, config.train.checkpoint_every, config.sample.length = 1, 4, 0
-    return config
-
+SWEEP_CONFIG = (
+    TINY_SWEEP_CONFIG
+    + """
 def sweep():
-    runs = config_lib.sweep_product({{"train.learning_rate": [0.001, 0.01], "seed": [0, 1]}})
+    runs = config_lib.sweep_product({"train.learning_rate": [0.001, 0.01], "seed": [0, 1]})
     runs[3]["data.seq_len"] = 0  # This run fails on purpose.
     return runs
 """
+)
 
 
 def test_product_and_zip():

@@ -7,7 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, subprocess_env, tiny_config
+from conftest import TINY_SWEEP_CONFIG, subprocess_env, tiny_config
 
 from charrnn_jax import checkpointing, metric_logging, sweeps, train
 from charrnn_jax.errors import UserError
@@ -95,24 +95,15 @@ def test_groups_and_what_may_vary():
         sweeps.vmap_groups(runs, 0)
 
 
-BASE = str(REPO / "experiments" / "shakespeare.py")
-SWEEP_CONFIG = f"""
-import pathlib
-from charrnn_jax import config_lib
-
-def get_config(arg=None):
-    config = config_lib.load_config_file(pathlib.Path({BASE!r}), "tiny")
-    config.model.embed_dim, config.model.hidden_size = 8, 16
-    config.data.seq_len, config.train.batch_size = 16, 4
-    config.train.num_steps, config.train.log_every, config.train.eval_every = 4, 2, 2
-    config.train.eval_batches, config.train.checkpoint_every, config.sample.length = 1, 4, 0
-    return config
-
+SWEEP_CONFIG = (
+    TINY_SWEEP_CONFIG
+    + """
 def lr_by_width():
     return config_lib.sweep_product(
-        {{"model.hidden_size": [16, 24], "train.learning_rate": [0.001, 0.01], "seed": [0, 1]}}
+        {"model.hidden_size": [16, 24], "train.learning_rate": [0.001, 0.01], "seed": [0, 1]}
     )
 """
+)
 
 
 def test_vmap_launcher_runs_the_sweep_through_main_and_reports(tmp_path):
