@@ -17,6 +17,7 @@ import functools
 import itertools
 import json
 import os
+import pathlib
 import time
 
 import jax
@@ -24,23 +25,15 @@ import jax.numpy as jnp
 import ml_collections
 from throughput import SEQ_LEN, _batch, _timed
 
-from charrnn_jax import models, train
+from charrnn_jax import config_lib, models, train
 
 SIZES = {"tiny": (32, 64), "small": (64, 256), "tutorial": (256, 1024)}
 
 
-def _train_config(num_steps: int = 10**6) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        {
-            "schedule": "constant",
-            "warmup_steps": 0,
-            "learning_rate": 1e-3,
-            "grad_clip_norm": 0.0,
-            "optimizer": "adam",
-            "adam_eps": 1e-7,
-            "num_steps": num_steps,
-        }
-    )
+def _train_config() -> ml_collections.ConfigDict:
+    """The experiments' optimizer settings (Adam, constant learning rate, no clipping)."""
+    path = pathlib.Path(__file__).parents[1] / "experiments" / "shakespeare.py"
+    return config_lib.load_config_file(path).train
 
 
 def steps(size: str, num_variants: int, batch_size: int):

@@ -8,8 +8,6 @@ kill at any moment leaves the previous checkpoints intact.
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +16,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
-from charrnn_jax import config_lib, models
+from charrnn_jax import config_lib, models, paths
 from charrnn_jax.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -37,8 +35,10 @@ class Checkpointer:
         async_save: bool = True,
         read_only: bool = False,
     ):
-        workdir = epath.Path(workdir)
-        self.directory = (workdir if is_remote(workdir) else workdir.absolute()) / CHECKPOINT_DIR
+        workdir = paths.workdir_path(workdir)
+        self.directory = (
+            workdir if paths.is_remote(workdir) else workdir.absolute()
+        ) / CHECKPOINT_DIR
         self.read_only = read_only
         if self.directory.exists() and not self.directory.is_dir():
             raise UserError(f"Checkpoint path {self.directory} exists but is not a directory.")
@@ -168,11 +168,6 @@ class Checkpointer:
         return None, None
 
 
-def is_remote(path) -> bool:
-    """A bucket URL (gs://, s3://): no absolute(), no appends."""
-    return "://" in os.fspath(path)
-
-
 def abstract_like(tree, shardings):
     """ShapeDtypeStructs of `tree`'s leaves with the matching `shardings` leaves."""
     return jax.tree.map(
@@ -186,7 +181,7 @@ def load_for_inference(workdir, step: int | None = None):
     Returns:
       (config, model, params, step).
     """
-    workdir = epath.Path(os.path.expanduser(os.fspath(workdir)))
+    workdir = paths.workdir_path(workdir)
     if not workdir.is_dir():
         raise UserError(f"Workdir {workdir} does not exist.")
     config = config_lib.load(workdir / "config.json")

@@ -81,11 +81,7 @@ def _vmapped_sweep(config, root) -> None:
 
     from charrnn_jax import sweeps
 
-    path = config_flags.get_config_filename(flags.FLAGS["config"])
-    if sweeps.has_sweep(path, config.sweep.name):
-        runs = sweeps.expand(path, config.sweep.name)
-    else:
-        runs = sweeps.seed_runs(config, config.sweep.vmap)
+    runs = sweeps.vmap_runs(config_flags.get_config_filename(flags.FLAGS["config"]), config)
     statuses = sweeps.run_vmapped(config, runs, root, size=config.sweep.vmap)
     for name, status in statuses.items():
         print(f"{status['status']:9} {name}  val_loss={status.get('val_loss')}")

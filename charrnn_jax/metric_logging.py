@@ -23,6 +23,8 @@ import math
 import time
 from collections.abc import Callable
 
+from charrnn_jax import paths
+
 FIELDS = (
     "step",
     "wall_time",
@@ -64,7 +66,7 @@ class JsonlWriter:
         self._lines = [json.dumps(r) + "\n" for r in kept]
         self._rewrite()
         # Buckets (gs://) cannot append: there every write rewrites the (small) file.
-        self._file = None if "://" in str(path) else path.open("a")
+        self._file = None if paths.is_remote(path) else path.open("a")
 
     def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".tmp")

@@ -14,7 +14,7 @@ import pathlib
 import ml_collections
 from absl import logging
 
-from charrnn_jax import config_lib, train
+from charrnn_jax import config_lib, paths, train
 from charrnn_jax.errors import USER_ERRORS, UserError
 
 SUMMARY_FILE = "sweep_summary.json"
@@ -38,10 +38,6 @@ def _config_module(config_arg):
     return config_lib.load_config_module(path)
 
 
-def has_sweep(config_arg, sweep_name: str) -> bool:
-    return hasattr(_config_module(config_arg), sweep_name)
-
-
 def expand(config_arg, sweep_name: str) -> list[tuple[str, dict]]:
     """[(name, overrides)] from the sweep function of the config file `path[:preset]`."""
     config_path = str(config_arg).split(":", 1)[0]
@@ -55,9 +51,14 @@ def expand(config_arg, sweep_name: str) -> list[tuple[str, dict]]:
     return runs
 
 
-def seed_runs(config: ml_collections.ConfigDict, count: int) -> list[tuple[str, dict]]:
-    """`count` seeds from config.seed on: the sweep of a file without a sweep function."""
-    return [(f"seed={config.seed + i}", {"seed": config.seed + i}) for i in range(count)]
+def vmap_runs(config_arg, config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
+    """What `--config.sweep.vmap=K` trains: the file's sweep function (config.sweep.name),
+    or, for a file without one, K seeds from config.seed on."""
+    if hasattr(_config_module(config_arg), config.sweep.name):
+        return expand(config_arg, config.sweep.name)
+    return [
+        (f"seed={config.seed + i}", {"seed": config.seed + i}) for i in range(config.sweep.vmap)
+    ]
 
 
 def vmap_groups(runs, size: int) -> list[list[tuple[str, dict]]]:
@@ -88,7 +89,7 @@ def run_vmapped(
     A group that fails (bad override, unreadable data) is recorded and the next group
     goes on; a preempted group stops the sweep (rerun to resume, like any run).
     """
-    root = train.as_workdir(root)
+    root = paths.workdir_path(root)
     root.mkdir(parents=True, exist_ok=True)
     statuses: dict[str, dict] = {}
     for group in vmap_groups(runs, size):

@@ -31,6 +31,7 @@ from charrnn_jax import (
     metric_logging,
     models,
     parallel,
+    paths,
     sampling,
 )
 from charrnn_jax.errors import NonFiniteLossError, UserError
@@ -176,7 +177,8 @@ def train_step(state: TrainState, batch, dropout_rng, *, schedule):
     return state.apply_gradients(grads=grads), metrics
 
 
-VMAPPABLE_KEYS = ("seed", "train.learning_rate", "train.grad_clip_norm")
+VMAPPED_HPARAMS = ("learning_rate", "grad_clip_norm")  # Traced per variant in the step.
+VMAPPABLE_KEYS = ("seed", *(f"train.{key}" for key in VMAPPED_HPARAMS))
 
 
 def vmapped_train_step(states, batches, dropout_rngs, hparams, *, train_config):
@@ -219,11 +221,6 @@ def _val_record(sums: dict) -> dict:
     return out
 
 
-def evaluate(eval_fn, params, batches) -> dict:
-    """Val loss (and accuracy) over fixed batches."""
-    return _val_record(_eval_sums(eval_fn, params, batches))
-
-
 def load_data(config: ml_collections.ConfigDict):
     pipeline = input_pipeline.build(
         config.data,
@@ -235,13 +232,8 @@ def load_data(config: ml_collections.ConfigDict):
     return pipeline
 
 
-def as_workdir(workdir) -> epath.Path:
-    """A local path or a bucket URL (gs://...), as Orbax and the metric writers take it."""
-    return epath.Path(os.path.expanduser(os.fspath(workdir)))
-
-
 def prepare_workdir(workdir) -> epath.Path:
-    workdir = as_workdir(workdir)
+    workdir = paths.workdir_path(workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         probe = workdir / f".write_test.{os.getpid()}"
@@ -475,7 +467,7 @@ def _step_functions(
         hparams = jax.device_put(
             {
                 key: jnp.array([c.train[key] for c in configs], jnp.float32)
-                for key in ("learning_rate", "grad_clip_norm")
+                for key in VMAPPED_HPARAMS
             },
             repl,
         )
