@@ -20,9 +20,9 @@ train: setup  ## The :tiny preset (a few minutes on a laptop CPU), then a sample
 train-full: setup  ## The TF tutorial model (embed 256, GRU 1024): use an accelerator.
 	$(BIN)/python -m charrnn_jax.main --config=experiments/shakespeare.py --workdir=runs/shakespeare
 
-test: setup
+test: setup  
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest
 
 bench: setup
 	$(BIN)/python benchmarks/sampling.py

@@ -16,6 +16,10 @@ whose library is not installed are skipped (Keras: `pip install .[keras]`, with
 `.[tensorflow]` for its TF backend; PyTorch: `pip install torch`). Results are appended
 to --out as one JSON line per run. On a GPU the same command measures the GPU (JAX and
 PyTorch use it when present).
+
+Our rows run as `charrnn_jax.main` runs them: with glibc's huge-page malloc tunable where
+it helps (charrnn_jax/host_memory.py). Peers run as their users run them;
+`--huge_pages=all` gives them the same, `--huge_pages=none` takes it from ours.
 """
 
 from __future__ import annotations
@@ -176,8 +180,13 @@ def available(impl: str) -> bool:
     return module is None or importlib.util.find_spec(module) is not None
 
 
-def run_worker(args: list[str]) -> dict:
+def run_worker(args: list[str], huge_pages: bool = False) -> dict:
+    """One measurement in a fresh process; `huge_pages` as charrnn_jax's CLIs set it up."""
+    from charrnn_jax import host_memory
+
     env = dict(os.environ)
+    if huge_pages:
+        env = host_memory.environment_with_huge_pages(env) or env
     if "@" in args[0]:  # Fake CPU devices for the scaling rows (ignored on a GPU).
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args[0].split('@')[1]}"
     out = subprocess.run(
@@ -194,6 +203,13 @@ def main():
     parser.add_argument("--batches", default="64")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--seconds", type=float, default=3.0, help="Minimum per repeat.")
+    parser.add_argument(
+        "--huge_pages",
+        choices=("ours", "all", "none"),
+        default="ours",
+        help="Which rows run with glibc's huge-page tunable: 'ours' as `charrnn_jax.main` "
+        "runs by default (peers as their users run them), 'all' gives peers the same.",
+    )
     parser.add_argument("--out", default="benchmarks/results/throughput.jsonl")
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -207,7 +223,10 @@ def main():
         return
 
     # The best of several GEMM measurements: a noisy neighbour only ever slows one down.
-    ceiling = max((run_worker(["matmul"]) for _ in range(2)), key=lambda r: r["flops_per_sec"])
+    ceiling = max(
+        (run_worker(["matmul"], huge_pages) for huge_pages in (False, True)),
+        key=lambda r: r["flops_per_sec"],
+    )
     print(
         f"device: {ceiling['device']}; f32 matmul: {ceiling['flops_per_sec'] / 1e9:.0f} "
         f"GFLOP/s (2048^3, this run)"
@@ -225,7 +244,10 @@ def main():
                 if not available(impl):
                     print(f"{size:9} {batch:5d} {impl:15} {'(not installed)':>10}")
                     continue
-                result = run_worker([impl, size, str(batch), f"--seconds={args.seconds}"])
+                huge = args.huge_pages == "all" or (
+                    args.huge_pages == "ours" and impl.startswith(("ours", "flax"))
+                )
+                result = run_worker([impl, size, str(batch), f"--seconds={args.seconds}"], huge)
                 if "error" in result:
                     print(f"{size:9} {batch:5d} {impl:15} error: {result['error'][:60]}")
                     continue

@@ -6,7 +6,7 @@ import sys
 import pytest
 from conftest import REPO, subprocess_env, tiny_overrides
 
-from charrnn_jax import distributed, metric_logging
+from charrnn_jax import distributed, host_memory, metric_logging
 
 CONFIG = f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny"
 
@@ -30,6 +30,7 @@ def trained(tmp_path_factory):
         f"--workdir={workdir}",
         "--cpu_devices=2",
         *tiny_overrides(**{"sample.length": 30}),
+        GLIBC_TUNABLES="",  # As a user's shell has it: main restarts itself with huge pages.
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result
@@ -40,6 +41,8 @@ def test_main_trains_logs_progress_and_writes_metrics(trained):
     assert "step 6/6 | loss" in result.stderr and "tok/s | ETA" in result.stderr
     assert "Sample at step 6:\nROMEO:" in result.stderr
     assert "2 local devices" in result.stderr  # --cpu_devices=2 (the environment asks for 4).
+    restarts = result.stderr.count(f"Restarting with GLIBC_TUNABLES={host_memory.TUNABLE}")
+    assert restarts == (host_memory.environment_with_huge_pages({}) is not None)  # Once.
     records = metric_logging.read_jsonl(workdir / "metrics.jsonl")
     assert records[-1]["step"] == 6 and records[-1]["val_loss"] > 0
     assert (workdir / "config.json").is_file()
