@@ -189,13 +189,22 @@ def _dense_dot_general(dtype):
     return None if dtype == jnp.float32 else _mixed_dot_general
 
 
-def _gru_forward(xi, h0, w_h, b_hn, valid, dtype):
+def _step_inputs(xi, tokens):
+    """Per-step x: a slice of xi, or, given tokens, rows of the table xi gathered per step."""
+    if tokens is None:
+        return xi, lambda x: x
+    return tokens, lambda token: xi.at[token].get(mode="promise_in_bounds")
+
+
+def _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype):
     """The recurrence over precomputed input projections; also returns what backward needs."""
     hidden = h0.shape[-1]
     w = w_h.astype(dtype)
+    xs, x_at = _step_inputs(xi, tokens)
 
     def step(h, inputs):
         x, v = inputs
+        x = x_at(x)
         hh = jnp.dot(h.astype(dtype), w, preferred_element_type=jnp.float32)
         r = jax.nn.sigmoid(x[:, :hidden] + hh[:, :hidden])
         z = jax.nn.sigmoid(x[:, hidden : 2 * hidden] + hh[:, hidden : 2 * hidden])
@@ -206,7 +215,7 @@ def _gru_forward(xi, h0, w_h, b_hn, valid, dtype):
             new = jnp.where(v[:, None], new, h)
         return new, (new, r, z, n, hn)
 
-    h_last, (hs, r, z, n, hn) = jax.lax.scan(step, h0, (xi, valid))
+    h_last, (hs, r, z, n, hn) = jax.lax.scan(step, h0, (xs, valid))
     return hs, h_last, (r, z, n, hn)
 
 
@@ -214,15 +223,18 @@ def _gru_backward(dtype, residuals, cotangents):
     """Backward scan that only does dh @ w_h^T per step; dw_h is one GEMM afterwards.
 
     (Autodiff of the forward scan would accumulate T rank-B updates of dw_h inside the
-    loop; here the per-step gate gradients are kept and contracted once over T*B.)
+    loop; here the per-step gate gradients are kept and contracted once over T*B.) With
+    a table, each step scatter-adds its input gradient into the table's gradient, so
+    the [time, batch, 3H] input gradient is never stored.
     """
-    h0, w_h, valid, hs, (r, z, n, hn) = residuals
+    xi, tokens, h0, w_h, valid, hs, (r, z, n, hn) = residuals
     d_hs, d_h_last = cotangents
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
     w_t = w_h.T.astype(dtype)
 
-    def step(dh_next, inputs):
-        dy, hp, r, z, n, hn, v = inputs
+    def step(carry, inputs):
+        dh_next, d_table = carry
+        dy, hp, r, z, n, hn, v, token = inputs
         dh = dh_next + dy
         dn_pre = dh * (1 - z) * (1 - n * n)
         dz_pre = dh * (hp - n) * z * (1 - z)
@@ -234,23 +246,36 @@ def _gru_backward(dtype, residuals, cotangents):
             keep = v[:, None]
             dxi, dhh = jnp.where(keep, dxi, 0.0), jnp.where(keep, dhh, 0.0)
             dh_prev = jnp.where(keep, dh_prev, dh)
-        return dh_prev, (dxi, dhh)
+        if token is None:
+            return (dh_prev, None), (dxi, dhh)
+        d_table = d_table.at[token].add(dxi, mode="promise_in_bounds")
+        return (dh_prev, d_table), (None, dhh)
 
-    dh0, (dxi, dhh) = jax.lax.scan(step, d_h_last, (d_hs, h_prev, r, z, n, hn, valid), reverse=True)
-    dw_h = jnp.einsum(
-        "tbh,tbg->hg", h_prev.astype(dtype), dhh.astype(dtype), preferred_element_type=jnp.float32
+    d_table = None if tokens is None else jnp.zeros_like(xi)
+    (dh0, d_table), (dxi, dhh) = jax.lax.scan(
+        step, (d_h_last, d_table), (d_hs, h_prev, r, z, n, hn, valid, tokens), reverse=True
+    )
+    # One contraction over time*batch in the arrays' own order (given einsum's two
+    # contracted axes, XLA ordered them (batch, time) and transposed dhh to match).
+    positions = dhh.shape[0] * dhh.shape[1]
+    dw_h = jnp.dot(
+        h_prev.reshape(positions, -1).T.astype(dtype),
+        dhh.reshape(positions, -1).astype(dtype),
+        preferred_element_type=jnp.float32,
     )
     hidden = h0.shape[-1]
     db_hn = dhh[..., 2 * hidden :].sum(axis=(0, 1))
-    return dxi, dh0, dw_h, db_hn, None
+    return (dxi if tokens is None else d_table), None, dh0, dw_h, db_hn, None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def gru_recurrence(xi, h0, w_h, b_hn, valid, dtype=jnp.float32):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def gru_recurrence(xi, tokens, h0, w_h, b_hn, valid, dtype=jnp.float32):
     """GRU over time given the input projections.
 
     Args:
-      xi: [time, batch, 3H] float32, x @ w_i + b_i with the gates in order r, z, n.
+      xi: [time, batch, 3H] float32, x @ w_i + b_i with the gates in order r, z, n; or,
+        with `tokens`, a [vocab, 3H] table of them, one row per token.
+      tokens: None, or [time, batch] integer rows of the table xi (in range).
       h0: [batch, H] float32 starting state.
       w_h: [H, 3H] recurrent kernel (r, z, n); b_hn: [H] the candidate's recurrent bias.
       valid: None, or [time, batch] bool; steps where False keep the state unchanged.
@@ -259,13 +284,14 @@ def gru_recurrence(xi, h0, w_h, b_hn, valid, dtype=jnp.float32):
     Returns:
       hs [time, batch, H] (the state after each step) and the last state [batch, H].
     """
-    hs, h_last, _ = _gru_forward(xi, h0, w_h, b_hn, valid, dtype)
+    hs, h_last, _ = _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype)
     return hs, h_last
 
 
-def _gru_recurrence_fwd(xi, h0, w_h, b_hn, valid, dtype):
-    hs, h_last, gates = _gru_forward(xi, h0, w_h, b_hn, valid, dtype)
-    return (hs, h_last), (h0, w_h, valid, hs, gates)
+def _gru_recurrence_fwd(xi, tokens, h0, w_h, b_hn, valid, dtype):
+    hs, h_last, gates = _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype)
+    table = None if tokens is None else xi  # Only the table is small enough to keep.
+    return (hs, h_last), (table, tokens, h0, w_h, valid, hs, gates)
 
 
 def _gru_recurrence_bwd(dtype, residuals, cotangents):
@@ -279,8 +305,9 @@ class FusedGRULayer(nn.Module):
     """nn.GRUCell's math with the input projection hoisted out of the time loop.
 
     One [time*batch, in] x [in, 3H] GEMM before the recurrence (or, for the first layer,
-    a [256, 3H] table of embedding @ w_i gathered per byte), then a scan that does only
-    h @ w_h per step, with a hand-written backward pass (see gru_recurrence).
+    a [256, 3H] table of embedding @ w_i whose rows the recurrence gathers per byte), then
+    a scan that does only h @ w_h per step, with a hand-written backward pass (see
+    gru_recurrence).
     """
 
     hidden_size: int
@@ -291,9 +318,7 @@ class FusedGRULayer(nn.Module):
         """inputs: [time, batch, in] or, with `tokens` [time, batch], the [256, in] table."""
         w_i, b_i, w_h, b_hn = _ScanScope(inputs.shape[-1], self.hidden_size, name="scan")()
         projected = mixed_matmul(inputs.astype(self.dtype), w_i.astype(self.dtype)) + b_i
-        if tokens is not None:
-            projected = projected[tokens]
-        hs, h_last = gru_recurrence(projected, carry, w_h, b_hn, valid, self.dtype)
+        hs, h_last = gru_recurrence(projected, tokens, carry, w_h, b_hn, valid, self.dtype)
         return h_last, hs
 
 
