@@ -8,10 +8,13 @@ global batch sharded over 1, 2 and 4 fake CPU devices of the same 2 cores, which
 sharded step's overhead (it cannot show a speed-up without more hardware).
 
 Every (implementation, size, batch) runs in its own subprocess, so peak RSS is its own:
-one warm-up step, then the median over 3 repeats of at least --seconds each. The table
-gives tokens/s, the ratio to ours (f32), the fraction of this machine's f32 matmul
-ceiling (the best of several 2048^3 jnp.dots, measured in the same run; training FLOPs
-per token are 3x the forward's 2*(E*3H + H*3H + H*V)) and peak RSS. Implementations
+one warm-up step, then at least --seconds of steps. --rounds (3) interleaves them: each
+round runs every implementation once, back to back, so a slow spell of a shared machine
+hits all of them alike. The table gives the median tokens/s over rounds with its range,
+the median over rounds of the ratio to ours (f32) in the same round, the fraction of
+this machine's f32 matmul ceiling (the best of several 2048^3 jnp.dots, measured in the
+same run; training FLOPs per token are 3x the forward's 2*(E*3H + H*3H + H*V)) and peak
+RSS. Implementations
 whose library is not installed are skipped (Keras: `pip install .[keras]`, with
 `.[tensorflow]` for its TF backend; PyTorch: `pip install torch`). Results are appended
 to --out as one JSON line per run. On a GPU the same command measures the GPU (JAX and
@@ -43,7 +46,7 @@ def flops_per_token(embed_dim: int, hidden: int) -> float:
     return 3 * 2 * (embed_dim * 3 * hidden + hidden * 3 * hidden + hidden * VOCAB)
 
 
-def _timed(step, *, seconds: float, repeats: int = 3) -> float:
+def _timed(step, *, seconds: float, repeats: int = 1) -> float:
     """Median seconds per step over `repeats`, after one warm-up step."""
     step()
     times = []
@@ -197,12 +200,63 @@ def run_worker(args: list[str], huge_pages: bool = False) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _measure_round(impls, size, batch, args) -> dict:
+    """Every implementation once, back to back, so slow spells of a shared machine hit
+    all of them alike; ratios are taken within a round."""
+    results = {}
+    for impl in impls:
+        huge = args.huge_pages == "all" or (
+            args.huge_pages == "ours" and impl.startswith(("ours", "flax"))
+        )
+        results[impl] = run_worker([impl, size, str(batch), f"--seconds={args.seconds}"], huge)
+    return results
+
+
+def _summarize(impl, size, batch, rounds, ceiling_flops) -> dict:
+    ok = [r for r in rounds if "error" not in r[impl]]
+    row = {"size": size, "batch": batch, "impl": impl}
+    if not ok:
+        return {**row, "error": rounds[0][impl]["error"]}
+    rates = [r[impl]["tokens_per_sec"] for r in ok]
+    ratios = [
+        r[impl]["tokens_per_sec"] / r["ours_f32"]["tokens_per_sec"]
+        for r in ok
+        if "tokens_per_sec" in r.get("ours_f32", {})
+    ]
+    rate = statistics.median(rates)
+    return {
+        **row,
+        "tokens_per_sec": rate,
+        "rounds": rates,
+        "vs_ours": statistics.median(ratios) if ratios else None,
+        "ceiling_fraction": rate * flops_per_token(*SIZES[size]) / ceiling_flops,
+        "peak_rss_mib": max(r[impl]["peak_rss_mib"] for r in ok),
+    }
+
+
+def _print_row(row) -> None:
+    prefix = f"{row['size']:9} {row['batch']:5d} {row['impl']:15}"
+    if "error" in row:
+        print(f"{prefix} error: {row['error'][:60]}", flush=True)
+        return
+    spread = f"{min(row['rounds']):,.0f}-{max(row['rounds']):,.0f}"
+    ratio = f"{row['vs_ours']:7.2f}x" if row["vs_ours"] else f"{'':8}"
+    print(
+        f"{prefix} {row['tokens_per_sec']:10,.0f} {spread:>15} {ratio} "
+        f"{100 * row['ceiling_fraction']:8.1f}% {row['peak_rss_mib']:8.0f}",
+        flush=True,
+    )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="small,tutorial")
     parser.add_argument("--batches", default="64")
     parser.add_argument("--impls", default=",".join(IMPLS))
-    parser.add_argument("--seconds", type=float, default=3.0, help="Minimum per repeat.")
+    parser.add_argument("--seconds", type=float, default=3.0, help="Minimum timed per run.")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Interleaved rounds; rows give their median."
+    )
     parser.add_argument(
         "--huge_pages",
         choices=("ours", "all", "none"),
@@ -232,37 +286,22 @@ def main():
         f"GFLOP/s (2048^3, this run)"
     )
     header = (
-        f"{'size':9} {'batch':>5} {'implementation':15} {'tokens/s':>10} {'vs ours':>8} "
-        f"{'% ceiling':>9} {'RSS MiB':>8}"
+        f"{'size':9} {'batch':>5} {'implementation':15} {'tokens/s':>10} {'range':>15} "
+        f"{'vs ours':>8} {'% ceiling':>9} {'RSS MiB':>8}"
     )
     print(header + "\n" + "-" * len(header))
+    impls = [impl for impl in args.impls.split(",") if available(impl)]
     rows = []
     for size in args.sizes.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            ours = None
-            for impl in args.impls.split(","):
-                if not available(impl):
-                    print(f"{size:9} {batch:5d} {impl:15} {'(not installed)':>10}")
-                    continue
-                huge = args.huge_pages == "all" or (
-                    args.huge_pages == "ours" and impl.startswith(("ours", "flax"))
-                )
-                result = run_worker([impl, size, str(batch), f"--seconds={args.seconds}"], huge)
-                if "error" in result:
-                    print(f"{size:9} {batch:5d} {impl:15} error: {result['error'][:60]}")
-                    continue
-                rate = result["tokens_per_sec"]
-                ours = rate if impl == "ours_f32" else ours
-                frac = rate * flops_per_token(*SIZES[size]) / ceiling["flops_per_sec"]
-                ratio = f"{rate / ours:7.2f}x" if ours else f"{'':8}"
-                print(
-                    f"{size:9} {batch:5d} {impl:15} {rate:10,.0f} {ratio} {100 * frac:8.1f}% "
-                    f"{result['peak_rss_mib']:8.0f}",
-                    flush=True,
-                )
-                rows.append(
-                    {"size": size, "batch": batch, "impl": impl, **result, "ceiling_fraction": frac}
-                )
+            rounds = [_measure_round(impls, size, batch, args) for _ in range(args.rounds)]
+            for impl in impls:
+                row = _summarize(impl, size, batch, rounds, ceiling["flops_per_sec"])
+                rows.append(row)
+                _print_row(row)
+    skipped = [impl for impl in args.impls.split(",") if impl not in impls]
+    if skipped:
+        print(f"not installed: {', '.join(skipped)}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "a") as f:
         f.write(
