@@ -12,8 +12,8 @@ one warm-up step, then at least --seconds of steps. --rounds (3) interleaves the
 round runs every implementation once, back to back, so a slow spell of a shared machine
 hits all of them alike. The table gives the median tokens/s over rounds with its range,
 the median over rounds of the ratio to ours (f32) in the same round, the fraction of
-this machine's f32 matmul ceiling (the best of several 2048^3 jnp.dots, measured in the
-same run; training FLOPs per token are 3x the forward's 2*(E*3H + H*3H + H*V)) and peak
+this machine's f32 matmul ceiling (the best of the 2048^3 jnp.dots run at the start and
+after every round; training FLOPs per token are 3x the forward's 2*(E*3H + H*3H + H*V)) and peak
 RSS. Implementations
 whose library is not installed are skipped (Keras: `pip install .[keras]`, with
 `.[tensorflow]` for its TF backend; PyTorch: `pip install torch`). Results are appended
@@ -276,29 +276,35 @@ def main():
         print(json.dumps(result))
         return
 
-    # The best of several GEMM measurements: a noisy neighbour only ever slows one down.
-    ceiling = max(
-        (run_worker(["matmul"], huge_pages) for huge_pages in (False, True)),
-        key=lambda r: r["flops_per_sec"],
-    )
+    # The ceiling is the best GEMM measurement of the run (one at the start, one per
+    # round): a noisy neighbour only ever slows a measurement down.
+    matmuls = [run_worker(["matmul"], huge_pages=True)]
+    impls = [impl for impl in args.impls.split(",") if available(impl)]
+    measured = []
+    for size in args.sizes.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            rounds = []
+            for index in range(args.rounds):
+                rounds.append(_measure_round(impls, size, batch, args))
+                matmuls.append(run_worker(["matmul"], huge_pages=True))
+                print(f"{size}/{batch}: round {index + 1} of {args.rounds}", file=sys.stderr)
+            measured.append((size, batch, rounds))
+    ceiling = max(matmuls, key=lambda r: r["flops_per_sec"])
     print(
         f"device: {ceiling['device']}; f32 matmul: {ceiling['flops_per_sec'] / 1e9:.0f} "
-        f"GFLOP/s (2048^3, this run)"
+        f"GFLOP/s (2048^3, best of {len(matmuls)} in this run)"
     )
     header = (
         f"{'size':9} {'batch':>5} {'implementation':15} {'tokens/s':>10} {'range':>15} "
         f"{'vs ours':>8} {'% ceiling':>9} {'RSS MiB':>8}"
     )
     print(header + "\n" + "-" * len(header))
-    impls = [impl for impl in args.impls.split(",") if available(impl)]
     rows = []
-    for size in args.sizes.split(","):
-        for batch in (int(b) for b in args.batches.split(",")):
-            rounds = [_measure_round(impls, size, batch, args) for _ in range(args.rounds)]
-            for impl in impls:
-                row = _summarize(impl, size, batch, rounds, ceiling["flops_per_sec"])
-                rows.append(row)
-                _print_row(row)
+    for size, batch, rounds in measured:
+        for impl in impls:
+            row = _summarize(impl, size, batch, rounds, ceiling["flops_per_sec"])
+            rows.append(row)
+            _print_row(row)
     skipped = [impl for impl in args.impls.split(",") if impl not in impls]
     if skipped:
         print(f"not installed: {', '.join(skipped)}")
