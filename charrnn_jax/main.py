@@ -30,9 +30,9 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices",
     0,
     "CPU hosts: split each batch over this many XLA CPU devices (0: JAX's default, one). "
-    "Each device runs its share on its own thread, which beats XLA's intra-op threading "
-    "for small models (1.5x at E64/H256, batch 64, on 2 cores; README 'Performance') but "
-    "not for GEMM-bound ones. No effect on GPU/TPU devices.",
+    "Each device runs its share on its own thread. On 2 cores it loses to one device "
+    "(0.61-0.74x; README 'Performance'); it may pay where XLA's intra-op threads leave "
+    "many cores idle. No effect on GPU/TPU devices.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
