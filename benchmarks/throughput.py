@@ -13,12 +13,11 @@ round runs every implementation once, back to back, so a slow spell of a shared 
 hits all of them alike. The table gives the median tokens/s over rounds with its range,
 the median over rounds of the ratio to ours (f32) in the same round, the fraction of
 this machine's f32 matmul ceiling (the best of the 2048^3 jnp.dots run at the start and
-after every round; training FLOPs per token are 3x the forward's 2*(E*3H + H*3H + H*V)) and peak
-RSS. Implementations
-whose library is not installed are skipped (Keras: `pip install .[keras]`, with
-`.[tensorflow]` for its TF backend; PyTorch: `pip install torch`). Results are appended
-to --out as one JSON line per run. On a GPU the same command measures the GPU (JAX and
-PyTorch use it when present).
+after every round; training FLOPs per token are 3x the forward's 2*(E*3H + H*3H + H*V))
+and peak RSS. Implementations whose library is not installed are skipped (Keras: `pip
+install .[keras]`, with `.[tensorflow]` for its TF backend; PyTorch: `pip install
+torch`). Results are appended to --out as one JSON line per run. On a GPU the same
+command measures the GPU (JAX and PyTorch use it when present).
 
 Our rows run as `charrnn_jax.main` runs them: with glibc's huge-page malloc tunable where
 it helps (charrnn_jax/host_memory.py). Peers run as their users run them;
