@@ -45,7 +45,7 @@ def flops_per_token(embed_dim: int, hidden: int) -> float:
     return 3 * 2 * (embed_dim * 3 * hidden + hidden * 3 * hidden + hidden * VOCAB)
 
 
-def _timed(step, *, seconds: float, repeats: int = 1) -> float:
+def _timed(step, *, seconds: float, repeats: int = 3) -> float:
     """Median seconds per step over `repeats`, after one warm-up step."""
     step()
     times = []
@@ -156,7 +156,7 @@ def worker(impl: str, size: str, batch_size: int, seconds: float) -> dict:
         step = _keras_step(embed_dim, hidden, batch_size)
     else:
         step = _torch_step(embed_dim, hidden, batch_size, bf16=impl == "torch_bf16")
-    seconds_per_step = _timed(step, seconds=seconds)
+    seconds_per_step = _timed(step, seconds=seconds, repeats=1)  # --rounds gives the median.
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"tokens_per_sec": batch_size * SEQ_LEN / seconds_per_step, "peak_rss_mib": rss_mib}
 

@@ -38,12 +38,7 @@ def _config_module(config_arg):
     return config_lib.load_config_module(path)
 
 
-def expand(config_arg, sweep_name: str) -> list[tuple[str, dict]]:
-    """[(name, overrides)] from the sweep function of the config file `path[:preset]`."""
-    config_path = str(config_arg).split(":", 1)[0]
-    module = _config_module(config_arg)
-    if not hasattr(module, sweep_name):
-        raise UserError(f"{config_path} defines no {sweep_name}() sweep function.")
+def _sweep_runs(module, sweep_name: str) -> list[tuple[str, dict]]:
     runs = [(run_name(overrides), overrides) for overrides in getattr(module, sweep_name)()]
     names = [name for name, _ in runs]
     if len(set(names)) != len(names):
@@ -51,11 +46,20 @@ def expand(config_arg, sweep_name: str) -> list[tuple[str, dict]]:
     return runs
 
 
+def expand(config_arg, sweep_name: str) -> list[tuple[str, dict]]:
+    """[(name, overrides)] from the sweep function of the config file `path[:preset]`."""
+    module = _config_module(config_arg)
+    if not hasattr(module, sweep_name):
+        raise UserError(f"{module.__file__} defines no {sweep_name}() sweep function.")
+    return _sweep_runs(module, sweep_name)
+
+
 def vmap_runs(config_arg, config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
     """What `--config.sweep.vmap=K` trains: the file's sweep function (config.sweep.name),
     or, for a file without one, K seeds from config.seed on."""
-    if hasattr(_config_module(config_arg), config.sweep.name):
-        return expand(config_arg, config.sweep.name)
+    module = _config_module(config_arg)
+    if hasattr(module, config.sweep.name):
+        return _sweep_runs(module, config.sweep.name)
     return [
         (f"seed={config.seed + i}", {"seed": config.seed + i}) for i in range(config.sweep.vmap)
     ]

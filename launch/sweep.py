@@ -35,12 +35,9 @@ FLAGS = flags.FLAGS
 
 
 STATUS_FILE = "sweep_status.json"
-run_name = sweeps.run_name  # Re-exported: the launchers' naming is the library's.
-
-
-def expand(config_arg: str, sweep_name: str) -> list[tuple[str, dict]]:
-    """[(name, overrides)] from the sweep function of `path[:preset]`."""
-    return sweeps.expand(config_arg, sweep_name)
+# Re-exported: the launchers' naming and expansion are the library's.
+run_name = sweeps.run_name
+expand = sweeps.expand
 
 
 def train_command(config_arg: str, workdir: str, overrides: dict, python="python") -> list[str]:
