@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import load_experiment
 
-from charrnn_jax import models, train
+from charrnn_jax import models, steps
 
 
 def _init(model, batch=2, time=12, seed=0):
@@ -66,7 +66,7 @@ def test_tutorial_param_count_against_keras():
     config = load_experiment("shakespeare")
     model = models.from_config(config.model)
     params = jax.eval_shape(lambda: _init(model)[0])
-    count = train.count_params(params)
+    count = steps.count_params(params)
     keras_count_at_vocab = lambda v: v * 256 + 3 * 1024 * (256 + 1024) + 2 * 3 * 1024 + 1024 * v + v  # noqa: E731
     assert keras_count_at_vocab(65) == 4_021_569
     assert count == 4_264_192 == keras_count_at_vocab(256) - 2 * 1024
@@ -76,7 +76,7 @@ def test_loss_at_init_is_about_ln_256():
     model = models.CharRNN(embed_dim=32, hidden_size=64)
     params, tokens = _init(model, batch=8, time=50)
     logits, _ = model.apply({"params": params}, tokens)
-    loss = float(train.cross_entropy(logits, tokens))
+    loss = float(steps.cross_entropy(logits, tokens))
     assert abs(loss - math.log(256)) < 0.05
 
 
@@ -150,7 +150,9 @@ def test_fused_gru_matches_nn_gru_cell_forward_and_gradients(num_layers, use_len
         logits, carry = model.apply({"params": params}, tokens, lengths=lengths)
         return (logits**2).mean() + (carry[-1] ** 3).sum()
 
-    np.testing.assert_allclose(loss(params, fused), loss(params, reference), rtol=1e-6)
+    # 2e-6: on AVX-512 CPUs (Zen 5) XLA's vectorised reductions of the two graphs round in
+    # another order, 1.2e-6 apart at 2 layers; 1e-6 held on AVX2 only.
+    np.testing.assert_allclose(loss(params, fused), loss(params, reference), rtol=2e-6)
     for a, b in zip(
         jax.tree.leaves(jax.grad(loss)(params, fused)),
         jax.tree.leaves(jax.grad(loss)(params, reference)),
