@@ -71,7 +71,7 @@ def _jax_step(impl: str, embed_dim: int, hidden: int, batch_size: int, num_devic
     import jax
     import optax
 
-    from charrnn_jax import models, parallel, train
+    from charrnn_jax import models, parallel, steps
 
     model = models.CharRNN(
         embed_dim=embed_dim,
@@ -82,12 +82,13 @@ def _jax_step(impl: str, embed_dim: int, hidden: int, batch_size: int, num_devic
     tx = optax.adam(1e-3)
     mesh = parallel.make_mesh(jax.devices()[:num_devices])
     repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    state = train.create_train_state(jax.random.key(0), model=model, tx=tx, seq_len=SEQ_LEN)
+    state = steps.create_train_state(jax.random.key(0), model=model, tx=tx, seq_len=SEQ_LEN)
     state = jax.device_put(state, repl)
     step_fn = jax.jit(
-        functools.partial(train.train_step, schedule=optax.constant_schedule(1e-3)),
+        # The trainer's step: with the on-device metric window.
+        functools.partial(steps.windowed_train_step, schedule=optax.constant_schedule(1e-3)),
         in_shardings=(repl, data, repl),
-        out_shardings=(repl, repl),
+        out_shardings=repl,
         donate_argnums=0,
     )
     inputs, targets = _batch(batch_size)
@@ -96,8 +97,8 @@ def _jax_step(impl: str, embed_dim: int, hidden: int, batch_size: int, num_devic
     holder = {"state": state}
 
     def step():
-        holder["state"], metrics = step_fn(holder["state"], batch, rng)
-        jax.block_until_ready(metrics)
+        holder["state"] = step_fn(holder["state"], batch, rng)
+        jax.block_until_ready(holder["state"].window)
 
     return step
 

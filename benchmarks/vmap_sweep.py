@@ -2,7 +2,7 @@
 
     python benchmarks/vmap_sweep.py [--sizes=tiny,small] [--variants=1,4,8] [--batches=4,32]
 
-Both sides use the trainer's own steps (train.vmapped_train_step and train.train_step),
+Both sides use the trainer's own steps (steps.vmapped_train_step and steps.windowed_train_step),
 on one device, with the variants' learning rates all different. "Sequential" is the
 best case for separate runs: K states in one process stepping one after another with
 a single compiled step (separate processes would add start-up and compile time). Prints
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 from throughput import SEQ_LEN, _batch, _timed
 
-from charrnn_jax import config_lib, models, train
+from charrnn_jax import config_lib, models, optim
+from charrnn_jax import steps as trainer_steps
 
 SIZES = {"tiny": (32, 64), "small": (64, 256), "tutorial": (256, 1024)}
 
@@ -41,28 +42,30 @@ def steps(size: str, num_variants: int, batch_size: int):
     embed_dim, hidden = SIZES[size]
     model = models.CharRNN(embed_dim=embed_dim, hidden_size=hidden)
     config = _train_config()
-    tx, schedule = train.make_optimizer(config)
-    init = functools.partial(train.create_train_state, model=model, tx=tx, seq_len=SEQ_LEN)
+    tx, schedule = optim.make_optimizer(config)
+    init = functools.partial(trainer_steps.create_train_state, model=model, tx=tx, seq_len=SEQ_LEN)
     keys = jax.random.split(jax.random.key(0), num_variants)
     inputs, targets = _batch(batch_size)
     batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
     rng = jax.random.key(1)
 
-    plain = jax.jit(functools.partial(train.train_step, schedule=schedule), donate_argnums=0)
+    plain = jax.jit(
+        functools.partial(trainer_steps.windowed_train_step, schedule=schedule),
+        donate_argnums=0,
+    )
     states = [init(key) for key in keys]
 
     def sequential_step():
-        metrics = None
         for i in range(num_variants):
-            states[i], metrics = plain(states[i], batch, rng)
-        jax.block_until_ready(metrics)
+            states[i] = plain(states[i], batch, rng)
+        jax.block_until_ready(states[-1].window)
 
     hparams = {
         "learning_rate": jnp.geomspace(1e-4, 1e-2, num_variants, dtype=jnp.float32),
         "grad_clip_norm": jnp.zeros(num_variants, jnp.float32),
     }
     vmapped = jax.jit(
-        functools.partial(train.vmapped_train_step, hparams=hparams, train_config=config),
+        functools.partial(trainer_steps.vmapped_train_step, hparams=hparams, train_config=config),
         donate_argnums=0,
     )
     stacked = {"state": jax.vmap(init)(keys)}
@@ -70,8 +73,8 @@ def steps(size: str, num_variants: int, batch_size: int):
     rngs = jax.random.split(rng, num_variants)
 
     def vmapped_step():
-        stacked["state"], metrics = vmapped(stacked["state"], batches, rngs)
-        jax.block_until_ready(metrics)
+        stacked["state"] = vmapped(stacked["state"], batches, rngs)
+        jax.block_until_ready(stacked["state"].window)
 
     return sequential_step, vmapped_step
 

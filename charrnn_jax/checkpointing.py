@@ -1,47 +1,116 @@
-"""Orbax checkpoints in `<workdir>/checkpoints`: async save, restore onto sharded targets.
+"""Orbax checkpoints in `<workdir>/checkpoints`: async save, verified restore onto sharded targets.
 
-A checkpoint holds params and optimizer state; its step number is the train step. The
+A checkpoint holds the train state's items (params, optimizer state and the metric
+window since the last metrics row) and a CRC-32 of every saved array; once Orbax has
+committed a step, a manifest of every file's CRC-32 is sealed into it (FILE_MANIFEST), so
+a flipped bit anywhere in the step, even in bytes no array read touches, is caught. The
 data position needs nothing more, because every batch is a pure function of the step.
-Orbax writes each step to a temporary directory and renames it when complete, so a
-kill at any moment leaves the previous checkpoints intact.
+Orbax writes each step to a temporary directory and renames it when complete, so a kill
+at any moment leaves the previous checkpoints intact.
+
+On restore, three kinds of failure are kept apart:
+- the checkpoint's tree or shapes differ from the model: the config's fault, one error
+  naming the difference, nothing moved;
+- the file system refuses (permissions, I/O): an error, nothing moved;
+- the data does not read back or does not match its checksums: real corruption, the step
+  is moved to `checkpoints_unreadable/` (kept) and the previous step is tried.
 """
 
 from __future__ import annotations
+
+import errno
+import json
+import pathlib
+import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
-from etils import epath
 from jax.experimental import multihost_utils
 
-from charrnn_jax import config_lib, models, paths
+from charrnn_jax import config_lib, models
 from charrnn_jax.errors import UserError
+from charrnn_jax.workdir import Workdir
 
-CHECKPOINT_DIR = "checkpoints"
-QUARANTINE_DIR = "checkpoints_unreadable"
-ITEMS = ("params", "opt_state")
+ITEMS = ("params", "opt_state", "window")
+OPTIONAL_ITEMS = ("window",)  # Absent from checkpoints written before it existed.
+CHECKSUMS = "checksums"
+FILE_MANIFEST = "file_crc32.json"
+
+
+class CorruptCheckpoint(Exception):
+    """A step whose data does not read back, or reads back different from what was saved."""
+
+
+def _key(path) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
+
+
+def checksums(tree) -> dict[str, int]:
+    """CRC-32 of every leaf's bytes, by key path (replicated leaves: the local copy)."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        local = leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf
+        out[_key(path)] = zlib.crc32(np.ascontiguousarray(np.asarray(local)).tobytes())
+    return out
+
+
+def _file_crcs(step_dir: pathlib.Path) -> dict[str, int]:
+    """CRC-32 of every file in a step directory but the manifest, by relative path."""
+    out = {}
+    for path in sorted(step_dir.rglob("*")):
+        if path.is_file() and FILE_MANIFEST not in path.name:
+            out[str(path.relative_to(step_dir))] = zlib.crc32(path.read_bytes())
+    return out
+
+
+def _refused_by_file_system(error: BaseException) -> str | None:
+    """The OS's reason if the file system refused access (not corruption), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (
+            errno.EACCES,
+            errno.EPERM,
+            errno.EIO,
+            errno.EROFS,
+        ):
+            return error.strerror or str(error)
+        text = str(error)
+        for marker in ("Permission denied", "PERMISSION_DENIED", "Read-only file system"):
+            if marker in text:
+                return marker
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _no_space(error: BaseException) -> bool:
+    text = f"{type(error).__name__}: {error}"
+    return (isinstance(error, OSError) and error.errno == errno.ENOSPC) or any(
+        marker in text for marker in ("No space left", "RESOURCE_EXHAUSTED", "ENOSPC")
+    )
 
 
 class Checkpointer:
-    """Saves when told to; restores the newest step that reads back cleanly."""
+    """Saves when told to; restores the newest step that reads back and verifies."""
 
     def __init__(
         self,
-        workdir: epath.PathLike,
+        workdir,
         *,
         max_to_keep: int = 3,
         async_save: bool = True,
         read_only: bool = False,
     ):
-        workdir = paths.workdir_path(workdir)
-        self.directory = (
-            workdir if paths.is_remote(workdir) else workdir.absolute()
-        ) / CHECKPOINT_DIR
+        self.workdir = Workdir(workdir)
+        self.directory = self.workdir.checkpoint_dir
         self.read_only = read_only
         if self.directory.exists() and not self.directory.is_dir():
             raise UserError(f"Checkpoint path {self.directory} exists but is not a directory.")
+        handlers = {item: ocp.StandardCheckpointHandler() for item in ITEMS}
+        handlers[CHECKSUMS] = ocp.JsonCheckpointHandler()
         try:
             self.manager = ocp.CheckpointManager(
                 self.directory,
@@ -51,7 +120,7 @@ class Checkpointer:
                     create=not read_only,
                     read_only=read_only,
                 ),
-                item_handlers={item: ocp.StandardCheckpointHandler() for item in ITEMS},
+                item_handlers=handlers,
             )
         except OSError as e:
             raise UserError(f"Cannot use checkpoint directory {self.directory}: {e}") from None
@@ -70,25 +139,54 @@ class Checkpointer:
         """
         return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
-    def save(self, step: int, params, opt_state) -> bool:
-        """Starts an async save; every process must call this (never only process 0)."""
-        return self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state)
-            ),
-            force=True,
-        )
+    def save(self, step: int, items: dict) -> None:
+        """Starts an async save of `items` (see ITEMS) with their checksums.
 
-    def wait_until_finished(self) -> None:
-        self.manager.wait_until_finished()
+        Every process must call this (never only process 0). A failed write (a full disk,
+        say) becomes a UserError naming the step; the steps already on disk stay valid.
+        """
+        sums = {item: checksums(tree) for item, tree in items.items()}
+        args = {item: ocp.args.StandardSave(tree) for item, tree in items.items()}
+        args[CHECKSUMS] = ocp.args.JsonSave(sums)
+        # Orbax's save first waits for the previous one, which is then committed: seal it.
+        self._guarded(step, lambda: self.manager.save(step, args=ocp.args.Composite(**args)))
+        self._seal_committed()
+
+    def wait_until_finished(self, step: int | None = None) -> None:
+        self._guarded(step, self.manager.wait_until_finished)
+        self._seal_committed()
+
+    def _seal_committed(self) -> None:
+        """Writes the file manifest of every committed step that has none (process 0)."""
+        if self.read_only or jax.process_index() != 0 or self.workdir.is_remote:
+            return
+        for step in self.all_steps():
+            step_dir = pathlib.Path(self.directory / str(step))
+            sealed = (step_dir / FILE_MANIFEST).exists()
+            # Orbax writes commit_success.txt last: before it, the step is still in flight.
+            if step_dir.is_dir() and not sealed and (step_dir / "commit_success.txt").exists():
+                manifest = json.dumps(_file_crcs(step_dir), sort_keys=True)
+                tmp = step_dir / f".{FILE_MANIFEST}.tmp"
+                tmp.write_text(manifest)
+                tmp.replace(step_dir / FILE_MANIFEST)
+
+    def _guarded(self, step, write) -> None:
+        try:
+            write()
+        except Exception as e:  # noqa: BLE001 - any failed write ends the run with one line.
+            cause = "no space left on device" if _no_space(e) else str(e).splitlines()[0]
+            raise UserError(
+                f"Could not write checkpoint{'' if step is None else f' step {step}'} in "
+                f"{self.directory}: {cause}. Checkpoints on disk: {self.all_steps()} "
+                f"(intact); fix the cause and rerun the same command to resume."
+            ) from None
 
     def close(self) -> None:
         self.manager.close()
 
-    def _quarantine(self, step: int) -> epath.Path:
-        """Moves an unreadable step aside (kept for inspection) so the step can be redone."""
-        target = self.directory.parent / QUARANTINE_DIR / str(step)
+    def _quarantine(self, step: int):
+        """Moves a corrupt step aside (kept for inspection) so the step can be redone."""
+        target = self.workdir.quarantine_dir / str(step)
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
@@ -98,73 +196,132 @@ class Checkpointer:
         self.manager.reload()
         return target
 
-    def _check_shapes(self, step: int, item: str, target) -> None:
-        """Raises a UserError naming both shapes if the checkpoint's differ from the target's."""
-        metadata = self.manager.item_metadata(step)[item]
-        # Orbax metadata trees turn tuples into lists; compare leaves by their key path.
-        saved = {
-            jax.tree_util.keystr(path, simple=True, separator="/"): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(metadata)[0]
-        }
-        for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
-            key = jax.tree_util.keystr(path, simple=True, separator="/")
-            if key in saved and saved[key] != tuple(leaf.shape):
+    def _saved_items(self, step: int) -> dict:
+        try:
+            metadata = self.manager.item_metadata(step)
+        except Exception as e:  # noqa: BLE001 - unreadable metadata is corruption.
+            raise CorruptCheckpoint(f"metadata: {type(e).__name__}: {e}") from None
+        return {item: tree for item, tree in metadata.items() if tree is not None}
+
+    def _check_matches(self, step: int, item: str, saved, target) -> None:
+        """Raises a UserError naming the difference if the checkpoint's tree is not the model's."""
+        saved = {_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved)[0]}
+        wanted = {_key(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(target)[0]}
+        where = f"Checkpoint step {step} in {self.directory} does not match the config: "
+        hint = " Use another workdir, the run's own config, or --restart."
+        missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+        if missing or extra:
+            raise UserError(
+                f"{where}{item} has {len(saved)} arrays in the checkpoint and {len(wanted)} in "
+                f"the model (only in the checkpoint: {extra[:3] or 'none'}; only in the model: "
+                f"{missing[:3] or 'none'}).{hint}"
+            )
+        for key, leaf in wanted.items():
+            if tuple(saved[key].shape) != tuple(leaf.shape):
                 raise UserError(
-                    f"Checkpoint step {step} in {self.directory} does not match the config: "
-                    f"{item}/{key} has shape {saved[key]} in the checkpoint but "
-                    f"{tuple(leaf.shape)} in the model. Use another workdir or the old config."
+                    f"{where}{item}/{key} has shape {tuple(saved[key].shape)} in the checkpoint "
+                    f"but {tuple(leaf.shape)} in the model.{hint}"
                 )
+
+    def _verify_files(self, step: int) -> None:
+        """Every file of the step against its sealed manifest (when the step has one)."""
+        if self.workdir.is_remote:
+            return
+        step_dir = pathlib.Path(self.directory / str(step))
+        manifest_path = step_dir / FILE_MANIFEST
+        if not manifest_path.exists():
+            return
+        try:
+            expected = json.loads(manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptCheckpoint(f"{FILE_MANIFEST}: {e}") from None
+        actual = _file_crcs(step_dir)
+        for name, crc in expected.items():
+            if actual.get(name) != crc:
+                raise CorruptCheckpoint(f"file {name} is missing or differs from its checksum")
+
+    def _read(self, step: int, abstract_items: dict) -> dict:
+        """One step's items, checked against the model and verified against its checksums."""
+        self._verify_files(step)
+        saved = self._saved_items(step)
+        wanted = {
+            item: target
+            for item, target in abstract_items.items()
+            if item in saved or item not in OPTIONAL_ITEMS
+        }
+        for item, target in wanted.items():
+            if item not in saved:
+                raise CorruptCheckpoint(f"item {item!r} is missing")
+            self._check_matches(step, item, saved[item], target)
+        args = {item: ocp.args.StandardRestore(target) for item, target in wanted.items()}
+        verified = CHECKSUMS in saved
+        if verified:
+            args[CHECKSUMS] = ocp.args.JsonRestore()
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        except Exception as e:  # noqa: BLE001 - sorted below: refused access or corruption.
+            reason = _refused_by_file_system(e)
+            if reason:
+                raise UserError(
+                    f"Cannot read checkpoint step {step} in {self.directory}: {reason}."
+                ) from None
+            first_line = str(e).splitlines()[0] if str(e) else ""
+            raise CorruptCheckpoint(f"{type(e).__name__}: {first_line}") from None
+        items = {item: restored[item] for item in wanted}
+        if verified:
+            for item, tree in items.items():
+                expected = restored[CHECKSUMS].get(item, {})
+                bad = [k for k, crc in checksums(tree).items() if expected.get(k) != crc]
+                if bad:
+                    raise CorruptCheckpoint(f"checksum mismatch in {item}/{bad[0]}")
+        else:
+            logging.warning("Checkpoint step %d has no checksums (older format).", step)
+        return items
 
     def restore(self, abstract_items: dict, step: int | None = None):
         """Restores the requested items onto their (sharded) abstract targets.
 
         Args:
-          abstract_items: {'params': tree, 'opt_state': tree} or a subset; leaves are
-            jax.ShapeDtypeStruct with shardings.
-          step: a specific step, or None for the newest one that reads back cleanly.
-            A newest step that is truncated or corrupted is skipped with a warning.
+          abstract_items: {item: tree} for items of ITEMS; leaves are jax.ShapeDtypeStruct
+            with shardings. An optional item missing from an older checkpoint is left out
+            of the result.
+          step: a specific step, or None for the newest one that reads back and verifies.
+            A newer corrupt step is moved aside with a warning.
 
         Returns:
           (step, {item: restored tree}), or (None, None) if there is no checkpoint.
+
+        Raises:
+          UserError: the checkpoint does not match the model, cannot be read, or (for
+            step=None) every checkpoint is corrupt.
         """
-        steps = [step] if step is not None else self.all_steps()[::-1]
         if step is not None and step not in self.all_steps():
             raise UserError(
                 f"No checkpoint for step {step} in {self.directory}; have {self.all_steps()}."
             )
-        for candidate in steps:
+        candidates = [step] if step is not None else self.all_steps()[::-1]
+        for candidate in candidates:
             try:
-                for item, target in abstract_items.items():
-                    self._check_shapes(candidate, item, target)
-                restored = self.manager.restore(
-                    candidate,
-                    args=ocp.args.Composite(
-                        **{
-                            item: ocp.args.StandardRestore(target)
-                            for item, target in abstract_items.items()
-                        }
-                    ),
-                )
-                return candidate, {item: restored[item] for item in abstract_items}
-            except UserError:
-                raise
-            except Exception as e:  # noqa: BLE001 - any read failure means "corrupt".
+                return candidate, self._read(candidate, abstract_items)
+            except CorruptCheckpoint as e:
                 if step is not None:
                     raise UserError(
-                        f"Checkpoint step {step} in {self.directory} is "
-                        f"unreadable: {type(e).__name__}: {e}"
+                        f"Checkpoint step {step} in {self.directory} is corrupt: {e}"
                     ) from None
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                reason = str(e)
                 if not self.read_only:
                     reason += f"; moved to {self._quarantine(candidate)}"
                 logging.warning(
-                    "Checkpoint step %d in %s is unreadable (%s); trying an older one.",
+                    "Checkpoint step %d in %s is corrupt (%s); trying an older one.",
                     candidate,
                     self.directory,
                     reason,
                 )
-        if steps:
-            raise UserError(f"Every checkpoint in {self.directory} is unreadable: steps {steps}.")
+        if candidates:
+            raise UserError(
+                f"Every checkpoint in {self.directory} is corrupt (steps {candidates}, now in "
+                f"{self.workdir.quarantine_dir}). Pass --restart to train from step 0."
+            )
         return None, None
 
 
@@ -181,13 +338,13 @@ def load_for_inference(workdir, step: int | None = None):
     Returns:
       (config, model, params, step).
     """
-    workdir = paths.workdir_path(workdir)
-    if not workdir.is_dir():
-        raise UserError(f"Workdir {workdir} does not exist.")
-    config = config_lib.load(workdir / "config.json")
+    workdir = Workdir(workdir)
+    if not workdir.path.is_dir():
+        raise UserError(f"Workdir {workdir.path} does not exist.")
+    config = config_lib.load(workdir.config_file)
     model = models.from_config(config.model)
-    if not (workdir / CHECKPOINT_DIR).is_dir():
-        raise UserError(f"No checkpoints in {workdir}: train first, or check the path.")
+    if not workdir.checkpoint_dir.is_dir():
+        raise UserError(f"No checkpoints in {workdir.path}: train first, or check the path.")
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
     )
@@ -201,5 +358,5 @@ def load_for_inference(workdir, step: int | None = None):
     finally:
         ckpt.close()
     if restored_step is None:
-        raise UserError(f"No checkpoints in {workdir / CHECKPOINT_DIR}: train first.")
+        raise UserError(f"No checkpoints in {workdir.checkpoint_dir}: train first.")
     return config, model, restored["params"], restored_step

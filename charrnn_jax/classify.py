@@ -9,6 +9,9 @@ import sys
 
 from absl import app, flags
 
+from charrnn_jax import cli
+from charrnn_jax.errors import UserError
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory of a classifier.")
 _TEXT = flags.DEFINE_multi_string("text", None, "Text to classify; repeat for several.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
@@ -17,9 +20,9 @@ flags.mark_flags_as_required(["workdir", "text"])
 
 
 def run() -> list[list[float]]:
+    # These import jax: after cli.run's huge-page restart, which must come first.
     from charrnn_jax import checkpointing
     from charrnn_jax.classification import predict
-    from charrnn_jax.errors import UserError
 
     config, model, params, _ = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)
     if not model.num_classes:
@@ -31,7 +34,6 @@ def run() -> list[list[float]]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from charrnn_jax import cli
 
     cli.setup_logging()
     probabilities = cli.exit_on_user_error(run)
@@ -43,6 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from charrnn_jax import cli
-
     cli.run(main)

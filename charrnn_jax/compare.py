@@ -16,6 +16,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from charrnn_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", None, "Train steps for both (default: the config's).")
 _PARITY = flags.DEFINE_bool("parity", False, "Start both from identical weights.")
@@ -27,14 +29,13 @@ flags.mark_flags_as_required(["config", "out"])
 
 def main(argv):
     del argv
-    from charrnn_jax import cli
-    from charrnn_jax.comparison import compare
+    from charrnn_jax.comparison import compare  # Imports jax: after the huge-page restart.
 
     cli.setup_logging()
     try:
         result = cli.exit_on_user_error(
             compare,
-            _CONFIG.value,
+            cli.config_value(_CONFIG),
             _OUT.value,
             steps=_STEPS.value,
             parity=_PARITY.value,
@@ -47,6 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from charrnn_jax import cli
-
     cli.run(main)

@@ -11,6 +11,9 @@ import csv
 import math
 import pathlib
 
+from charrnn_jax import metric_logging
+from charrnn_jax.workdir import Workdir
+
 SYSTEMS = ("charrnn_jax", "keras")
 
 
@@ -24,9 +27,10 @@ def prepare_config(config, *, steps: int | None, parity: bool):
 
 def run_both(config, out: pathlib.Path, *, parity: bool, ours=None, keras=None) -> dict:
     """Trains (or reuses) both runs. Returns {system: workdir} plus param counts."""
+    # jax and keras load only when runs are trained (plots alone need neither).
     import jax
 
-    from charrnn_jax import train
+    from charrnn_jax import steps, train
     from charrnn_jax.baselines import keras_tutorial
 
     keras_tutorial.check_supported(config)
@@ -34,8 +38,8 @@ def run_both(config, out: pathlib.Path, *, parity: bool, ours=None, keras=None) 
         "charrnn_jax": pathlib.Path(ours) if ours else out / "charrnn_jax",
         "keras": pathlib.Path(keras) if keras else out / "keras",
     }
-    params = train.initial_params(config)
-    info["params_ours"] = train.count_params(params)
+    params = steps.initial_params(config)
+    info["params_ours"] = steps.count_params(params)
     if not ours:
         train.train_and_evaluate(config, info["charrnn_jax"], devices=jax.devices()[:1])
     initial = keras_tutorial.flax_to_keras(jax.device_get(params)) if parity else None
@@ -52,11 +56,7 @@ def run_both(config, out: pathlib.Path, *, parity: bool, ours=None, keras=None) 
 
 
 def load_curves(workdirs: dict) -> dict[str, list[dict]]:
-    from charrnn_jax import metric_logging
-
-    return {
-        s: metric_logging.read_jsonl(workdirs[s] / metric_logging.METRICS_FILE) for s in SYSTEMS
-    }
+    return {s: metric_logging.read_jsonl(Workdir(workdirs[s]).metrics_file) for s in SYSTEMS}
 
 
 def write_csv(curves: dict, path: pathlib.Path) -> None:
@@ -128,10 +128,10 @@ def summary_markdown(curves: dict, info: dict, *, parity: bool) -> str:
 
 
 def plot(curves: dict, path: pathlib.Path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # Optional extra (.[plots]): loaded only to draw.
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # After choosing the headless backend.
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     colors = {"charrnn_jax": "tab:blue", "keras": "tab:orange"}

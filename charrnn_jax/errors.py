@@ -1,15 +1,22 @@
-"""Errors a user can fix: the CLIs print these as one line, with no traceback."""
+"""Errors a user can fix: the CLIs print these as one `error:` line, with no traceback.
 
-from charrnn_jax.input_pipeline import DataError
+Any exception class with a true `user_error` attribute counts, so modules that import
+nothing of the package (input_pipeline's DataError) can raise them too.
+"""
 
 
 class UserError(ValueError):
     """Bad config, workdir, checkpoint, prompt or other input."""
 
+    user_error = True
+
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged; raised before the bad state can be saved."""
 
+    user_error = True
 
-# What the command-line entry points turn into a one-line message and a non-zero exit.
-USER_ERRORS = (UserError, DataError, NonFiniteLossError)
+
+def is_user_error(error: BaseException) -> bool:
+    """True for errors that end a command with one line instead of a traceback."""
+    return bool(getattr(error, "user_error", False))

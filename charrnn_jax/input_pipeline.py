@@ -26,6 +26,8 @@ MMAP_THRESHOLD_BYTES = 1 << 30
 class DataError(ValueError):
     """A data problem the user can fix (missing file, too short, bad mode)."""
 
+    user_error = True  # One `error:` line in the CLIs (charrnn_jax.errors.is_user_error).
+
 
 @dataclasses.dataclass(frozen=True)
 class RegisteredDataset:
@@ -102,6 +104,8 @@ def resolve_path(name: str, path: str) -> pathlib.Path:
 
 def load_bytes(path: pathlib.Path) -> np.ndarray:
     """Reads a file once as uint8; files larger than MMAP_THRESHOLD_BYTES are memory-mapped."""
+    if path.is_dir():
+        raise DataError(f"Data path {path} is a directory; give a file (or data.name).")
     if not path.is_file():
         raise DataError(f"Data file not found: {path}")
     size = path.stat().st_size
@@ -385,6 +389,16 @@ def seeded_split(num_examples: int, val_fraction: float, seed: int):
     return order[num_val:], order[:num_val]
 
 
+def split_lines(data_config, seed: int) -> tuple[list[bytes], list[bytes]]:
+    """(train, val) lines of a line-per-example file, split by a seeded shuffle."""
+    d = data_config
+    lines = read_lines(load_bytes(resolve_path(d.name, d.path)))
+    if not lines:
+        raise DataError(f"{resolve_path(d.name, d.path)} has no non-empty lines.")
+    train_ids, val_ids = seeded_split(len(lines), d.val_fraction, seed)
+    return [lines[i] for i in train_ids], [lines[i] for i in val_ids]
+
+
 def build(data_config, *, seed: int, global_batch: int, num_eval_batches: int):
     """The pipeline for data_config.mode, with every data check done up front."""
     d = data_config
@@ -395,21 +409,14 @@ def build(data_config, *, seed: int, global_batch: int, num_eval_batches: int):
         check_long_enough(val, d.seq_len, "val")
         return BytePipeline(train, val, d.seq_len, d.mode, seed, global_batch, num_eval_batches)
     if d.mode == "lines":
-        lines = read_lines(load_bytes(path))
-        longest = max(len(line) for line in lines) if lines else 0
+        train, val = split_lines(d, seed)
+        longest = max(len(line) for line in train + val)
         if longest + 1 > d.seq_len:
             raise DataError(
                 f"The longest line of {path} has {longest} bytes; lines mode needs "
                 f"data.seq_len >= {longest + 1}."
             )
-        train_ids, val_ids = seeded_split(len(lines), d.val_fraction, seed)
-        return LinePipeline(
-            [lines[i] for i in train_ids],
-            [lines[i] for i in val_ids],
-            d.seq_len,
-            seed,
-            global_batch,
-        )
+        return LinePipeline(train, val, d.seq_len, seed, global_batch)
     if d.mode == "labelled":
         texts, labels = read_labelled(path)
         train_ids, val_ids = seeded_split(len(texts), d.val_fraction, seed)

@@ -1,11 +1,17 @@
 """Entry point: `python -m charrnn_jax.main --config=experiments/shakespeare.py --workdir=DIR`.
 
 Only flags and a call to train.train_and_evaluate, which tests call directly
-(or, with --config.sweep.vmap=K, to sweeps.run_vmapped).
+(or, with --config.sweep.vmap=K, to sweeps.run_vmapped). jax and the package's
+jax-using modules are imported inside main(): after cli.run's huge-page restart and
+after --cpu_devices is set, both of which must come before jax initialises.
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from charrnn_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':preset'.", lock_config=True
@@ -34,17 +40,24 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "(0.61-0.74x; README 'Performance'); it may pay where XLA's intra-op threads leave "
     "many cores idle. No effect on GPU/TPU devices.",
 )
+_RESTART = flags.DEFINE_bool(
+    "restart",
+    False,
+    "Train from step 0 although the workdir holds checkpoints or metrics: they are moved to "
+    "<workdir>/replaced-<time>/ (kept). Without it, a run never starts over silently.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    import jax
+    import jax  # After the huge-page restart (module docstring).
 
-    from charrnn_jax import cli, distributed, train
+    from charrnn_jax import distributed, train  # After jax, as above.
 
     cli.setup_logging()
+    config = cli.config_value(_CONFIG)  # Bad config files fail before jax starts.
     if _CPU_DEVICES.value:
         jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)  # Before any device use.
     if _COORDINATOR.value:
@@ -63,11 +76,12 @@ def main(argv):
         jax.device_count(),
         jax.devices()[0].platform,
     )
-    config = _CONFIG.value
     if config.sweep.vmap:
         cli.exit_on_user_error(_vmapped_sweep, config, _WORKDIR.value)
         return
-    summary = cli.exit_on_user_error(train.train_and_evaluate, config, _WORKDIR.value)
+    summary = cli.exit_on_user_error(
+        train.train_and_evaluate, config, _WORKDIR.value, restart=_RESTART.value
+    )
     if summary["preempted"]:
         print(
             f"Preempted at step {summary['final_step']}; checkpoint saved. Rerun the same "
@@ -77,9 +91,7 @@ def main(argv):
 
 def _vmapped_sweep(config, root) -> None:
     """--config.sweep.vmap=K: the file's sweep() (or K seeds), K variants per program."""
-    import sys
-
-    from charrnn_jax import sweeps
+    from charrnn_jax import sweeps  # Imports jax: after the restart (module docstring).
 
     runs = sweeps.vmap_runs(config_flags.get_config_filename(flags.FLAGS["config"]), config)
     statuses = sweeps.run_vmapped(config, runs, root, size=config.sweep.vmap)
@@ -91,6 +103,4 @@ def _vmapped_sweep(config, root) -> None:
 
 
 if __name__ == "__main__":
-    from charrnn_jax import cli
-
     cli.run(main)

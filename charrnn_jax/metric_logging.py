@@ -1,4 +1,4 @@
-"""Metric records (JSONL + TensorBoard) and the progress line.
+"""Metric records (JSONL + TensorBoard, behind one MetricWriter) and the progress line.
 
 The JSONL file `<workdir>/metrics.jsonl` is the stable interface that the comparison and
 sweep tools read. One JSON object per line, with exactly these keys:
@@ -23,7 +23,10 @@ import math
 import time
 from collections.abc import Callable
 
-from charrnn_jax import paths
+from absl import logging
+from tensorboardX import SummaryWriter
+
+from charrnn_jax.workdir import Workdir, is_remote
 
 FIELDS = (
     "step",
@@ -38,7 +41,6 @@ FIELDS = (
     "train_accuracy",
     "val_accuracy",
 )
-METRICS_FILE = "metrics.jsonl"
 
 
 def bits_per_byte(nats: float | None) -> float | None:
@@ -46,10 +48,23 @@ def bits_per_byte(nats: float | None) -> float | None:
 
 
 def read_jsonl(path) -> list[dict]:
-    """All records of a metrics file (an empty list if it does not exist)."""
+    """All records of a metrics file (an empty list if it does not exist).
+
+    A last line cut short (a full disk, a kill mid-write) is skipped with a warning: the
+    trainer rewrites every row past its checkpoint anyway.
+    """
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+            logging.warning("Skipping the incomplete last line of %s.", path)
+    return records
 
 
 class JsonlWriter:
@@ -66,7 +81,7 @@ class JsonlWriter:
         self._lines = [json.dumps(r) + "\n" for r in kept]
         self._rewrite()
         # Buckets (gs://) cannot append: there every write rewrites the (small) file.
-        self._file = None if paths.is_remote(path) else path.open("a")
+        self._file = None if is_remote(path) else path.open("a")
 
     def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -91,8 +106,6 @@ class TensorBoardWriter:
     """Scalars and text samples as TensorBoard event files (tensorboardX, no TensorFlow)."""
 
     def __init__(self, logdir):
-        from tensorboardX import SummaryWriter
-
         self._writer = SummaryWriter(str(logdir))
 
     def write(self, record: dict) -> None:
@@ -107,6 +120,38 @@ class TensorBoardWriter:
 
     def close(self) -> None:
         self._writer.close()
+
+
+class MetricWriter:
+    """One writer over a run's JSONL and TensorBoard files, shaped like clu's MetricWriter.
+
+    Our trainer and the Keras baseline both write through it, so their files agree.
+    """
+
+    def __init__(self, workdir, *, resume_step: int, tensorboard: bool = True):
+        workdir = Workdir(workdir)
+        self._jsonl = JsonlWriter(workdir.metrics_file, resume_step)
+        self._tb = TensorBoardWriter(workdir.tensorboard_dir) if tensorboard else None
+
+    @property
+    def wall_time_offset(self) -> float:
+        """Training seconds already spent before a resume (the last kept row's wall_time)."""
+        return self._jsonl.wall_time_offset
+
+    def write_scalars(self, step: int, record: dict) -> None:
+        self._jsonl.write({"step": step, **record})
+        if self._tb:
+            self._tb.write({"step": step, **record})
+
+    def write_texts(self, step: int, texts: dict[str, str]) -> None:
+        for tag, text in texts.items():
+            if self._tb:
+                self._tb.write_text(tag, text, step)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb:
+            self._tb.close()
 
 
 class Progress:

@@ -10,6 +10,9 @@ import sys
 
 from absl import app, flags
 
+from charrnn_jax import cli
+from charrnn_jax.errors import UserError
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt; repeat for several prompts.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A file whose bytes are one prompt.")
@@ -38,7 +41,6 @@ flags.mark_flag_as_required("workdir")
 
 
 def parse_stop(stop: str) -> int | None:
-    from charrnn_jax.errors import UserError
 
     if not stop:
         return None
@@ -51,7 +53,6 @@ def parse_stop(stop: str) -> int | None:
 
 
 def gather_prompts(prompts, prompt_file, num_samples) -> list[bytes]:
-    from charrnn_jax.errors import UserError
 
     collected = [p.encode("utf-8") for p in (prompts or [])]
     if prompt_file:
@@ -68,10 +69,9 @@ def gather_prompts(prompts, prompt_file, num_samples) -> list[bytes]:
 
 def run() -> list[str]:
     """Returns the generated texts (prompt + continuation), also used by tests."""
-    import jax
+    import jax  # After cli.run's huge-page restart: jax must not load before it.
 
-    from charrnn_jax import checkpointing, input_pipeline, sampling
-    from charrnn_jax.errors import UserError
+    from charrnn_jax import checkpointing, input_pipeline, sampling  # Import jax, as above.
 
     top_k = _TOP_K.value or None
     try:
@@ -109,12 +109,10 @@ def run() -> list[str]:
 
 
 def print_names_report(config, texts: list[str]) -> None:
-    from charrnn_jax import input_pipeline, text_metrics
+    from charrnn_jax import input_pipeline, text_metrics  # After the restart, as in run().
 
-    pipeline = input_pipeline.build(
-        config.data, seed=config.seed, global_batch=config.train.batch_size, num_eval_batches=1
-    )
-    training = [line.decode("utf-8", errors="replace") for line in pipeline.train]
+    train_lines, _ = input_pipeline.split_lines(config.data, config.seed)
+    training = [line.decode("utf-8", errors="replace") for line in train_lines]
     stats = text_metrics.name_stats(texts, training)
     print(
         f"# names: {stats['count']}, new: {stats['novel']:.0%}, well formed: "
@@ -126,7 +124,6 @@ def print_names_report(config, texts: list[str]) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from charrnn_jax import cli
 
     cli.setup_logging()
     texts = cli.exit_on_user_error(run)
@@ -137,6 +134,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from charrnn_jax import cli
-
     cli.run(main)

@@ -14,10 +14,9 @@ import pathlib
 import ml_collections
 from absl import logging
 
-from charrnn_jax import config_lib, paths, train
-from charrnn_jax.errors import USER_ERRORS, UserError
-
-SUMMARY_FILE = "sweep_summary.json"
+from charrnn_jax import config_lib, steps, train
+from charrnn_jax.errors import UserError, is_user_error
+from charrnn_jax.workdir import Workdir
 
 
 def run_name(overrides: dict) -> str:
@@ -66,7 +65,7 @@ def vmap_runs(config_arg, config: ml_collections.ConfigDict) -> list[tuple[str, 
 
 
 def vmap_groups(runs, size: int) -> list[list[tuple[str, dict]]]:
-    """Runs that differ only in train.VMAPPABLE_KEYS, in groups of at most `size`.
+    """Runs that differ only in steps.VMAPPABLE_KEYS, in groups of at most `size`.
 
     Sweep order is kept: groups appear in the order of their first run.
     """
@@ -74,7 +73,7 @@ def vmap_groups(runs, size: int) -> list[list[tuple[str, dict]]]:
         raise UserError(f"sweep.vmap must be >= 1 variants per program, got {size}.")
     by_shape: dict[str, list] = {}
     for name, overrides in runs:
-        fixed = {k: v for k, v in overrides.items() if k not in train.VMAPPABLE_KEYS}
+        fixed = {k: v for k, v in overrides.items() if k not in steps.VMAPPABLE_KEYS}
         by_shape.setdefault(json.dumps(fixed, sort_keys=True, default=str), []).append(
             (name, overrides)
         )
@@ -93,8 +92,8 @@ def run_vmapped(
     A group that fails (bad override, unreadable data) is recorded and the next group
     goes on; a preempted group stops the sweep (rerun to resume, like any run).
     """
-    root = paths.workdir_path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    root = Workdir(root)
+    root.path.mkdir(parents=True, exist_ok=True)
     statuses: dict[str, dict] = {}
     for group in vmap_groups(runs, size):
         names = [name for name, _ in group]
@@ -102,9 +101,11 @@ def run_vmapped(
         try:
             configs = [config_lib.with_overrides(config, overrides) for _, overrides in group]
             summaries = train.train_vmapped(
-                configs, [root / name for name in names], devices=devices
+                configs, [root.run(name) for name in names], devices=devices
             )
-        except USER_ERRORS as e:
+        except Exception as e:
+            if not is_user_error(e):
+                raise
             for name, overrides in group:
                 statuses[name] = {"status": "failed", "overrides": overrides, "error": str(e)}
             logging.error("Group %s failed: %s", names, e)
@@ -122,5 +123,5 @@ def run_vmapped(
             }
         if any(summary["preempted"] for summary in summaries):
             break
-    (root / SUMMARY_FILE).write_text(json.dumps(statuses, indent=2, default=str) + "\n")
+    root.sweep_summary_file.write_text(json.dumps(statuses, indent=2, default=str) + "\n")
     return statuses

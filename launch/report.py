@@ -12,23 +12,28 @@ import json
 import math
 import pathlib
 import statistics
+import sys
 
 from absl import app, flags
+
+from charrnn_jax import metric_logging
+from charrnn_jax.errors import UserError
+from charrnn_jax.workdir import Workdir
 
 FLAGS = flags.FLAGS
 
 
 def collect(root: pathlib.Path) -> list[dict]:
-    from charrnn_jax import metric_logging
-
-    summary_file = root / "sweep_summary.json"  # Written by the vmap launcher.
+    if not root.is_dir():
+        raise UserError(f"Sweep root {root} does not exist.")
+    summary_file = Workdir(root).sweep_summary_file  # Written by the vmap launcher.
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     rows = []
-    for metrics in sorted(root.glob(f"*/{metric_logging.METRICS_FILE}")):
-        workdir = metrics.parent
-        records = metric_logging.read_jsonl(metrics)
+    run_dirs = [Workdir(d) for d in sorted(root.iterdir()) if d.is_dir()]
+    for workdir in [w for w in run_dirs if w.metrics_file.is_file()]:
+        records = metric_logging.read_jsonl(workdir.metrics_file)
         vals = [r for r in records if r["val_loss"] is not None]
-        status_file = workdir / "sweep_status.json"
+        status_file = workdir.sweep_status_file
         status = (
             json.loads(status_file.read_text())
             if status_file.is_file()
@@ -65,10 +70,10 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: pathlib.Path) -> None:
-    import matplotlib
+    import matplotlib  # Optional extra (.[plots]): loaded only to draw.
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # After choosing the headless backend.
 
     fig, ax = plt.subplots(figsize=(9, 5))
     for r in rows:
@@ -99,7 +104,10 @@ def define_flags() -> None:
 
 def main(argv):
     del argv
-    print(report(pathlib.Path(FLAGS.workdir_root)), end="")
+    try:
+        print(report(pathlib.Path(FLAGS.workdir_root)), end="")
+    except UserError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

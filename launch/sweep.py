@@ -26,15 +26,17 @@ import pathlib
 import shlex
 import subprocess
 import sys
+import time
 
 from absl import app, flags
 
 from charrnn_jax import sweeps
+from charrnn_jax.errors import UserError
+from charrnn_jax.workdir import Workdir
 
 FLAGS = flags.FLAGS
 
 
-STATUS_FILE = "sweep_status.json"
 # Re-exported: the launchers' naming and expansion are the library's.
 run_name = sweeps.run_name
 expand = sweeps.expand
@@ -63,8 +65,8 @@ def vmap_command(config_arg: str, root: str, sweep_name: str, size: int, python=
     ]
 
 
-def read_status(workdir: pathlib.Path) -> dict:
-    path = workdir / STATUS_FILE
+def read_status(workdir) -> dict:
+    path = Workdir(workdir).sweep_status_file
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
@@ -75,7 +77,7 @@ def run_local(
 
     def one(slot_and_run):
         slot, (name, overrides) = slot_and_run
-        workdir = root / name
+        workdir = Workdir(root).run(name)
         if read_status(workdir).get("status") == "done":
             return name, {**read_status(workdir), "skipped": True}
         cmd = train_command(config_arg, str(workdir), overrides, python=sys.executable)
@@ -86,21 +88,25 @@ def run_local(
         if gpus_per_run:
             first = (slot % parallel) * gpus_per_run
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, range(first, first + gpus_per_run)))
-        workdir.mkdir(parents=True, exist_ok=True)
-        with open(workdir / "launch.log", "a") as log:
+        workdir.path.mkdir(parents=True, exist_ok=True)
+        print(f"started  {name}", flush=True)
+        started = time.perf_counter()
+        with open(workdir.launch_log, "a") as log:
             code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
         status = {
             "status": "done" if code == 0 else "failed",
             "returncode": code,
             "overrides": overrides,
         }
-        (workdir / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+        workdir.sweep_status_file.write_text(json.dumps(status, indent=2) + "\n")
+        elapsed = time.perf_counter() - started
+        print(f"{status['status']:8} {name} ({elapsed:.0f}s, exit {code})", flush=True)
         return name, status
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
         results = dict(pool.map(one, enumerate(runs)))
     if not dry_run:
-        (root / "sweep_summary.json").write_text(json.dumps(results, indent=2) + "\n")
+        Workdir(root).sweep_summary_file.write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
@@ -163,7 +169,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         runs = expand(FLAGS.config, FLAGS.sweep)
-    except sweeps.UserError as e:
+    except UserError as e:
         sys.exit(f"error: {e}")
     root = FLAGS.workdir_root
     print(f"{len(runs)} runs in {root}")

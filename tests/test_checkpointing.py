@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import main_command, subprocess_env, tiny_config
 
-from charrnn_jax import checkpointing, metric_logging, train
+from charrnn_jax import checkpointing, loop_utils, metric_logging, steps, train
 from charrnn_jax.errors import NonFiniteLossError, UserError
 
 # Slow enough per step that a kill lands between saves; still seconds per run.
@@ -179,7 +179,7 @@ def test_checkpoint_dir_that_is_not_readable_is_a_clear_error(tmp_path):
 
 def test_non_finite_loss_stops_with_the_step_and_never_saves_it(tmp_path, monkeypatch):
     """A step that diverges (NaN loss and params from update 5 on) is never saved."""
-    honest_step = train.train_step
+    honest_step = steps.train_step
 
     def diverging_step(state, batch, rng, *, schedule):
         new_state, metrics = honest_step(state, batch, rng, schedule=schedule)
@@ -188,7 +188,7 @@ def test_non_finite_loss_stops_with_the_step_and_never_saves_it(tmp_path, monkey
         metrics = {**metrics, "loss": poison(metrics["loss"])}
         return new_state.replace(params=jax.tree.map(poison, new_state.params)), metrics
 
-    monkeypatch.setattr(train, "train_step", diverging_step)
+    monkeypatch.setattr(steps, "train_step", diverging_step)
     overrides = {
         "train.num_steps": 12,
         "train.checkpoint_every": 1,
@@ -214,7 +214,7 @@ def test_sample_cli_style_restore_of_a_chosen_step(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="signals")
 def test_stop_flag_is_set_by_sigterm():
-    flag = train._StopFlag().install()
+    flag = loop_utils.StopFlag().install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)

@@ -12,7 +12,7 @@ from conftest import tiny_config
 pytest.importorskip("keras")
 
 from charrnn_jax import comparison as compare  # noqa: E402
-from charrnn_jax import models, train  # noqa: E402
+from charrnn_jax import models, steps, train  # noqa: E402
 from charrnn_jax.baselines import keras_tutorial  # noqa: E402
 
 # Measured on this CPU (float32, JAX backend): 2.6e-7 at step 0, 4.6e-4 after 20 steps
@@ -69,7 +69,7 @@ def test_converted_weights_give_the_same_logits():
 
 def _parity_curves(tmp_path, initial_weights_fn=None):
     config = compare.prepare_config(tiny_config(**PARITY), steps=None, parity=True)
-    params = train.initial_params(config)
+    params = steps.initial_params(config)
     train.train_and_evaluate(config, tmp_path / "ours", devices=jax.devices()[:1])
     weights = keras_tutorial.flax_to_keras(jax.device_get(params))
     if initial_weights_fn:

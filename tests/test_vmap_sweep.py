@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import TINY_SWEEP_CONFIG, subprocess_env, tiny_config
 
-from charrnn_jax import checkpointing, metric_logging, sweeps, train
+from charrnn_jax import checkpointing, metric_logging, sweeps, train, variants
 from charrnn_jax.errors import UserError
+from charrnn_jax.workdir import Workdir
 from launch import report, sweep
 
 VARIANTS = [
@@ -21,7 +22,7 @@ COMMON = {"train.log_every": 1, "train.grad_clip_norm": 1.0, "model.dropout": 0.
 
 
 def _series(workdir, key):
-    records = metric_logging.read_jsonl(workdir / metric_logging.METRICS_FILE)
+    records = metric_logging.read_jsonl(Workdir(workdir).metrics_file)
     return np.array([np.nan if r[key] is None else r[key] for r in records])
 
 
@@ -88,9 +89,9 @@ def test_groups_and_what_may_vary():
     assert all(len({o["model.hidden_size"] for _, o in g}) == 1 for g in groups)
     assert sorted(name for g in groups for name, _ in g) == sorted(name for name, _ in runs)
     with pytest.raises(UserError, match="model.hidden_size"):
-        train.check_vmappable([tiny_config(), tiny_config(**{"model.hidden_size": 16})])
+        variants.check_vmappable([tiny_config(), tiny_config(**{"model.hidden_size": 16})])
     with pytest.raises(UserError, match="grad_clip_norm > 0 in all variants or none"):
-        train.check_vmappable([tiny_config(), tiny_config(**{"train.grad_clip_norm": 1.0})])
+        variants.check_vmappable([tiny_config(), tiny_config(**{"train.grad_clip_norm": 1.0})])
     with pytest.raises(UserError, match="sweep.vmap must be >= 1"):
         sweeps.vmap_groups(runs, 0)
 
@@ -116,7 +117,7 @@ def test_vmap_launcher_runs_the_sweep_through_main_and_reports(tmp_path):
     assert cmd[-2:] == ["--config.sweep.vmap=4", "--config.sweep.name=lr_by_width"]
     result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    statuses = json.loads((root / sweeps.SUMMARY_FILE).read_text())
+    statuses = json.loads(Workdir(root).sweep_summary_file.read_text())
     names = [name for name, _ in sweeps.expand(config_file, "lr_by_width")]
     assert sorted(statuses) == sorted(names)
     assert all(s["status"] == "done" and s["final_step"] == 4 for s in statuses.values())

@@ -22,6 +22,7 @@ import pathlib
 import time
 
 import numpy as np
+from absl import logging
 
 from charrnn_jax import input_pipeline, metric_logging, models
 from charrnn_jax.errors import UserError
@@ -39,7 +40,7 @@ def _select_backend() -> str:
 def import_keras():
     _select_backend()
     try:
-        import keras
+        import keras  # Optional extra: only this module ever loads it.
     except ImportError:
         raise ImportError("The Keras baseline needs `pip install .[keras]`.") from None
     return keras
@@ -144,11 +145,11 @@ def train(config, workdir, *, initial_weights: dict | None = None) -> dict:
     d, t = config.data, config.train
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    tokens = input_pipeline.load_bytes(input_pipeline.resolve_path(d.name, d.path))
-    train_tokens, val_tokens = input_pipeline.split(tokens, d.val_fraction)
-    eval_data = input_pipeline.eval_batches(
-        val_tokens, global_batch=t.batch_size, seq_len=d.seq_len, num_batches=t.eval_batches
+    # The trainer's own pipeline: the same batches, val windows and checks as ours.
+    data = input_pipeline.build(
+        d, seed=config.seed, global_batch=t.batch_size, num_eval_batches=t.eval_batches
     )
+    eval_data = data.eval_batches()
     model = build_model(
         embed_dim=config.model.embed_dim,
         hidden_size=config.model.hidden_size,
@@ -164,36 +165,33 @@ def train(config, workdir, *, initial_weights: dict | None = None) -> dict:
         ),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    writer = metric_logging.JsonlWriter(workdir / metric_logging.METRICS_FILE, resume_step=0)
-    losses, start = [], time.perf_counter()
-    window_start, window_steps, val_loss = start, 0, None
+    writer = metric_logging.MetricWriter(workdir, resume_step=0)
+    progress = metric_logging.Progress(
+        start_step=0, num_steps=t.num_steps, tokens_per_step=t.batch_size * d.seq_len
+    )
+    losses, start, val_loss = [], time.perf_counter(), None
     for step in range(t.num_steps):
-        batch = input_pipeline.train_batch(
-            train_tokens,
-            seed=config.seed,
-            step=step,
-            global_batch=t.batch_size,
-            seq_len=d.seq_len,
-            mode=d.mode,
-        )
+        batch = data.train_batch(step)
         losses.append(float(model.train_on_batch(batch["inputs"], batch["targets"])))
-        window_steps += 1
         done = step + 1
         eval_now = done % t.eval_every == 0 or done == t.num_steps
         if not (done % t.log_every == 0 or eval_now):
             continue
-        elapsed = time.perf_counter() - window_start
-        record = {"step": done, "train_loss": float(np.mean(losses))}
+        record = {"train_loss": float(np.mean(losses))}
         record["train_bpb"] = metric_logging.bits_per_byte(record["train_loss"])
-        record["tokens_per_sec"] = window_steps * t.batch_size * d.seq_len / elapsed
+        rates = progress.update(done)
+        record["tokens_per_sec"] = rates["tokens_per_sec"]
         if eval_now:
+            progress.pause()
             val_loss = float(
                 np.mean([model.test_on_batch(b["inputs"], b["targets"]) for b in eval_data])
             )
             record.update(val_loss=val_loss, val_bpb=metric_logging.bits_per_byte(val_loss))
+            progress.resume()
         record["wall_time"] = time.perf_counter() - start
-        writer.write(record)
-        losses, window_start, window_steps = [], time.perf_counter(), 0
+        writer.write_scalars(done, record)
+        logging.info("keras: %s", metric_logging.progress_line(done, t.num_steps, record, rates))
+        losses = []
     writer.close()
     return {
         "model": model,

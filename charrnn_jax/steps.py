@@ -1,0 +1,198 @@
+"""The train state and the pure step functions the loop jits: train, eval and vmapped train.
+
+The state carries a metric *window*: sums of the train loss, gradient norm and accuracy
+since the last metrics row, and the first step whose loss, gradient or updated params
+were non-finite. It stays on the device (no host sync per step) and is checkpointed with
+the params, so a resumed run writes exactly the rows of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from charrnn_jax import models, optim
+from charrnn_jax.metric_logging import bits_per_byte
+
+
+class TrainState(train_state.TrainState):
+    window: Any = None  # See empty_window.
+
+
+def empty_window() -> dict:
+    """Running sums since the last metrics row; bad_step 0 means every step was finite."""
+    zero = jnp.zeros([], jnp.float32)
+    return {
+        "loss": zero,
+        "grad_norm": zero,
+        "accuracy": zero,
+        "learning_rate": zero,
+        "steps": jnp.zeros([], jnp.int32),
+        "bad_step": jnp.zeros([], jnp.int32),
+    }
+
+
+def reset_window(state: TrainState) -> TrainState:
+    """The state with an empty window (or a stack of them, for stacked variants)."""
+    return state.replace(window=jax.tree.map(jnp.zeros_like, state.window))
+
+
+def window_record(window: dict, *, classifier: bool) -> dict:
+    """A metrics row's train fields from a fetched (numpy) window; {} for an empty one."""
+    steps = int(window["steps"])
+    if not steps:
+        return {}
+    out = {
+        "train_loss": float(window["loss"]) / steps,
+        "grad_norm": float(window["grad_norm"]) / steps,
+        "learning_rate": float(window["learning_rate"]),
+    }
+    out["train_bpb"] = bits_per_byte(out["train_loss"])
+    if classifier:
+        out["train_accuracy"] = float(window["accuracy"]) / steps
+    return out
+
+
+def create_train_state(rng, *, model: models.CharRNN, tx, seq_len: int) -> TrainState:
+    params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, window=empty_window())
+    # An explicit int32 step: restored states then have the identical type.
+    return state.replace(step=jnp.zeros([], jnp.int32))
+
+
+def initial_params(config: ml_collections.ConfigDict):
+    """The params a fresh run with this config starts from (for parity comparisons)."""
+    model = models.from_config(config.model)
+    return model.init(
+        jax.random.fold_in(jax.random.key(config.seed), 0),
+        jnp.zeros((1, config.data.seq_len), jnp.int32),
+    )["params"]
+
+
+def count_params(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def cross_entropy(logits, targets):
+    """Mean softmax cross-entropy in nats. logits [B, T, V] float32, targets [B, T] int."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def loss_sums(logits, batch) -> dict:
+    """Weighted sums for the batch's task; the task is read off the batch's keys.
+
+    Language model batches have 'targets' (and optionally per-token 'weights', 0 on
+    padding); classification batches have 'labels' and per-row 'weights'.
+    """
+    labels = batch["labels"] if "labels" in batch else batch["targets"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    weights = batch.get("weights", jnp.ones_like(ce))
+    sums = {"loss_sum": jnp.sum(ce * weights), "weight": jnp.sum(weights)}
+    if "labels" in batch:
+        sums["correct"] = jnp.sum((jnp.argmax(logits, -1) == labels) * weights)
+    return sums
+
+
+def _logits_and_labels(apply_fn, params, batch, **kwargs):
+    """The logits and the batch that scores them.
+
+    Language models keep their logits time-major, as the model computes them, and the
+    small integer targets and weights are transposed instead: transposing the largest
+    activation (and its gradient) costs more than the loss needs.
+    """
+    language_model = "targets" in batch
+    logits, _ = apply_fn(
+        {"params": params},
+        batch["inputs"],
+        lengths=batch.get("lengths"),
+        time_major_logits=language_model,
+        **kwargs,
+    )
+    if language_model:
+        batch = {key: batch[key].T for key in ("targets", "weights") if key in batch}
+    return logits, batch
+
+
+def train_step(state: TrainState, batch, dropout_rng, *, schedule):
+    """One Adam step on a global batch. Returns the new state and on-device metrics."""
+    rng = jax.random.fold_in(dropout_rng, state.step)
+
+    def loss_fn(params):
+        logits, scored = _logits_and_labels(
+            state.apply_fn, params, batch, train=True, rngs={"dropout": rng}
+        )
+        sums = loss_sums(logits, scored)
+        return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), sums
+
+    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": schedule(state.step),
+    }
+    if "correct" in sums:
+        metrics["accuracy"] = sums["correct"] / jnp.maximum(sums["weight"], 1.0)
+    return state.apply_gradients(grads=grads), metrics
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def windowed_train_step(state: TrainState, batch, dropout_rng, *, schedule):
+    """train_step, with its metrics added to the state's window (nothing leaves the device).
+
+    A step is bad if its loss or gradient norm is non-finite or if the update made any
+    param non-finite (a huge learning rate does that with a finite loss); the window
+    keeps the first bad step so the loop can stop before saving it.
+    """
+    new_state, metrics = train_step(state, batch, dropout_rng, schedule=schedule)
+    done = state.step + 1
+    finite = (
+        jnp.isfinite(metrics["loss"])
+        & jnp.isfinite(metrics["grad_norm"])
+        & _all_finite(new_state.params)
+    )
+    w = state.window
+    window = {
+        "loss": w["loss"] + metrics["loss"],
+        "grad_norm": w["grad_norm"] + metrics["grad_norm"],
+        "accuracy": w["accuracy"] + metrics.get("accuracy", 0.0),
+        "learning_rate": jnp.asarray(metrics["learning_rate"], jnp.float32),
+        "steps": w["steps"] + 1,
+        "bad_step": jnp.where((w["bad_step"] == 0) & ~finite, done, w["bad_step"]),
+    }
+    return new_state.replace(window=window)
+
+
+VMAPPED_HPARAMS = ("learning_rate", "grad_clip_norm")  # Traced per variant in the step.
+VMAPPABLE_KEYS = ("seed", *(f"train.{key}" for key in VMAPPED_HPARAMS))
+
+
+def vmapped_train_step(states, batches, dropout_rngs, hparams, *, train_config):
+    """windowed_train_step for K stacked variants that differ only in VMAPPABLE_KEYS.
+
+    Args:
+      states: a TrainState whose leaves have a leading variant axis K.
+      batches: the variants' batches, [K, B, ...].
+      dropout_rngs: [K] keys.
+      hparams: {'learning_rate': [K], 'grad_clip_norm': [K]} float32.
+    """
+
+    def one(state, batch, rng, hp):
+        tx, schedule = optim.make_optimizer(train_config, **hp)
+        new_state = windowed_train_step(state.replace(tx=tx), batch, rng, schedule=schedule)
+        return new_state.replace(tx=state.tx)  # No traced optimizer escapes.
+
+    return jax.vmap(one)(states, batches, dropout_rngs, hparams)
+
+
+def eval_step(params, batch, *, apply_fn):
+    """Summed loss weights (and correct predictions) of one batch."""
+    return loss_sums(*_logits_and_labels(apply_fn, params, batch))

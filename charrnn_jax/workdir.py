@@ -1,0 +1,196 @@
+"""The workdir: one owner for every path and file name of a run and of a sweep.
+
+A run's identity is its workdir (config.json, metrics.jsonl, tensorboard/, checkpoints/),
+so every module that reads or writes one asks a `Workdir` for the path instead of
+spelling a file name. Workdirs are etils paths: a local directory or a bucket URL
+(gs://...), which Orbax, the metric writers and the sampler all accept.
+
+`WorkdirLock` makes a workdir single-writer: a second trainer fails at once with one
+line naming the holder, and a lock left by a killed process is never an obstacle (the
+kernel drops an flock with its holder).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+
+from absl import logging
+from etils import epath
+
+from charrnn_jax.errors import UserError
+
+
+def workdir_path(workdir) -> epath.Path:
+    """A local path (with ~ expanded) or a bucket URL, kept a URL (pathlib would not)."""
+    return epath.Path(os.path.expanduser(os.fspath(workdir)))
+
+
+def is_remote(path) -> bool:
+    """A bucket URL (gs://, s3://): no absolute(), no appends, no file locks."""
+    return "://" in os.fspath(path)
+
+
+class Workdir:
+    """Names of everything a run or a sweep root holds; creates nothing until `prepare`."""
+
+    def __init__(self, path):
+        self.path = path.path if isinstance(path, Workdir) else workdir_path(path)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __repr__(self) -> str:
+        return f"Workdir({os.fspath(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def is_remote(self) -> bool:
+        return is_remote(self.path)
+
+    # A run's files.
+    @property
+    def config_file(self) -> epath.Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_file(self) -> epath.Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def tensorboard_dir(self) -> epath.Path:
+        return self.path / "tensorboard"
+
+    @property
+    def checkpoint_dir(self) -> epath.Path:
+        """Absolute for local paths: Orbax requires it."""
+        return (self.path if self.is_remote else self.path.absolute()) / "checkpoints"
+
+    @property
+    def quarantine_dir(self) -> epath.Path:
+        """Checkpoints that failed to read back or verify, kept for inspection."""
+        return self.checkpoint_dir.parent / "checkpoints_unreadable"
+
+    @property
+    def lock_file(self) -> epath.Path:
+        return self.path / "trainer.lock"
+
+    @property
+    def sweep_status_file(self) -> epath.Path:
+        """One launched run's status (local/SLURM launchers)."""
+        return self.path / "sweep_status.json"
+
+    @property
+    def launch_log(self) -> epath.Path:
+        """A launched run's stdout and stderr (local launcher)."""
+        return self.path / "launch.log"
+
+    # A sweep root's files.
+    @property
+    def sweep_summary_file(self) -> epath.Path:
+        return self.path / "sweep_summary.json"
+
+    def run(self, name: str) -> Workdir:
+        """The workdir of one run of a sweep rooted here."""
+        return Workdir(self.path / name)
+
+    def has_checkpoints(self) -> bool:
+        """Any checkpoint, readable or quarantined: a reason never to start from zero."""
+        return any(
+            d.is_dir() and any(child.name.isdigit() for child in d.iterdir())
+            for d in (self.checkpoint_dir, self.quarantine_dir)
+        )
+
+    def prepare(self) -> bool:
+        """Creates the directory and checks it is writable; returns True if it was created."""
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write_test.{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"Workdir {self.path} is not writable: {e.strerror or e}.") from None
+        return created
+
+    def set_aside(self, reason: str) -> epath.Path | None:
+        """Moves a previous run's outputs into `replaced-<time>/` (--restart): kept, not lost."""
+        outputs = [
+            p
+            for p in (
+                self.checkpoint_dir,
+                self.quarantine_dir,
+                self.metrics_file,
+                self.tensorboard_dir,
+                self.config_file,
+            )
+            if p.exists()
+        ]
+        if not outputs:
+            return None
+        target = self.path / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.mkdir(parents=True, exist_ok=True)
+        for p in outputs:
+            p.rename(target / p.name)
+        logging.warning("%s: moved the previous run's outputs to %s.", reason, target)
+        return target
+
+
+class WorkdirLock:
+    """An exclusive flock on `<workdir>/trainer.lock`, holding the holder's pid and host.
+
+    The kernel releases an flock when its process dies, so a `kill -9`'d trainer leaves
+    no stale lock. Bucket workdirs (gs://) have no file locks: there nothing is locked,
+    and a warning says so.
+    """
+
+    def __init__(self, workdir: Workdir):
+        self.workdir = workdir
+        self._file = None
+
+    def acquire(self) -> WorkdirLock:
+        if self.workdir.is_remote:
+            logging.warning(
+                "%s is a bucket: it cannot be locked; run one trainer on it at a time.",
+                self.workdir.path,
+            )
+            return self
+        path = os.fspath(self.workdir.lock_file)
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the run's lifetime.
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "{}"
+            handle.close()
+            raise UserError(
+                f"Workdir {self.workdir.path} is in use by another trainer ({_describe(holder)})"
+                f"; wait for it to finish, stop it, or use another workdir."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
+        handle.write(json.dumps(holder) + "\n")
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def _describe(holder: str) -> str:
+    try:
+        info = json.loads(holder)
+        return f"pid {info['pid']} on {info['host']}, since {info['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
