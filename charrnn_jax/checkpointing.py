@@ -1,12 +1,13 @@
 """Orbax checkpoints in `<workdir>/checkpoints`: async save, verified restore onto sharded targets.
 
-A checkpoint holds the train state's items (params, optimizer state and the metric
-window since the last metrics row) and a CRC-32 of every saved array; once Orbax has
-committed a step, a manifest of every file's CRC-32 is sealed into it (FILE_MANIFEST), so
-a flipped bit anywhere in the step, even in bytes no array read touches, is caught. The
-data position needs nothing more, because every batch is a pure function of the step.
-Orbax writes each step to a temporary directory and renames it when complete, so a kill
-at any moment leaves the previous checkpoints intact.
+A checkpoint holds the train state's items (params, optimizer state, the metric window
+since the last metrics row and, in stream mode, the carried recurrent state) and a CRC-32
+of every saved array; once Orbax has committed a step, a manifest of every file's CRC-32
+is sealed into it (FILE_MANIFEST), so a flipped bit anywhere in the step, even in bytes
+no array read touches, is caught. The data position needs nothing more, because every
+batch is a pure function of the step. Orbax writes each step to a temporary directory
+and renames it when complete, so a kill at any moment leaves the previous checkpoints
+intact.
 
 On restore, three kinds of failure are kept apart:
 - the checkpoint's tree or shapes differ from the model: the config's fault, one error
@@ -34,7 +35,7 @@ from charrnn_jax import config_lib, models
 from charrnn_jax.errors import UserError
 from charrnn_jax.workdir import Workdir
 
-ITEMS = ("params", "opt_state", "window")
+ITEMS = ("params", "opt_state", "window", "carry")  # carry: data.mode='stream' only.
 OPTIONAL_ITEMS = ("window",)  # Absent from checkpoints written before it existed.
 CHECKSUMS = "checksums"
 FILE_MANIFEST = "file_crc32.json"
@@ -254,7 +255,7 @@ class Checkpointer:
                 raise CorruptCheckpoint(f"item {item!r} is missing")
             self._check_matches(step, item, saved[item], target)
         args = {item: ocp.args.StandardRestore(target) for item, target in wanted.items()}
-        verified = CHECKSUMS in saved
+        verified = (self.directory / str(step) / CHECKSUMS).exists()
         if verified:
             args[CHECKSUMS] = ocp.args.JsonRestore()
         try:

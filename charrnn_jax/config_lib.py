@@ -15,7 +15,8 @@ import ml_collections
 from charrnn_jax import models
 from charrnn_jax.errors import UserError
 
-DATA_MODES = ("random", "epoch", "lines", "labelled")
+DATA_MODES = ("random", "epoch", "stream", "lines", "labelled")
+EVAL_MODES = ("full", "windows")
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "keras_adam")
 
@@ -30,6 +31,18 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _require(d.seq_len > 0, f"data.seq_len must be positive, got {d.seq_len}.")
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}.")
     _require(d.mode in DATA_MODES, f"data.mode must be one of {DATA_MODES}, got {d.mode!r}.")
+    test_fraction = d.get("test_fraction", 0.0)
+    _require(
+        0 <= test_fraction < 1 - d.val_fraction,
+        f"data.test_fraction must be in [0, 1 - val_fraction), got {test_fraction}.",
+    )
+    evaluation = config.get("eval")
+    if evaluation is not None:
+        _require(
+            evaluation.mode in EVAL_MODES,
+            f"eval.mode must be one of {EVAL_MODES}, got {evaluation.mode!r}.",
+        )
+        _require(evaluation.streams >= 0, f"eval.streams must be >= 0, got {evaluation.streams}.")
     num_classes = m.get("num_classes", 0)
     _require(
         num_classes >= 0 and num_classes != 1,
@@ -89,6 +102,66 @@ def validate(config: ml_collections.ConfigDict) -> None:
         )
     _require(s.length >= 0, f"sample.length must be >= 0 (0 = no samples), got {s.length}.")
     _require(s.temperature >= 0, f"sample.temperature must be >= 0, got {s.temperature}.")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a run reads, with neutral defaults; experiments/*.py start from this.
+
+    The model defaults to the TF tutorial's (embed 256, one GRU of 1024); the data has no
+    default corpus, and samples logged while training start from a newline, which suits
+    any text.
+    """
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Seeds init, the batch order and dropout.
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = ""  # Registered dataset (see input_pipeline.REGISTRY).
+    config.data.path = ""  # Any local file; overrides data.name when set.
+    config.data.val_fraction = 0.1  # The val split: this fraction, before the test split.
+    config.data.test_fraction = 0.0  # The test split: the file's last part (0 = none).
+    # 'random' or 'epoch' windows, 'stream' (state carried across steps), 'lines', 'labelled'.
+    config.data.mode = "random"
+    config.data.seq_len = 100  # Bytes per training window (inputs; targets are shifted by 1).
+
+    config.model = ml_collections.ConfigDict()
+    config.model.cell = "gru"  # 'gru', 'lstm' or 'optimized_lstm'.
+    config.model.embed_dim = 256  # Byte embedding size.
+    config.model.hidden_size = 1024  # Units per recurrent layer.
+    config.model.num_layers = 1  # Stacked recurrent layers.
+    config.model.dropout = 0.0  # Dropout on each recurrent layer's output while training.
+    config.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
+    config.model.gru_impl = "fused"  # 'fused' (fast path) or 'flax' (nn.scan(GRUCell)).
+    config.model.num_classes = 0  # 0 = language model; >= 2 = many-to-one classifier.
+
+    config.train = ml_collections.ConfigDict()
+    config.train.batch_size = 64  # Global batch, split over all devices.
+    config.train.num_steps = 3440  # Total steps; may be raised when resuming.
+    config.train.optimizer = "adam"  # 'adam' (optax) or 'keras_adam' (Keras's eps placement).
+    config.train.learning_rate = 1e-3  # Adam's peak learning rate (Keras default).
+    config.train.schedule = "constant"  # 'constant', or 'cosine' decay to 0 after warmup.
+    config.train.warmup_steps = 0  # Linear warmup steps.
+    config.train.grad_clip_norm = 0.0  # Clip by global norm; 0 turns clipping off.
+    config.train.adam_eps = 1e-7  # Keras's Adam epsilon (optax's default is 1e-8).
+    config.train.log_every = 50  # Steps between progress lines / JSONL records.
+    config.train.eval_every = 500  # Steps between val evaluations (and samples).
+    config.train.eval_batches = 16  # Val batches per evaluation in eval.mode='windows'.
+    config.train.checkpoint_every = 500  # Steps between checkpoints (also saved at the end).
+    config.train.max_to_keep = 3  # Checkpoints kept on disk.
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.mode = "full"  # Byte data: 'full' scores every val byte once, carry kept;
+    # 'windows' is the old cheap metric (eval_batches fixed windows from a zero carry).
+    config.eval.streams = 0  # Full eval: contiguous streams scored in parallel (0 = batch_size).
+
+    config.sample = ml_collections.ConfigDict()
+    config.sample.prompt = ""  # Prompt of the samples logged while training ('' = a newline).
+    config.sample.length = 200  # Bytes per logged sample; 0 turns samples off.
+    config.sample.temperature = 0.8  # Sampling temperature for logged samples.
+
+    config.sweep = ml_collections.ConfigDict()
+    config.sweep.vmap = 0  # K > 0: train sweep() K variants per vmapped program (README).
+    config.sweep.name = "sweep"  # The sweep function in this file (none: K seeds).
+    return config
 
 
 def flatten(config: ml_collections.ConfigDict) -> dict:

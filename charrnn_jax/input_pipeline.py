@@ -11,8 +11,10 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import shutil
 import tempfile
 import urllib.request
+import zipfile
 
 import numpy as np
 
@@ -21,6 +23,7 @@ DATA_DIR_ENV = "CHARRNN_DATA_DIR"
 CACHE_DIR = pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "charrnn_jax"
 # Files above this are memory-mapped instead of read into RAM.
 MMAP_THRESHOLD_BYTES = 1 << 30
+BYTE_MODES = ("random", "epoch", "stream")  # One long byte stream (vs whole examples).
 
 
 class DataError(ValueError):
@@ -31,8 +34,16 @@ class DataError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class RegisteredDataset:
+    """Where a named corpus comes from and the digest of what is downloaded.
+
+    `member` names the file to extract when the download is a zip archive; `sha1` stands
+    in for `sha256` where only a SHA-1 of the archive is published.
+    """
+
     url: str
-    sha256: str
+    sha256: str = ""
+    sha1: str = ""
+    member: str = ""
 
 
 # Named corpora: looked up in $CHARRNN_DATA_DIR, then the cache, then downloaded.
@@ -52,15 +63,63 @@ REGISTRY = {
         "a68f80de4cb7ab78833f2df02689454cc14cc141/imdb_labelled.txt",
         sha256="9df288d4b74222fedd8a390605693c0cfa01e335f7cc0910ab050814c50a480e",
     ),
+    # The Hutter Prize corpus: the first 10^8 bytes of an English Wikipedia XML dump
+    # (2006). Standard split: 90M/5M/5M (data.val_fraction = data.test_fraction = 0.05).
+    # sha256 of the archive as Hugging Face's datasets records it (36,445,475 bytes).
+    "enwik8": RegisteredDataset(
+        url="http://mattmahoney.net/dc/enwik8.zip",
+        sha256="547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
+        member="enwik8",
+    ),
+    # enwik8's text reduced to 27 characters (a-z and space), 10^8 bytes; same split. Only
+    # a SHA-1 of this archive is published (GluonNLP's registry); we check that one.
+    "text8": RegisteredDataset(
+        url="http://mattmahoney.net/dc/text8.zip",
+        sha1="6c70299b93b7e1f927b42cd8f6ac1a31547c7a2e",
+        member="text8",
+    ),
 }
 
 
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
+def _digest(path: pathlib.Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return _digest(path, "sha256")
+
+
+def install(name: str, entry: RegisteredDataset, download: pathlib.Path, dest: pathlib.Path):
+    """Checks a downloaded file's digest, then puts it (or its zip member) at `dest`.
+
+    The member is extracted to a temporary file and renamed, so an interrupted
+    extraction never leaves a partial corpus in the cache.
+    """
+    algorithm, expected = ("sha256", entry.sha256) if entry.sha256 else ("sha1", entry.sha1)
+    got = _digest(download, algorithm)
+    if got != expected:
+        raise DataError(f"Downloaded {entry.url} has {algorithm} {got}, expected {expected}.")
+    if not entry.member:
+        os.replace(download, dest)
+        return
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.member.")
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            zipfile.ZipFile(download) as archive,
+            archive.open(entry.member) as member,
+        ):
+            shutil.copyfileobj(member, out, 1 << 20)
+        os.replace(tmp, dest)
+    except (KeyError, zipfile.BadZipFile) as e:
+        raise DataError(f"{entry.url} is not a zip holding {entry.member!r}: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _download(name: str, entry: RegisteredDataset, dest: pathlib.Path) -> None:
@@ -69,11 +128,8 @@ def _download(name: str, entry: RegisteredDataset, dest: pathlib.Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=30) as resp:
-            out.write(resp.read())
-        got = _sha256(pathlib.Path(tmp))
-        if got != entry.sha256:
-            raise DataError(f"Downloaded {entry.url} has sha256 {got}, expected {entry.sha256}.")
-        os.replace(tmp, dest)
+            shutil.copyfileobj(resp, out, 1 << 20)
+        install(name, entry, pathlib.Path(tmp), dest)
     except OSError as e:
         raise DataError(
             f"Dataset {name!r} is not available offline and the download of {entry.url} failed "
@@ -118,10 +174,29 @@ def load_bytes(path: pathlib.Path) -> np.ndarray:
 
 def split(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Splits by position: the last `val_fraction` is val (nanoGPT's split)."""
+    parts = splits(tokens, val_fraction, 0.0)
+    return parts["train"], parts["val"]
+
+
+def splits(tokens: np.ndarray, val_fraction: float, test_fraction: float) -> dict:
+    """{'train', 'val', 'test'} by position: test is the file's last `test_fraction`, val
+    the `val_fraction` before it (with test_fraction 0, nanoGPT's 90/10 split exactly)."""
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"data.val_fraction must be in (0, 1), got {val_fraction}.")
-    n_train = int(len(tokens) * (1.0 - val_fraction))
-    return tokens[:n_train], tokens[n_train:]
+    if not 0.0 <= test_fraction < 1.0 - val_fraction:
+        raise DataError(
+            f"data.test_fraction must be in [0, 1 - val_fraction), got {test_fraction}."
+        )
+    if test_fraction:  # Rounded: 1 - 0.05 - 0.05 is 0.8999..., and enwik8 wants 90M exactly.
+        n_train = round(len(tokens) * (1.0 - val_fraction - test_fraction))
+        n_val_end = round(len(tokens) * (1.0 - test_fraction))
+    else:  # nanoGPT's (and our earlier runs') boundary, kept to the byte.
+        n_train, n_val_end = int(len(tokens) * (1.0 - val_fraction)), len(tokens)
+    return {
+        "train": tokens[:n_train],
+        "val": tokens[n_train:n_val_end],
+        "test": tokens[n_val_end:],
+    }
 
 
 def check_long_enough(tokens: np.ndarray, seq_len: int, what: str) -> None:
@@ -171,7 +246,65 @@ def window_starts(
         order = np.random.default_rng((seed, epoch)).permutation(num_chunks)
         chunk_ids = order[index * global_batch : (index + 1) * global_batch]
         return chunk_ids * (seq_len + 1)
-    raise DataError(f"Unknown data.mode {mode!r}; expected 'random' or 'epoch'.")
+    if mode == "stream":
+        return stream_window_starts(
+            num_tokens, seed=seed, step=step, global_batch=global_batch, seq_len=seq_len
+        )[0]
+    raise DataError(f"Unknown data.mode {mode!r}; expected 'random', 'epoch' or 'stream'.")
+
+
+def stream_layout(num_tokens: int, *, global_batch: int, seq_len: int) -> tuple[int, int]:
+    """(stream length, steps per epoch) of 'stream' mode: `global_batch` contiguous
+    streams, each a whole number of seq_len windows, after an offset below seq_len."""
+    steps_per_epoch = (num_tokens - 1 - seq_len) // (global_batch * seq_len)
+    if steps_per_epoch < 1:
+        raise DataError(
+            f"Stream mode needs {global_batch} streams of at least {seq_len} bytes and a "
+            f"{seq_len}-byte offset; the train split has only {num_tokens} bytes."
+        )
+    return steps_per_epoch * seq_len, steps_per_epoch
+
+
+def stream_window_starts(
+    num_tokens: int, *, seed: int, step: int, global_batch: int, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """'stream' mode (truncated BPTT, as char-rnn and AWD-LSTM train): row b reads the next
+    seq_len bytes of stream b at every step, so the carry can flow from step to step.
+
+    Each epoch starts the streams at a new seeded offset in [0, seq_len), so windows do
+    not always cut the text at the same places; the carry is reset where an epoch starts.
+
+    Returns:
+      starts [global_batch] int64 and reset [global_batch] bool (True at an epoch's start).
+    """
+    stream_len, steps_per_epoch = stream_layout(
+        num_tokens, global_batch=global_batch, seq_len=seq_len
+    )
+    epoch, index = divmod(step, steps_per_epoch)
+    offset = int(np.random.default_rng((seed, epoch, 7)).integers(0, seq_len))
+    starts = offset + np.arange(global_batch) * stream_len + index * seq_len
+    return starts, np.full(global_batch, index == 0)
+
+
+def stream_eval_batch(tokens: np.ndarray, *, streams: int, chunk: int) -> dict[str, np.ndarray]:
+    """Every byte of `tokens` but the first as a target exactly once, in `streams`
+    contiguous streams padded (weight 0) to a whole number of `chunk`-byte steps.
+
+    Returns:
+      {'inputs', 'targets': [streams, length] int32, 'weights': [streams, length] float32}
+      where length = the stream length; row b predicts bytes b*length+1 .. (b+1)*length.
+    """
+    predictions = len(tokens) - 1
+    length = -(-predictions // (streams * chunk)) * chunk
+    padded = np.zeros(streams * length + 1, np.int32)
+    padded[: len(tokens)] = tokens
+    weights = np.zeros(streams * length, np.float32)
+    weights[:predictions] = 1.0
+    return {
+        "inputs": padded[:-1].reshape(streams, length),
+        "targets": padded[1:].reshape(streams, length),
+        "weights": weights.reshape(streams, length),
+    }
 
 
 def train_batch(
@@ -191,10 +324,16 @@ def train_batch(
       {'inputs': [local_batch, seq_len] int32, 'targets': [local_batch, seq_len] int32},
       targets being inputs shifted left by one byte.
     """
+    rows = local_rows(global_batch, process_index, process_count)
+    if mode == "stream":
+        starts, reset = stream_window_starts(
+            len(tokens), seed=seed, step=step, global_batch=global_batch, seq_len=seq_len
+        )
+        return {**_windows(tokens, starts[rows], seq_len), "reset": reset[rows]}
     starts = window_starts(
         len(tokens), seed=seed, step=step, global_batch=global_batch, seq_len=seq_len, mode=mode
     )
-    return _windows(tokens, starts[local_rows(global_batch, process_index, process_count)], seq_len)
+    return _windows(tokens, starts[rows], seq_len)
 
 
 def eval_batches(
@@ -229,7 +368,11 @@ def decode(data: bytes | np.ndarray) -> str:
 
 @dataclasses.dataclass
 class BytePipeline:
-    """A byte stream: windows of seq_len + 1 ('random' or 'epoch' order)."""
+    """A byte stream: windows of seq_len + 1 ('random', 'epoch' or 'stream' order).
+
+    Eval is the whole val split in `eval_streams` contiguous streams (eval_streams > 0,
+    the default 'full' metric), or num_eval_batches batches of fixed windows.
+    """
 
     train: np.ndarray
     val: np.ndarray
@@ -238,6 +381,7 @@ class BytePipeline:
     seed: int
     global_batch: int
     num_eval_batches: int
+    eval_streams: int = 0
 
     def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
         return train_batch(
@@ -252,6 +396,10 @@ class BytePipeline:
         )
 
     def eval_batches(self, process_index: int = 0, process_count: int = 1):
+        if self.eval_streams:
+            batch = stream_eval_batch(self.val, streams=self.eval_streams, chunk=self.seq_len)
+            rows = local_rows(self.eval_streams, process_index, process_count)
+            return [{key: value[rows] for key, value in batch.items()}]
         return eval_batches(
             self.val,
             global_batch=self.global_batch,
@@ -399,15 +547,25 @@ def split_lines(data_config, seed: int) -> tuple[list[bytes], list[bytes]]:
     return [lines[i] for i in train_ids], [lines[i] for i in val_ids]
 
 
-def build(data_config, *, seed: int, global_batch: int, num_eval_batches: int):
-    """The pipeline for data_config.mode, with every data check done up front."""
+def build(
+    data_config, *, seed: int, global_batch: int, num_eval_batches: int, eval_streams: int = 0
+):
+    """The pipeline for data_config.mode, with every data check done up front.
+
+    eval_streams > 0 scores the whole val split in that many streams (byte data only).
+    """
     d = data_config
     path = resolve_path(d.name, d.path)
-    if d.mode in ("random", "epoch"):
-        train, val = split(load_bytes(path), d.val_fraction)
+    if d.mode in BYTE_MODES:
+        parts = splits(load_bytes(path), d.val_fraction, d.get("test_fraction", 0.0))
+        train, val = parts["train"], parts["val"]
         check_long_enough(train, d.seq_len, "train")
         check_long_enough(val, d.seq_len, "val")
-        return BytePipeline(train, val, d.seq_len, d.mode, seed, global_batch, num_eval_batches)
+        if d.mode == "stream":
+            stream_layout(len(train), global_batch=global_batch, seq_len=d.seq_len)
+        return BytePipeline(
+            train, val, d.seq_len, d.mode, seed, global_batch, num_eval_batches, eval_streams
+        )
     if d.mode == "lines":
         train, val = split_lines(d, seed)
         longest = max(len(line) for line in train + val)

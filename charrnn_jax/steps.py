@@ -23,6 +23,7 @@ from charrnn_jax.metric_logging import bits_per_byte
 
 class TrainState(train_state.TrainState):
     window: Any = None  # See empty_window.
+    carry: Any = None  # data.mode='stream': the recurrent state carried to the next step.
 
 
 def empty_window() -> dict:
@@ -59,9 +60,15 @@ def window_record(window: dict, *, classifier: bool) -> dict:
     return out
 
 
-def create_train_state(rng, *, model: models.CharRNN, tx, seq_len: int) -> TrainState:
+def create_train_state(
+    rng, *, model: models.CharRNN, tx, seq_len: int, carry_rows: int = 0
+) -> TrainState:
+    """A fresh state; carry_rows > 0 (stream mode) adds a zero carry of that many rows."""
     params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
-    state = TrainState.create(apply_fn=model.apply, params=params, tx=tx, window=empty_window())
+    carry = model.initialize_carry(carry_rows) if carry_rows else None
+    state = TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, window=empty_window(), carry=carry
+    )
     # An explicit int32 step: restored states then have the identical type.
     return state.replace(step=jnp.zeros([], jnp.int32))
 
@@ -99,38 +106,49 @@ def loss_sums(logits, batch) -> dict:
     return sums
 
 
-def _logits_and_labels(apply_fn, params, batch, **kwargs):
-    """The logits and the batch that scores them.
+def _logits_and_labels(apply_fn, params, batch, carry=None, **kwargs):
+    """The logits, the batch that scores them, and the new carry.
 
     Language models keep their logits time-major, as the model computes them, and the
     small integer targets and weights are transposed instead: transposing the largest
     activation (and its gradient) costs more than the loss needs.
     """
     language_model = "targets" in batch
-    logits, _ = apply_fn(
+    logits, new_carry = apply_fn(
         {"params": params},
         batch["inputs"],
+        carry,
         lengths=batch.get("lengths"),
         time_major_logits=language_model,
         **kwargs,
     )
     if language_model:
         batch = {key: batch[key].T for key in ("targets", "weights") if key in batch}
-    return logits, batch
+    return logits, batch, new_carry
+
+
+def _carry_in(state, batch):
+    """Stream mode: the carried state, zeroed in rows whose stream starts anew (an epoch)."""
+    if state.carry is None:
+        return None
+    keep = ~batch["reset"]
+    return jax.tree.map(lambda c: jnp.where(keep[:, None], c, 0.0), state.carry)
 
 
 def train_step(state: TrainState, batch, dropout_rng, *, schedule):
     """One Adam step on a global batch. Returns the new state and on-device metrics."""
     rng = jax.random.fold_in(dropout_rng, state.step)
 
+    carry = _carry_in(state, batch)
+
     def loss_fn(params):
-        logits, scored = _logits_and_labels(
-            state.apply_fn, params, batch, train=True, rngs={"dropout": rng}
+        logits, scored, new_carry = _logits_and_labels(
+            state.apply_fn, params, batch, carry, train=True, rngs={"dropout": rng}
         )
         sums = loss_sums(logits, scored)
-        return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), sums
+        return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), (sums, new_carry)
 
-    (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (sums, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     metrics = {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
@@ -138,7 +156,10 @@ def train_step(state: TrainState, batch, dropout_rng, *, schedule):
     }
     if "correct" in sums:
         metrics["accuracy"] = sums["correct"] / jnp.maximum(sums["weight"], 1.0)
-    return state.apply_gradients(grads=grads), metrics
+    new_state = state.apply_gradients(grads=grads)
+    if carry is not None:  # Truncated BPTT: the state flows on, its gradient does not.
+        new_state = new_state.replace(carry=jax.lax.stop_gradient(new_carry))
+    return new_state, metrics
 
 
 def _all_finite(tree) -> jax.Array:
@@ -193,6 +214,27 @@ def vmapped_train_step(states, batches, dropout_rngs, hparams, *, train_config):
     return jax.vmap(one)(states, batches, dropout_rngs, hparams)
 
 
-def eval_step(params, batch, *, apply_fn):
-    """Summed loss weights (and correct predictions) of one batch."""
-    return loss_sums(*_logits_and_labels(apply_fn, params, batch))
+def eval_step(params, batch, *, apply_fn, chunk: int):
+    """Summed loss, weights (and correct predictions) of one batch.
+
+    A language-model batch longer than `chunk` bytes is a set of contiguous streams
+    (input_pipeline.stream_eval_batch): it is scored chunk by chunk in one lax.scan with
+    the carry kept, so every byte is scored once with all the context before it.
+    """
+    length = batch["inputs"].shape[1]
+    if "targets" not in batch or length <= chunk:
+        logits, scored, _ = _logits_and_labels(apply_fn, params, batch)
+        return loss_sums(logits, scored)
+    chunks = jax.tree.map(
+        lambda x: x.reshape(x.shape[0], length // chunk, chunk).swapaxes(0, 1), batch
+    )
+
+    def score(carry, piece):
+        logits, scored, carry = _logits_and_labels(apply_fn, params, piece, carry)
+        return carry, loss_sums(logits, scored)
+
+    first = jax.tree.map(lambda x: x[0], chunks)
+    shapes = jax.eval_shape(lambda: _logits_and_labels(apply_fn, params, first)[2])
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    _, sums = jax.lax.scan(score, zero, chunks)
+    return jax.tree.map(lambda x: x.sum(axis=0), sums)

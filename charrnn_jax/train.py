@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 
 from charrnn_jax import (
+    checkpointing,
     config_lib,
     input_pipeline,
     loop_utils,
@@ -69,8 +70,17 @@ def load_data(configs) -> list:
                 seed=c.seed,
                 global_batch=c.train.batch_size,
                 num_eval_batches=c.train.eval_batches,
+                eval_streams=eval_streams(c),
             )
     return [pipelines[c.seed] for c in configs]
+
+
+def eval_streams(config) -> int:
+    """Streams of the full-split val metric, or 0 for fixed windows (and non-byte data)."""
+    evaluation = config.get("eval") or {"mode": "windows"}  # Configs from before 'eval'.
+    if evaluation["mode"] != "full" or config.data.mode not in input_pipeline.BYTE_MODES:
+        return 0
+    return evaluation["streams"] or config.train.batch_size
 
 
 def _train(configs, workdirs, group_type, *, devices, restart: bool) -> list[dict]:
@@ -105,7 +115,11 @@ def _setup(config, group, run_list, datas):
     model = models.from_config(config.model)
     tx, schedule = optim.make_optimizer(config.train)
     init = functools.partial(
-        steps.create_train_state, model=model, tx=tx, seq_len=config.data.seq_len
+        steps.create_train_state,
+        model=model,
+        tx=tx,
+        seq_len=config.data.seq_len,
+        carry_rows=config.train.batch_size if config.data.mode == "stream" else 0,
     )
     state, state_sharding, start = group.restore_or_init([r.ckpt for r in run_list], init)
     if start is None:
@@ -119,7 +133,7 @@ def _setup(config, group, run_list, datas):
         logging.info(
             "Checkpoint step %d already reaches num_steps=%d.", start, config.train.num_steps
         )
-    fns = group.compile(model, schedule, state_sharding)
+    fns = group.compile(model, schedule, state_sharding, chunk=config.data.seq_len)
     logging.info(
         "Devices: %d global, %d local, process %d of %d. Model: %s params%s.",
         jax.device_count(),
@@ -251,10 +265,11 @@ def _write_rows(group, live, records, done, rates, run_start) -> None:
 
 
 def _items(group, state, i) -> dict:
+    """Variant i's checkpoint items (the carry only in stream mode)."""
     return {
-        "params": group.select(state.params, i),
-        "opt_state": group.select(state.opt_state, i),
-        "window": group.select(state.window, i),
+        item: group.select(getattr(state, item), i)
+        for item in checkpointing.ITEMS
+        if getattr(state, item) is not None
     }
 
 
@@ -266,11 +281,6 @@ def _summaries(group, run_list, state, model) -> list[dict]:
     final_step = int(np.max(jax.device_get(state.step)))
     out = []
     for i, run in enumerate(run_list):
-        variant = state.replace(
-            step=group.select(state.step, i),
-            params=group.select(state.params, i),
-            opt_state=group.select(state.opt_state, i),
-            window=group.select(state.window, i),
-        )
+        variant = state.replace(step=group.select(state.step, i), **_items(group, state, i))
         out.append(dict(run.summary, final_step=final_step, model=model, state=variant))
     return out

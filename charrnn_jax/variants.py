@@ -58,9 +58,9 @@ class Single:
         make = self.lift(lambda seed: jax.random.fold_in(jax.random.key(seed), fold))
         return jax.jit(lambda s: make(s if self.stacked else s[0]), out_shardings=self.repl)(seeds)
 
-    def stack(self, trees):
+    def stack(self, trees, sharding):
         """Per-variant trees -> the group's value (stacked on a leading axis for K > 1)."""
-        return trees[0]
+        return trees[0]  # Restored onto this sharding already.
 
     def select(self, tree, i: int):
         """Variant i's slice of a (stacked) device tree."""
@@ -77,7 +77,7 @@ class Single:
     def train_fn(self, schedule):
         return functools.partial(steps.windowed_train_step, schedule=schedule)
 
-    def compile(self, model, schedule, state_sharding):
+    def compile(self, model, schedule, state_sharding, *, chunk: int):
         """The jitted train step (donating the state), eval step and window reset."""
         step_fn = jax.jit(
             self.train_fn(schedule),
@@ -86,7 +86,7 @@ class Single:
             donate_argnums=0,
         )
         eval_fn = jax.jit(
-            self.lift(functools.partial(steps.eval_step, apply_fn=model.apply)),
+            self.lift(functools.partial(steps.eval_step, apply_fn=model.apply, chunk=chunk)),
             in_shardings=(state_sharding.params, self.data_sharding),
             out_shardings=self.repl,
         )
@@ -98,6 +98,12 @@ class Single:
         )
         return step_fn, eval_fn, reset_fn
 
+    def sharding(self, abstract_state, field: str):
+        """Shardings of one state field: the carry split like the batch, the rest replicated."""
+        value = getattr(abstract_state, field)
+        sharding = self.data_sharding if field == "carry" else self.repl
+        return jax.tree.map(lambda _: sharding, value)
+
     def restore_or_init(self, checkpointers, init):
         """The (stacked) state at the runs' common checkpoint step, or freshly initialised.
 
@@ -105,29 +111,33 @@ class Single:
         """
         init_keys = self.keys(0)
         abstract_one = jax.eval_shape(init, jax.random.key(0))
+        one_variant = Single(self.configs[:1], self.mesh)
         abstract_items = {
             item: checkpointing.abstract_like(
-                getattr(abstract_one, item),
-                jax.tree.map(lambda _: self.repl, getattr(abstract_one, item)),
+                getattr(abstract_one, item), one_variant.sharding(abstract_one, item)
             )
             for item in checkpointing.ITEMS
+            if getattr(abstract_one, item) is not None
         }
         init_fn = self.lift(init)
         abstract_state = jax.eval_shape(init_fn, init_keys)
-        state_sharding = jax.tree.map(lambda _: self.repl, abstract_state)
+        state_sharding = abstract_state.replace(
+            **{f: self.sharding(abstract_state, f) for f in ("step", *checkpointing.ITEMS)}
+        )
         start_step, restored = _restore_all(checkpointers, abstract_items)
         if start_step is None:
             return jax.jit(init_fn, out_shardings=state_sharding)(init_keys), state_sharding, None
         logging.info("Resumed from checkpoint step %d.", start_step)
         items = {}
-        for item in checkpointing.ITEMS:
+        for item in abstract_items:
+            sharding = getattr(state_sharding, item)
             if all(item in r for r in restored):
-                items[item] = self.stack([r[item] for r in restored])
+                items[item] = self.stack([r[item] for r in restored], sharding)
             else:  # An older checkpoint without a metric window: start an empty one.
                 logging.warning(
                     "Checkpoint step %d has no %s; starting it empty.", start_step, item
                 )
-                items[item] = _zeros_like(getattr(abstract_state, item), self.repl)
+                items[item] = _zeros_like(getattr(abstract_state, item), sharding)
         step_array = jax.jit(
             lambda: jnp.full(abstract_state.step.shape, start_step, jnp.int32),
             out_shardings=self.repl,
@@ -150,9 +160,9 @@ class Stacked(Single):
     def lift(self, fn):
         return jax.vmap(fn)
 
-    def stack(self, trees):
+    def stack(self, trees, sharding):
         return jax.jit(
-            lambda *t: jax.tree.map(lambda *x: jnp.stack(x), *t), out_shardings=self.repl
+            lambda *t: jax.tree.map(lambda *x: jnp.stack(x), *t), out_shardings=sharding
         )(*trees)
 
     def select(self, tree, i: int):

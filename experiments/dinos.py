@@ -21,19 +21,13 @@ training list), 98% well formed. --prompt=Ram at temperature 0.2: 20/20 new and 
 formed, mostly "Ramanosaurus".
 """
 
-import pathlib
-
 import ml_collections
 
 from charrnn_jax import config_lib
 
 
-def _base(preset):
-    return config_lib.load_config_file(pathlib.Path(__file__).with_name("shakespeare.py"), preset)
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = _base(arg or "")
+    config = config_lib.base_config()
     config.data.name = "dinos"  # ../shared/data/dinos.txt or the registry's download.
     config.data.mode = "lines"  # One masked example per name.
     config.data.seq_len = 32  # Longest line (26 bytes) + 1, rounded up.

@@ -19,19 +19,13 @@ a model that must learn words from bytes: it overfits quickly, so val accuracy i
 number to watch, not train loss.
 """
 
-import pathlib
-
 import ml_collections
 
 from charrnn_jax import config_lib
 
 
-def _base(preset):
-    return config_lib.load_config_file(pathlib.Path(__file__).with_name("shakespeare.py"), preset)
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = _base(arg or "")
+    config = config_lib.base_config()
     config.data.name = "imdb_labelled"  # text<TAB>label lines.
     config.data.mode = "labelled"  # (text, label) examples.
     config.data.seq_len = 250  # Bytes per text (truncated / padded).

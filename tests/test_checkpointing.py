@@ -56,14 +56,18 @@ def _final_params(workdir):
     return step, jax.tree.map(np.asarray, params)
 
 
-def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["random", "stream"])
+def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path, mode):
+    """Stream mode too: the carried state is checkpointed with the params."""
+    run = {**RESUME_RUN, "data.mode": mode}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(
-        _main_cmd(straight, **RESUME_RUN), env=_env(), check=True, capture_output=True, timeout=300
+        _main_cmd(straight, **run), env=_env(), check=True, capture_output=True, timeout=300
     )
 
     proc = subprocess.Popen(
-        _main_cmd(killed, **RESUME_RUN),
+        _main_cmd(killed, **run),
         env=_env(),
         text=True,
         stdout=subprocess.PIPE,
@@ -78,7 +82,7 @@ def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path):
     assert steps and max(steps) < 150
 
     rerun = subprocess.run(
-        _main_cmd(killed, **RESUME_RUN), env=_env(), capture_output=True, text=True, timeout=300
+        _main_cmd(killed, **run), env=_env(), capture_output=True, text=True, timeout=300
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"Resumed from checkpoint step {max(steps)}" in rerun.stderr

@@ -4,6 +4,7 @@ import socket
 import subprocess
 
 import numpy as np
+import pytest
 from conftest import main_command, subprocess_env
 
 from charrnn_jax import checkpointing, metric_logging
@@ -23,17 +24,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cmd(workdir, *extra):
-    return main_command(workdir, *extra, **RUN)
+def _cmd(workdir, mode, *extra):
+    return main_command(workdir, *extra, **RUN, **{"data.mode": mode})
 
 
 def _devices(n):
     return subprocess_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
 
 
-def test_two_processes_match_one_process_of_four_devices(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["random", "stream"])
+def test_two_processes_match_one_process_of_four_devices(tmp_path, mode):
+    """In stream mode the carry is sharded like the batch: each process holds its rows."""
     single, multi = tmp_path / "single", tmp_path / "multi"
-    one = subprocess.run(_cmd(single), env=_devices(4), capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        _cmd(single, mode), env=_devices(4), capture_output=True, text=True, timeout=300
+    )
     assert one.returncode == 0, one.stderr[-3000:]
 
     port = _free_port()
@@ -41,6 +47,7 @@ def test_two_processes_match_one_process_of_four_devices(tmp_path):
         subprocess.Popen(
             _cmd(
                 multi,
+                mode,
                 f"--coordinator_address=127.0.0.1:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",

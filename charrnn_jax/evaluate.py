@@ -1,0 +1,75 @@
+"""Score a split, or any file, under a trained model: every byte once, carry kept.
+
+    python -m charrnn_jax.evaluate --workdir=/tmp/tiny                  # the val split
+    python -m charrnn_jax.evaluate --workdir=/tmp/tiny --split=test     # needs test_fraction
+    python -m charrnn_jax.evaluate --workdir=/tmp/tiny --file=book.txt --json
+
+Prints bytes scored, nats/byte and bits/byte (--json: one JSON object). With the run's
+own streams (eval.streams) and seq_len it reproduces the val_loss the trainer logged.
+"""
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+
+from charrnn_jax import cli
+from charrnn_jax.errors import UserError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
+_SPLIT = flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Split of the run's data.")
+_FILE = flags.DEFINE_string("file", None, "Score this file instead of a split.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+_STREAMS = flags.DEFINE_integer(
+    "streams", 0, "Contiguous streams scored in parallel (0: the run's eval.streams or batch)."
+)
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a sentence.")
+flags.mark_flag_as_required("workdir")
+
+
+def run() -> dict:
+    # These import jax: after cli.run's huge-page restart, which must come first.
+    from charrnn_jax import checkpointing, evaluation, input_pipeline, train
+
+    config, model, params, step = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)
+    if model.num_classes:
+        raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
+    d = config.data
+    if _FILE.value:
+        tokens, source = input_pipeline.load_bytes(_path(_FILE.value)), _FILE.value
+    else:
+        if d.mode not in input_pipeline.BYTE_MODES:
+            raise UserError(f"--split needs byte data; this run has data.mode={d.mode!r}.")
+        path = input_pipeline.resolve_path(d.name, d.path)
+        parts = input_pipeline.splits(
+            input_pipeline.load_bytes(path), d.val_fraction, d.get("test_fraction", 0.0)
+        )
+        tokens, source = parts[_SPLIT.value], f"the {_SPLIT.value} split of {path}"
+    if len(tokens) < 2:
+        raise UserError(f"{source} has {len(tokens)} bytes; at least 2 are needed.")
+    streams = _STREAMS.value or train.eval_streams(config) or config.train.batch_size
+    result = evaluation.score_bytes(params, model, tokens, streams=streams, chunk=d.seq_len)
+    return {**result, "step": step, "source": source, "streams": streams}
+
+
+def _path(name: str) -> pathlib.Path:
+    return pathlib.Path(name).expanduser()
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.setup_logging()
+    result = cli.exit_on_user_error(run)
+    if _JSON.value:
+        print(json.dumps(result))
+        return
+    sys.stdout.write(
+        f"{result['source']}: {result['bytes']:,} bytes, {result['loss']:.4f} nats/byte, "
+        f"{result['bpb']:.4f} bits/byte (step {result['step']}, {result['streams']} streams)\n"
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)
