@@ -104,9 +104,11 @@ class Checkpointer:
         max_to_keep: int = 3,
         async_save: bool = True,
         read_only: bool = False,
+        best: bool = False,
     ):
+        """best=True: the workdir's best-by-val checkpoint (params only, one step kept)."""
         self.workdir = Workdir(workdir)
-        self.directory = self.workdir.checkpoint_dir
+        self.directory = self.workdir.best_checkpoint_dir if best else self.workdir.checkpoint_dir
         self.read_only = read_only
         if self.directory.exists() and not self.directory.is_dir():
             raise UserError(f"Checkpoint path {self.directory} exists but is not a directory.")
@@ -149,8 +151,12 @@ class Checkpointer:
         sums = {item: checksums(tree) for item, tree in items.items()}
         args = {item: ocp.args.StandardSave(tree) for item, tree in items.items()}
         args[CHECKSUMS] = ocp.args.JsonSave(sums)
+        if step in self.all_steps():  # A resumed run redoing a step it had saved (best/).
+            self.manager.delete(step)
         # Orbax's save first waits for the previous one, which is then committed: seal it.
-        self._guarded(step, lambda: self.manager.save(step, args=ocp.args.Composite(**args)))
+        self._guarded(
+            step, lambda: self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+        )
         self._seal_committed()
 
     def wait_until_finished(self, step: int | None = None) -> None:
@@ -333,8 +339,47 @@ def abstract_like(tree, shardings):
     )
 
 
-def load_for_inference(workdir, step: int | None = None):
+def parse_step(text: str | None) -> int | str | None:
+    """A --step flag: None (latest), 'best' (lowest val loss) or a step number."""
+    if text in (None, "", "latest"):
+        return None
+    if text == "best":
+        return "best"
+    if not text.isdigit():
+        raise UserError(f"--step must be a step number, 'latest' or 'best', got {text!r}.")
+    return int(text)
+
+
+def load_params(source: str, abstract_params):
+    """Params of `WORKDIR[:STEP]` (STEP: a number or 'best'; default the latest) restored
+    onto `abstract_params`, the model's own shapes; a mismatch names the difference."""
+    workdir, step = source, None
+    head, _, tail = source.rpartition(":")
+    if head and (tail.isdigit() or tail in ("best", "latest")):
+        workdir, step = head, parse_step(tail)
+    workdir = Workdir(workdir)
+    if not workdir.checkpoint_dir.is_dir():
+        raise UserError(f"train.init_from={source!r}: no checkpoints in {workdir.path}.")
+    best = step == "best"
+    ckpt = Checkpointer(workdir, read_only=True, async_save=False, best=best)
+    try:
+        found, items = ckpt.restore(
+            {"params": abstract_params}, step=ckpt.latest_step() if best else step
+        )
+    finally:
+        ckpt.close()
+    if found is None:
+        raise UserError(f"train.init_from={source!r}: no checkpoints in {workdir.path}.")
+    logging.info("Initialised params from step %d of %s.", found, workdir.path)
+    return items["params"]
+
+
+def load_for_inference(workdir, step: int | str | None = None):
     """Params only (no optimizer state) plus the run's config, for sampling on one device.
+
+    Args:
+      step: None for the latest checkpoint, a step number, or 'best' for the step with the
+        lowest val loss (kept in checkpoints_best/ however old it is).
 
     Returns:
       (config, model, params, step).
@@ -353,9 +398,16 @@ def load_for_inference(workdir, step: int | None = None):
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
     )
-    ckpt = Checkpointer(workdir, read_only=True, async_save=False)
+    best = step == "best"
+    if best and not workdir.best_checkpoint_dir.is_dir():
+        raise UserError(
+            f"{workdir.path} has no best checkpoint yet (one is kept from the first eval)."
+        )
+    ckpt = Checkpointer(workdir, read_only=True, async_save=False, best=best)
     try:
-        restored_step, restored = ckpt.restore({"params": abstract}, step=step)
+        restored_step, restored = ckpt.restore(
+            {"params": abstract}, step=ckpt.latest_step() if best else step
+        )
     finally:
         ckpt.close()
     if restored_step is None:

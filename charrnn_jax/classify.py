@@ -14,7 +14,9 @@ from charrnn_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory of a classifier.")
 _TEXT = flags.DEFINE_multi_string("text", None, "Text to classify; repeat for several.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+_STEP = flags.DEFINE_string(
+    "step", None, "Checkpoint: a step number, 'latest' (default) or 'best' (lowest val loss)."
+)
 _LABELS = flags.DEFINE_list("labels", ["negative", "positive"], "Names of the classes.")
 flags.mark_flags_as_required(["workdir", "text"])
 
@@ -24,7 +26,9 @@ def run() -> list[list[float]]:
     from charrnn_jax import checkpointing
     from charrnn_jax.classification import predict
 
-    config, model, params, _ = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)
+    config, model, params, _ = checkpointing.load_for_inference(
+        _WORKDIR.value, checkpointing.parse_step(_STEP.value)
+    )
     if not model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a language model; use charrnn_jax.sample.")
     texts = [t.encode("utf-8") for t in _TEXT.value]

@@ -24,6 +24,10 @@ _PARITY = flags.DEFINE_bool("parity", False, "Start both from identical weights.
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _OURS = flags.DEFINE_string("ours", None, "Reuse this charrnn_jax workdir instead of training.")
 _KERAS = flags.DEFINE_string("keras", None, "Reuse this Keras workdir instead of training.")
+_LOG_EVERY = flags.DEFINE_integer(
+    "log_every", 0, "Steps between rows (0: a twelfth of the run, so the curve has points)."
+)
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 0, "Steps between val losses (0: a third).")
 flags.mark_flags_as_required(["config", "out"])
 
 
@@ -41,6 +45,8 @@ def main(argv):
             parity=_PARITY.value,
             ours=_OURS.value,
             keras=_KERAS.value,
+            log_every=_LOG_EVERY.value,
+            eval_every=_EVAL_EVERY.value,
         )
     except ImportError as e:
         sys.exit(f"error: {e}")

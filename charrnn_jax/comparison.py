@@ -17,9 +17,20 @@ from charrnn_jax.workdir import Workdir
 SYSTEMS = ("charrnn_jax", "keras")
 
 
-def prepare_config(config, *, steps: int | None, parity: bool):
+def prepare_config(config, *, steps: int | None, parity: bool, log_every=0, eval_every=0):
+    """The config both sides train with.
+
+    The cadence fits the steps asked for (a row every ~1/12 of the run, val every ~1/3)
+    so the curves have points to draw; log_every / eval_every > 0 set it instead. Both
+    sides score val on the same fixed windows (eval.mode='windows'): the Keras model has
+    no carried-state evaluation.
+    """
     if steps is not None:
         config.train.num_steps = steps
+    n = config.train.num_steps
+    config.train.log_every = log_every or max(1, n // 12)
+    config.train.eval_every = eval_every or max(config.train.log_every, n // 3)
+    config.eval.mode = "windows"
     if parity:
         config.train.optimizer = "keras_adam"
     return config
@@ -156,10 +167,14 @@ def plot(curves: dict, path: pathlib.Path, title: str) -> None:
     plt.close(fig)
 
 
-def compare(config, out, *, steps=None, parity=False, ours=None, keras=None) -> dict:
+def compare(
+    config, out, *, steps=None, parity=False, ours=None, keras=None, log_every=0, eval_every=0
+) -> dict:
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = prepare_config(config, steps=steps, parity=parity)
+    config = prepare_config(
+        config, steps=steps, parity=parity, log_every=log_every, eval_every=eval_every
+    )
     info = run_both(config, out, parity=parity, ours=ours, keras=keras)
     curves = load_curves(info)
     write_csv(curves, out / "curves.csv")

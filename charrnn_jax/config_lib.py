@@ -80,6 +80,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     ):
         _require(t[key] > 0, f"train.{key} must be positive, got {t[key]}.")
     _require(
+        t.get("early_stop_patience", 0) >= 0,
+        f"train.early_stop_patience must be >= 0 (0 = off), got {t.get('early_stop_patience')}.",
+    )
+    _require(
         t.optimizer in OPTIMIZERS,
         f"train.optimizer must be one of {OPTIMIZERS}, got {t.optimizer!r}.",
     )
@@ -146,7 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.eval_every = 500  # Steps between val evaluations (and samples).
     config.train.eval_batches = 16  # Val batches per evaluation in eval.mode='windows'.
     config.train.checkpoint_every = 500  # Steps between checkpoints (also saved at the end).
-    config.train.max_to_keep = 3  # Checkpoints kept on disk.
+    config.train.max_to_keep = 3  # Checkpoints kept on disk (plus the best, checkpoints_best/).
+    config.train.early_stop_patience = 0  # Stop after this many evals without a better val.
+    config.train.init_from = ""  # Fine-tune: start from WORKDIR[:STEP|best]'s params.
 
     config.eval = ml_collections.ConfigDict()
     config.eval.mode = "full"  # Byte data: 'full' scores every val byte once, carry kept;

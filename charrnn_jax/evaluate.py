@@ -20,7 +20,9 @@ from charrnn_jax.errors import UserError
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _SPLIT = flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Split of the run's data.")
 _FILE = flags.DEFINE_string("file", None, "Score this file instead of a split.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+_STEP = flags.DEFINE_string(
+    "step", None, "Checkpoint: a step number, 'latest' (default) or 'best' (lowest val loss)."
+)
 _STREAMS = flags.DEFINE_integer(
     "streams", 0, "Contiguous streams scored in parallel (0: the run's eval.streams or batch)."
 )
@@ -32,7 +34,9 @@ def run() -> dict:
     # These import jax: after cli.run's huge-page restart, which must come first.
     from charrnn_jax import checkpointing, evaluation, input_pipeline, train
 
-    config, model, params, step = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)
+    config, model, params, step = checkpointing.load_for_inference(
+        _WORKDIR.value, checkpointing.parse_step(_STEP.value)
+    )
     if model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
     d = config.data

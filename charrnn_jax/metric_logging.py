@@ -204,15 +204,21 @@ def format_duration(seconds: float) -> str:
 
 
 def progress_line(step: int, num_steps: int, record: dict, rates: dict) -> str:
+    """One log line; classifiers show accuracy where language models show bits per byte."""
+    classifier = record.get("train_accuracy") is not None or record.get("val_accuracy") is not None
     parts = [f"step {step}/{num_steps}"]
     if record.get("train_loss") is not None:
         parts.append(f"loss {record['train_loss']:.4f}")
-        parts.append(f"bpb {record['train_bpb']:.4f}")
+        if classifier:
+            parts.append(f"acc {record['train_accuracy']:.3f}")
+        else:
+            parts.append(f"bpb {record['train_bpb']:.4f}")
     if record.get("val_loss") is not None:
         parts.append(f"val_loss {record['val_loss']:.4f}")
-        parts.append(f"val_bpb {record['val_bpb']:.4f}")
-    if record.get("val_accuracy") is not None:
-        parts.append(f"val_acc {record['val_accuracy']:.3f}")
+        if classifier:
+            parts.append(f"val_acc {record['val_accuracy']:.3f}")
+        else:
+            parts.append(f"val_bpb {record['val_bpb']:.4f}")
     parts.append(f"{rates['steps_per_sec']:.2f} steps/s")
     parts.append(f"{rates['tokens_per_sec']:,.0f} tok/s")
     parts.append(f"ETA {format_duration(rates['eta_sec'])}")

@@ -25,6 +25,7 @@ class Run:
         self.summary = {
             "resumed_from": None,
             "preempted": False,
+            "early_stopped": False,
             "failed": None,
             "train_loss": None,
             "val_loss": None,
@@ -32,9 +33,10 @@ class Run:
         }
         self.writer = None
         self.wall_offset = 0.0
+        self.best = (float("inf"), 0)  # (val loss, step) of checkpoints_best/.
         self._created = False
         self._lock = WorkdirLock(self.workdir)
-        self.ckpt = None
+        self.ckpt = self.best_ckpt = None
 
     def open(self, *, restart: bool) -> Run:
         """Creates and locks the workdir (process 0), then opens its checkpoints.
@@ -49,6 +51,7 @@ class Run:
         self.ckpt = checkpointing.Checkpointer(
             self.workdir, max_to_keep=self.config.train.max_to_keep
         )
+        self.best_ckpt = checkpointing.Checkpointer(self.workdir, max_to_keep=1, best=True)
         return self
 
     def check_fresh_start(self) -> None:
@@ -61,6 +64,12 @@ class Run:
             )
 
     def start_logs(self, start_step: int) -> None:
+        # Every process reads the best val so far (rows up to the restored step) so that
+        # all of them make the same best-checkpoint and early-stopping decisions.
+        rows = metric_logging.read_jsonl(self.workdir.metrics_file) if start_step else []
+        vals = [(r["val_loss"], r["step"]) for r in rows if r["step"] <= start_step]
+        vals = [v for v in vals if v[0] is not None]
+        self.best = min(vals, default=(float("inf"), 0))
         if not self.is_main:
             return
         config_lib.save(self.config, self.workdir.config_file)
@@ -81,6 +90,18 @@ class Run:
                 f"was saved after it. Last good checkpoint: {self.last_good()}."
             )
 
+    def keep_if_best(self, step: int, params, val_loss: float) -> None:
+        """Saves params to checkpoints_best/ when val loss improves (every process calls)."""
+        if val_loss < self.best[0]:
+            self.best = (val_loss, step)
+            self.best_ckpt.save(step, {"params": params})
+
+    def patience_exhausted(self, step: int) -> bool:
+        """train.early_stop_patience evals in a row without a better val loss (0: never)."""
+        t = self.config.train
+        patience = t.get("early_stop_patience", 0)
+        return bool(patience) and step - self.best[1] >= patience * t.eval_every
+
     def write(self, step: int, record: dict) -> None:
         self.summary["train_loss"] = record.get("train_loss", self.summary["train_loss"])
         for key in ("val_loss", "val_accuracy"):
@@ -91,9 +112,10 @@ class Run:
 
     def close(self) -> None:
         try:
-            if self.ckpt:
-                self.ckpt.wait_until_finished()
-                self.ckpt.close()
+            for ckpt in (self.ckpt, self.best_ckpt):
+                if ckpt:
+                    ckpt.wait_until_finished()
+                    ckpt.close()
         finally:
             if self.writer:
                 self.writer.close()

@@ -16,12 +16,19 @@ from charrnn_jax.errors import UserError
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt; repeat for several prompts.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A file whose bytes are one prompt.")
-_LENGTH = flags.DEFINE_integer("length", 1000, "Bytes to generate per sample.")
+_LENGTH = flags.DEFINE_integer(
+    "length", 1000, "Bytes (not characters: UTF-8 may take several) to generate per sample."
+)
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "0 = greedy argmax; higher = more random.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample only from the k likeliest bytes; 0 = all.")
+_TOP_P = flags.DEFINE_float(
+    "top_p", 1.0, "Nucleus sampling: only the likeliest bytes whose mass reaches p; 1 = all."
+)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed; the same seed gives the same text.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; default: the latest.")
+_STEP = flags.DEFINE_string(
+    "step", None, "Checkpoint: a step number, 'latest' (default) or 'best' (lowest val loss)."
+)
 _STOP = flags.DEFINE_string(
     "stop", "", "Stop a sample after this byte: 'newline', or a single character."
 )
@@ -74,15 +81,22 @@ def run() -> list[str]:
     from charrnn_jax import checkpointing, input_pipeline, sampling  # Import jax, as above.
 
     top_k = _TOP_K.value or None
+    top_p = _TOP_P.value if _TOP_P.value != 1.0 else None
     try:
         sampling.check_args(
-            length=_LENGTH.value, temperature=_TEMPERATURE.value, top_k=top_k, window=_WINDOW.value
+            length=_LENGTH.value,
+            temperature=_TEMPERATURE.value,
+            top_k=top_k,
+            window=_WINDOW.value,
+            top_p=top_p,
         )
     except ValueError as e:
         raise UserError(str(e)) from None
     stop_byte = parse_stop(_STOP.value)
     prompts = gather_prompts(_PROMPT.value, _PROMPT_FILE.value, _NUM_SAMPLES.value)
-    config, model, params, step = checkpointing.load_for_inference(_WORKDIR.value, _STEP.value)
+    config, model, params, step = checkpointing.load_for_inference(
+        _WORKDIR.value, checkpointing.parse_step(_STEP.value)
+    )
     if model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
     # Line-per-example runs trained every example after a newline: prompts get one too.
@@ -95,6 +109,7 @@ def run() -> list[str]:
         temperature=_TEMPERATURE.value,
         rng=jax.random.key(_SEED.value),
         top_k=top_k,
+        top_p=top_p,
         stop_byte=stop_byte,
         window=_WINDOW.value,
     )

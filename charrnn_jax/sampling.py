@@ -46,7 +46,12 @@ def encode_prompts(prompts: Sequence[bytes | str]) -> tuple[np.ndarray, np.ndarr
 
 
 def check_args(
-    *, length: int, temperature: float, top_k: int | None, window: int | None = None
+    *,
+    length: int,
+    temperature: float,
+    top_k: int | None,
+    window: int | None = None,
+    top_p: float | None = None,
 ) -> None:
     if window is not None and window <= 0:
         raise ValueError(f"window must be positive, got {window}.")
@@ -56,15 +61,34 @@ def check_args(
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
     if top_k is not None and not 0 < top_k <= models.VOCAB_SIZE:
         raise ValueError(f"top_k must be in [1, {models.VOCAB_SIZE}], got {top_k}.")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
 
 
-def choose_next(logits, keys, temperature, *, greedy: bool, top_k: int | None):
+def nucleus(probs, top_p):
+    """Zeroes all but the smallest set of likeliest bytes whose mass reaches top_p
+    (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration", sec. 3.1).
+
+    Args:
+      probs: [batch, 256] probabilities; top_p: scalar in (0, 1] (1 keeps every byte).
+
+    Bytes tied with the last one kept are kept too.
+    """
+    ordered = -jnp.sort(-probs, axis=-1)
+    mass_before = jnp.cumsum(ordered, axis=-1) - ordered
+    kept = (mass_before < top_p) | (top_p >= 1.0)
+    threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(probs >= threshold, probs, 0.0)
+
+
+def choose_next(logits, keys, temperature, *, greedy: bool, top_k: int | None, top_p=None):
     """Picks one byte per row.
 
     Args:
       logits: [batch, 256] float32.
       keys: [batch] PRNG keys, one per row.
       temperature: scalar > 0 (ignored when greedy).
+      top_p: None, or a scalar in (0, 1]: nucleus sampling (see `nucleus`).
 
     Returns:
       [batch] int32 bytes.
@@ -74,17 +98,20 @@ def choose_next(logits, keys, temperature, *, greedy: bool, top_k: int | None):
     if top_k is not None:
         kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
         logits = jnp.where(logits < kth_largest, -jnp.inf, logits)
+    probs = jax.nn.softmax(logits / temperature, axis=-1)
+    if top_p is not None:
+        probs = nucleus(probs, top_p)
     # Inverse-CDF sampling: one uniform draw per row instead of jax.random.categorical's
     # 256 Gumbels; the same distribution, about 3x cheaper per byte at batch 1 on a CPU.
-    cdf = jnp.cumsum(jax.nn.softmax(logits / temperature, axis=-1), axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
     u = jax.vmap(jax.random.uniform)(keys) * cdf[:, -1]
     return jnp.minimum(jnp.sum(cdf < u[:, None], axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
 
 
-def _emit(logits, row_keys, t, done, temperature, *, greedy, top_k, stop_byte):
+def _emit(logits, row_keys, t, done, temperature, top_p, *, greedy, top_k, stop_byte):
     """Step t's byte per row (0 once a row is done); whether it counts; the new done mask."""
     keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, t)
-    new_byte = choose_next(logits, keys, temperature, greedy=greedy, top_k=top_k)
+    new_byte = choose_next(logits, keys, temperature, greedy=greedy, top_k=top_k, top_p=top_p)
     new_byte = jnp.where(done, 0, new_byte)
     emitted = ~done
     if stop_byte is not None:
@@ -140,6 +167,7 @@ def _generate(
     prompt_lengths,
     row_keys,
     temperature,
+    top_p,
     *,
     model,
     length,
@@ -158,7 +186,15 @@ def _generate(
         context, done = state
         logits, feed = read(context)
         new_byte, emitted, done = _emit(
-            logits, row_keys, t, done, temperature, greedy=greedy, top_k=top_k, stop_byte=stop_byte
+            logits,
+            row_keys,
+            t,
+            done,
+            temperature,
+            top_p,
+            greedy=greedy,
+            top_k=top_k,
+            stop_byte=stop_byte,
         )
         return (feed(new_byte), done), (new_byte, emitted)
 
@@ -187,6 +223,7 @@ def sample(
     temperature: float,
     rng,
     top_k: int | None = None,
+    top_p: float | None = None,
     stop_byte: int | None = None,
     window: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -200,6 +237,8 @@ def sample(
       temperature: 0 for greedy argmax, else logits are divided by it.
       rng: a key, or [B] keys (row i then draws only from key i).
       top_k: keep only the k most likely bytes before sampling.
+      top_p: nucleus sampling: keep the likeliest bytes whose mass reaches top_p (after
+        top_k, if both). The value is traced: changing it does not recompile.
       stop_byte: rows stop after emitting this byte (it is included in the output).
       window: condition each byte only on the last `window` bytes (prompt included), by
         re-priming the carry from zero over them every step: costs `window` model steps
@@ -208,7 +247,7 @@ def sample(
     Returns:
       tokens [B, length] uint8 (zeros past each row's end) and lengths [B] int32.
     """
-    check_args(length=length, temperature=temperature, top_k=top_k, window=window)
+    check_args(length=length, temperature=temperature, top_k=top_k, window=window, top_p=top_p)
     tokens, lengths = encode_prompts(prompts)
     keys = row_keys_for(rng, tokens.shape[0])
     generated, out_lengths = _generate(
@@ -217,6 +256,7 @@ def sample(
         lengths,
         keys,
         jnp.float32(temperature if temperature > 0 else 1.0),
+        None if top_p is None else jnp.float32(top_p),
         model=model,
         length=length,
         window=window,

@@ -149,6 +149,9 @@ def _setup(config, group, run_list, datas):
 def _loop(config, group, run_list, datas, state, model, fns, start):
     t = config.train
     step_fn, eval_fn, reset_fn = fns
+    if start and all(run.patience_exhausted(start) for run in run_list):
+        _stop_early(run_list, start)  # Stopped early before: rerunning trains no further.
+        return state
     process, processes = jax.process_index(), jax.process_count()
     eval_data = [
         group.global_batch(batches)
@@ -159,6 +162,10 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
         [jax.random.fold_in(jax.random.key(c.seed), 2) for c in group.configs],
     )
     tokens_per_step = group.size * t.batch_size * config.data.seq_len
+    if start < t.num_steps:
+        first = group.global_batch([d.train_batch(start, process, processes) for d in datas])
+        step_fn = _compiled("train step", step_fn, state, first, dropout_rngs)
+        eval_fn = _compiled("evaluation", eval_fn, state.params, eval_data[0])
     progress = metric_logging.Progress(
         start_step=start, num_steps=t.num_steps, tokens_per_step=tokens_per_step
     )
@@ -179,21 +186,22 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
                 break
             progress.pause()
             if due.log:
-                # Rows before the save: a kill between the two then costs no row.
                 records = _records(group, live, windows, due.eval and (eval_fn, state, eval_data))
                 state = reset_fn(state)
-            if due.save:
+            progress.resume()
+            if due.log:  # Rows before the save: a kill between the two then costs no row.
+                _write_rows(group, live, records, done, progress.update(done), run_start)
+            progress.pause()
+            if due.eval:
+                _after_eval(group, live, state, records, done, model, sample_rngs)
+            stopping = due.eval and all(run.patience_exhausted(done) for _, run in live)
+            if due.save or stopping:
                 for i, run in live:
                     run.ckpt.save(done, _items(group, state, i))
-            if due.eval and config.sample.length and not model.num_classes and run_list[0].is_main:
-                for i, run in live:
-                    rng = jax.random.fold_in(sample_rngs[i], done)
-                    runs.log_sample(
-                        run, group.select(state.params, i), model, rng, done, _tag(run, group)
-                    )
             progress.resume()
-            if due.log:
-                _write_rows(group, live, records, done, progress.update(done), run_start)
+            if stopping:
+                _stop_early(run_list, done)
+                break
             if preempted:
                 logging.warning(
                     "Preemption signal: saved step %d; exiting cleanly (rerun to resume).", done
@@ -204,6 +212,40 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
     finally:
         stop.uninstall()
     return state
+
+
+def _after_eval(group, live, state, records, done, model, sample_rngs) -> None:
+    """Keeps each run's best params (checkpoints_best/) and logs a sample."""
+    for i, run in live:
+        run.keep_if_best(done, group.select(state.params, i), records[i]["val_loss"])
+    if model.num_classes or not live[0][1].config.sample.length or not live[0][1].is_main:
+        return
+    for i, run in live:
+        rng = jax.random.fold_in(sample_rngs[i], done)
+        runs.log_sample(run, group.select(state.params, i), model, rng, done, _tag(run, group))
+
+
+def _stop_early(run_list, done: int) -> None:
+    for run in run_list:
+        run.summary["early_stopped"] = True
+        logging.warning(
+            "Early stop at step %d: val loss has not improved since step %d (%.4f) for %d "
+            "evals (train.early_stop_patience); the best params are in %s.",
+            done,
+            run.best[1],
+            run.best[0],
+            run.config.train.early_stop_patience,
+            run.workdir.best_checkpoint_dir,
+        )
+
+
+def _compiled(name: str, jitted, *args):
+    """`jitted` compiled ahead of the loop, saying so: it takes seconds to minutes."""
+    logging.info("Compiling the %s...", name)
+    started = time.perf_counter()
+    compiled = jitted.lower(*args).compile()
+    logging.info("Compiled the %s in %.1f s.", name, time.perf_counter() - started)
+    return compiled
 
 
 def _check_windows(group, run_list, windows) -> list:

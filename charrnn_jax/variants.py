@@ -126,7 +126,14 @@ class Single:
         )
         start_step, restored = _restore_all(checkpointers, abstract_items)
         if start_step is None:
-            return jax.jit(init_fn, out_shardings=state_sharding)(init_keys), state_sharding, None
+            state = jax.jit(init_fn, out_shardings=state_sharding)(init_keys)
+            init_from = self.configs[0].train.get("init_from", "")
+            if init_from:  # Fine-tuning: another run's params, a fresh optimizer.
+                params = checkpointing.load_params(init_from, abstract_items["params"])
+                state = state.replace(
+                    params=self.stack([params] * self.size, state_sharding.params)
+                )
+            return state, state_sharding, None
         logging.info("Resumed from checkpoint step %d.", start_step)
         items = {}
         for item in abstract_items:

@@ -43,6 +43,9 @@ class Workdir:
     def __fspath__(self) -> str:
         return os.fspath(self.path)
 
+    def __str__(self) -> str:
+        return os.fspath(self.path)
+
     def __repr__(self) -> str:
         return f"Workdir({os.fspath(self.path)!r})"
 
@@ -71,6 +74,11 @@ class Workdir:
     def checkpoint_dir(self) -> epath.Path:
         """Absolute for local paths: Orbax requires it."""
         return (self.path if self.is_remote else self.path.absolute()) / "checkpoints"
+
+    @property
+    def best_checkpoint_dir(self) -> epath.Path:
+        """The params of the step with the lowest val loss so far (`--step=best`)."""
+        return self.checkpoint_dir.parent / "checkpoints_best"
 
     @property
     def quarantine_dir(self) -> epath.Path:
@@ -125,6 +133,7 @@ class Workdir:
             p
             for p in (
                 self.checkpoint_dir,
+                self.best_checkpoint_dir,
                 self.quarantine_dir,
                 self.metrics_file,
                 self.tensorboard_dir,

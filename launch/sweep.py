@@ -20,6 +20,7 @@ runs are skipped and unfinished ones resume from their checkpoints.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import os
 import pathlib
@@ -32,7 +33,7 @@ from absl import app, flags
 
 from charrnn_jax import sweeps
 from charrnn_jax.errors import UserError
-from charrnn_jax.workdir import Workdir
+from charrnn_jax.workdir import Workdir, is_remote
 
 FLAGS = flags.FLAGS
 
@@ -110,6 +111,24 @@ def run_local(
     return results
 
 
+def split_config_overrides(argv: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(argv without them, {key: value}) for `--config.KEY=VALUE` flags: overrides applied
+    to every run of the sweep, and left out of the run names."""
+    rest, common = [], {}
+    for arg in argv:
+        if arg.startswith("--config.") and "=" in arg:
+            key, value = arg[len("--config.") :].split("=", 1)
+            common[key] = value
+        else:
+            rest.append(arg)
+    return rest, common
+
+
+def slurm_log_dir(root: str) -> str:
+    """SLURM writes task logs to a shared file system: the root, or ./slurm_logs for a bucket."""
+    return "slurm_logs" if is_remote(root) else root
+
+
 def slurm_script(config_arg: str, root: str, runs, *, nodes: int, repo_dir: str) -> str:
     entries = "\n".join(
         f"  {shlex.quote(name + '|' + ' '.join(f'--config.{k}={v}' for k, v in o.items()))}"
@@ -120,7 +139,7 @@ def slurm_script(config_arg: str, root: str, runs, *, nodes: int, repo_dir: str)
 #SBATCH --array=0-{len(runs) - 1}
 #SBATCH --nodes={nodes}
 #SBATCH --ntasks-per-node=1
-#SBATCH --output={root}/slurm-%A_%a.out
+#SBATCH --output={slurm_log_dir(root)}/slurm-%A_%a.out
 # One array task per run; srun starts one process per node and the trainer calls
 # jax.distributed.initialize() from the SLURM environment. Reruns resume.
 set -euo pipefail
@@ -164,17 +183,21 @@ def define_flags() -> None:
     flags.mark_flags_as_required(["config", "workdir_root"])
 
 
-def main(argv):
+def main(argv, common: dict[str, str] | None = None):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
         runs = expand(FLAGS.config, FLAGS.sweep)
     except UserError as e:
         sys.exit(f"error: {e}")
+    common = common or {}
+    # Shared overrides come first on each command line, so a run's own value wins.
+    runs = [(name, {**common, **overrides}) for name, overrides in runs]
     root = FLAGS.workdir_root
     print(f"{len(runs)} runs in {root}")
     if FLAGS.launcher == "vmap":
         cmd = vmap_command(FLAGS.config, root, FLAGS.sweep, FLAGS.vmap, python=sys.executable)
+        cmd += [f"--config.{key}={value}" for key, value in common.items()]
         print(shlex.join(cmd))
         if not FLAGS.dry_run:
             sys.exit(subprocess.run(cmd).returncode)
@@ -195,8 +218,11 @@ def main(argv):
             sys.exit(f"{len(failed)} run(s) failed; see their launch.log")
         return
     if FLAGS.launcher == "slurm":
-        pathlib.Path(root).mkdir(parents=True, exist_ok=True)
-        script = pathlib.Path(root) / "sweep.sbatch"
+        # A bucket root cannot hold the script SLURM reads: it goes to the working directory.
+        script_dir = pathlib.Path("." if is_remote(root) else root)
+        script_dir.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(slurm_log_dir(root)).mkdir(parents=True, exist_ok=True)
+        script = script_dir / "sweep.sbatch"
         script.write_text(
             slurm_script(FLAGS.config, root, runs, nodes=FLAGS.nodes, repo_dir=FLAGS.repo_dir)
         )
@@ -220,4 +246,5 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    remaining, shared = split_config_overrides(sys.argv)
+    app.run(functools.partial(main, common=shared), argv=remaining)

@@ -115,3 +115,11 @@ def test_compare_command_writes_plot_csv_and_summary(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "Speed ratio" in summary and "Keras backend: jax" in summary
     assert result["params_keras"] - result["params_ours"] == 2 * 16
+
+
+def test_compare_picks_a_cadence_that_draws_a_curve():
+    config = compare.prepare_config(tiny_config(), steps=60, parity=False)
+    assert (config.train.log_every, config.train.eval_every) == (5, 20)  # 12 rows, 3 vals.
+    assert config.eval.mode == "windows"  # The metric both sides can compute.
+    config = compare.prepare_config(tiny_config(), steps=60, parity=False, log_every=2)
+    assert (config.train.log_every, config.train.eval_every) == (2, 20)

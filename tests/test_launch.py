@@ -3,9 +3,11 @@ and TPU VM outputs, and the report."""
 
 import json
 import shlex
+import subprocess
+import sys
 
 import pytest
-from conftest import REPO, TINY_SWEEP_CONFIG
+from conftest import REPO, TINY_SWEEP_CONFIG, subprocess_env
 
 from charrnn_jax import config_lib
 from launch import report, sweep
@@ -106,3 +108,63 @@ def test_slurm_script_and_tpu_vm_commands_are_well_formed():
     assert inner.startswith("cd ~/c && python -m charrnn_jax.main")
     assert "--workdir=gs://bucket/sweep/lr=0.2,seed=0" in inner
     assert "--config.train.learning_rate=0.2" in inner
+
+
+def _launch(cwd, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "launch.sweep", *args],
+        cwd=cwd,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_shared_config_overrides_reach_every_run_but_not_its_name(tmp_path):
+    config = str(REPO / "experiments" / "shakespeare.py") + ":tiny"
+    result = _launch(
+        tmp_path,
+        f"--config={config}",
+        f"--workdir_root={tmp_path / 'root'}",
+        "--dry_run",
+        "--config.train.num_steps=7",
+        "--config.train.learning_rate=0.5",  # The sweep's own learning rates win.
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = [line for line in result.stdout.splitlines() if "charrnn_jax.main" in line]
+    assert len(commands) == 8
+    for line in commands:
+        args = shlex.split(line)
+        assert "--config.train.num_steps=7" in args
+        rates = [a for a in args if a.startswith("--config.train.learning_rate=")]
+        assert rates[-1] != "--config.train.learning_rate=0.5"  # Last one wins in absl.
+        assert "num_steps" not in next(a for a in args if a.startswith("--workdir="))
+
+
+def test_slurm_with_a_bucket_root_writes_nothing_under_gs(tmp_path):
+    config = str(REPO / "experiments" / "shakespeare.py") + ":tiny"
+    result = _launch(
+        tmp_path,
+        f"--config={config}",
+        "--workdir_root=gs://bucket/sweep",
+        "--launcher=slurm",
+        "--dry_run",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    script = (tmp_path / "sweep.sbatch").read_text()
+    assert "#SBATCH --output=slurm_logs/slurm-%A_%a.out" in script
+    assert "--workdir=gs://bucket/sweep/" in script
+    assert not (tmp_path / "gs:").exists()
+
+
+def test_report_on_a_missing_root_is_one_error_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "launch.report", f"--workdir_root={tmp_path / 'none'}"],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1 and result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr

@@ -185,3 +185,33 @@ def test_compiles_once_per_bucket_and_length(model_and_params):
     assert sampling._generate._cache_size() == before
     _sample(model_and_params, ["a much longer prompt here"] * 2, length=17)
     assert sampling._generate._cache_size() == before + 1
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    probs = jnp.array([[0.5, 0.3, 0.15, 0.05] + [0.0] * 252])
+    kept = lambda p: np.flatnonzero(np.asarray(sampling.nucleus(probs, p))[0])  # noqa: E731
+    assert kept(0.5).tolist() == [0]  # The top byte alone reaches 0.5.
+    assert kept(0.6).tolist() == [0, 1]
+    assert kept(0.9).tolist() == [0, 1, 2]
+    assert kept(0.97).tolist() == [0, 1, 2, 3]
+    assert kept(1.0).tolist() == [0, 1, 2, 3]
+
+
+def test_top_p_samples_only_inside_the_nucleus_and_reuses_the_program():
+    model = FixedLogits()
+    logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05] + [1e-9] * 252))
+    params = {"logits": logits}
+    tokens, _ = sampling.sample(
+        params, model, ["x"] * 64, length=50, temperature=1.0, rng=jax.random.key(0), top_p=0.75
+    )
+    seen = set(np.unique(tokens).tolist())
+    assert seen == {0, 1}  # 0.5 + 0.3 reach 0.75; byte 2 (0.15) never appears.
+    before = sampling._generate._cache_size()
+    sampling.sample(
+        params, model, ["x"] * 64, length=50, temperature=1.0, rng=jax.random.key(0), top_p=0.9
+    )
+    assert sampling._generate._cache_size() == before  # top_p is traced, not static.
+    with pytest.raises(ValueError, match="top_p must be in"):
+        sampling.sample(
+            params, model, ["x"], length=5, temperature=1.0, rng=jax.random.key(0), top_p=0
+        )
