@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup train train-full test lint bench
+.PHONY: setup train train-full test test-fast lint bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ train-full: setup  ## The TF tutorial model (embed 256, GRU 1024): use an accele
 test: setup  ## With huge pages, as the CLIs run (charrnn_jax/host_memory.py).
 	$(BIN)/ruff check .
 	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest
+
+test-fast: setup  ## The fast tier: everything but the end-to-end runs marked slow.
+	$(BIN)/ruff check .
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest -m "not slow"
 
 bench: setup
 	$(BIN)/python benchmarks/sampling.py
