@@ -26,6 +26,13 @@ _STEP = flags.DEFINE_string(
 _STREAMS = flags.DEFINE_integer(
     "streams", 0, "Contiguous streams scored in parallel (0: the run's eval.streams or batch)."
 )
+_METRIC = flags.DEFINE_enum(
+    "metric",
+    "full",
+    ["full", "windows"],
+    "'full': every byte once, carry kept; 'windows': the run's train.eval_batches fixed "
+    "windows from a zero carry (the cheap metric), for comparison.",
+)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a sentence.")
 flags.mark_flag_as_required("workdir")
 
@@ -52,9 +59,19 @@ def run() -> dict:
         tokens, source = parts[_SPLIT.value], f"the {_SPLIT.value} split of {path}"
     if len(tokens) < 2:
         raise UserError(f"{source} has {len(tokens)} bytes; at least 2 are needed.")
+    if _METRIC.value == "windows":
+        result = evaluation.score_windows(
+            params,
+            model,
+            tokens,
+            batch=config.train.batch_size,
+            seq_len=d.seq_len,
+            batches=config.train.eval_batches,
+        )
+        return {**result, "step": step, "source": source, "metric": "windows"}
     streams = _STREAMS.value or train.eval_streams(config) or config.train.batch_size
     result = evaluation.score_bytes(params, model, tokens, streams=streams, chunk=d.seq_len)
-    return {**result, "step": step, "source": source, "streams": streams}
+    return {**result, "step": step, "source": source, "streams": streams, "metric": "full"}
 
 
 def _path(name: str) -> pathlib.Path:
@@ -69,9 +86,10 @@ def main(argv):
     if _JSON.value:
         print(json.dumps(result))
         return
+    how = f"{result['streams']} streams" if "streams" in result else "fixed windows"
     sys.stdout.write(
         f"{result['source']}: {result['bytes']:,} bytes, {result['loss']:.4f} nats/byte, "
-        f"{result['bpb']:.4f} bits/byte (step {result['step']}, {result['streams']} streams)\n"
+        f"{result['bpb']:.4f} bits/byte (step {result['step']}, {how})\n"
     )
 
 

@@ -41,5 +41,21 @@ def score_bytes(params, model, tokens: np.ndarray, *, streams: int, chunk: int, 
         out_shardings=repl,
     )
     sums = jax.device_get(score(jax.device_put(params, repl), sharded))
+    return _result(sums)
+
+
+def score_windows(params, model, tokens: np.ndarray, *, batch: int, seq_len: int, batches: int):
+    """The old, cheap metric (eval.mode='windows'): `batches` x `batch` fixed windows of
+    seq_len bytes spread over `tokens`, each from a zero carry. Only part of the split is
+    scored, and each window's first bytes lack their context."""
+    windows = input_pipeline.eval_batches(
+        tokens, global_batch=batch, seq_len=seq_len, num_batches=batches
+    )
+    score = jax.jit(functools.partial(steps.eval_step, apply_fn=model.apply, chunk=seq_len))
+    sums = jax.device_get([score(params, w) for w in windows])
+    return _result(jax.tree.map(lambda *x: np.sum(x, dtype=np.float64), *sums))
+
+
+def _result(sums) -> dict:
     loss = float(sums["loss_sum"] / sums["weight"])
     return {"bytes": int(sums["weight"]), "loss": loss, "bpb": loss / math.log(2)}

@@ -13,7 +13,7 @@ import optax
 import pytest
 from conftest import REPO, subprocess_env, tiny_config
 
-from charrnn_jax import evaluation, input_pipeline, metric_logging, models, train
+from charrnn_jax import checkpointing, evaluation, input_pipeline, metric_logging, models, train
 from charrnn_jax.input_pipeline import DataError
 
 
@@ -183,3 +183,15 @@ def test_zipped_corpora_are_checked_and_extracted_offline(tmp_path, monkeypatch,
     with pytest.raises(DataError, match=f"has {kind}"):
         input_pipeline.resolve_path(name, "")
     assert not list((tmp_path / "cache").iterdir())  # Nothing half-installed.
+
+
+def test_windows_metric_reproduces_the_trainers_windowed_val(tmp_path):
+    config = tiny_config(**{"eval.mode": "windows", "train.num_steps": 3})
+    train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1])
+    logged = metric_logging.read_jsonl(tmp_path / "metrics.jsonl")[-1]["val_loss"]
+    _, model, params, _ = checkpointing.load_for_inference(tmp_path)
+    val = input_pipeline.split(
+        input_pipeline.load_bytes(input_pipeline.resolve_path("tinyshakespeare", "")), 0.1
+    )[1]
+    got = evaluation.score_windows(params, model, val, batch=8, seq_len=32, batches=2)
+    assert got["loss"] == pytest.approx(logged, rel=1e-5) and got["bytes"] == 2 * 8 * 32
