@@ -39,7 +39,7 @@ flags.mark_flag_as_required("workdir")
 
 def run() -> dict:
     # These import jax: after cli.run's huge-page restart, which must come first.
-    from charrnn_jax import checkpointing, evaluation, input_pipeline, train
+    from charrnn_jax import checkpointing, evaluation, input_pipeline
 
     config, model, params, step = checkpointing.load_for_inference(
         _WORKDIR.value, checkpointing.parse_step(_STEP.value)
@@ -69,7 +69,7 @@ def run() -> dict:
             batches=config.train.eval_batches,
         )
         return {**result, "step": step, "source": source, "metric": "windows"}
-    streams = _STREAMS.value or train.eval_streams(config) or config.train.batch_size
+    streams = _STREAMS.value or evaluation.eval_streams(config) or config.train.batch_size
     result = evaluation.score_bytes(params, model, tokens, streams=streams, chunk=d.seq_len)
     return {**result, "step": step, "source": source, "streams": streams, "metric": "full"}
 

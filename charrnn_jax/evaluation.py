@@ -18,6 +18,14 @@ import numpy as np
 from charrnn_jax import input_pipeline, parallel, steps
 
 
+def eval_streams(config) -> int:
+    """Streams of the full-split val metric, or 0 for fixed windows (and non-byte data)."""
+    evaluation = config.get("eval") or {"mode": "windows"}  # Configs from before 'eval'.
+    if evaluation["mode"] != "full" or config.data.mode not in input_pipeline.BYTE_MODES:
+        return 0
+    return evaluation["streams"] or config.train.batch_size
+
+
 def score_bytes(params, model, tokens: np.ndarray, *, streams: int, chunk: int, mesh=None):
     """Cross-entropy of `tokens[1:]` given everything before each byte in its stream.
 

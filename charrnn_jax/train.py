@@ -21,6 +21,7 @@ from absl import logging
 from charrnn_jax import (
     checkpointing,
     config_lib,
+    evaluation,
     input_pipeline,
     loop_utils,
     metric_logging,
@@ -70,17 +71,9 @@ def load_data(configs) -> list:
                 seed=c.seed,
                 global_batch=c.train.batch_size,
                 num_eval_batches=c.train.eval_batches,
-                eval_streams=eval_streams(c),
+                eval_streams=evaluation.eval_streams(c),
             )
     return [pipelines[c.seed] for c in configs]
-
-
-def eval_streams(config) -> int:
-    """Streams of the full-split val metric, or 0 for fixed windows (and non-byte data)."""
-    evaluation = config.get("eval") or {"mode": "windows"}  # Configs from before 'eval'.
-    if evaluation["mode"] != "full" or config.data.mode not in input_pipeline.BYTE_MODES:
-        return 0
-    return evaluation["streams"] or config.train.batch_size
 
 
 def _train(configs, workdirs, group_type, *, devices, restart: bool) -> list[dict]:

@@ -3,9 +3,17 @@
 import jax
 import numpy as np
 import pytest
-from conftest import load_experiment
+from conftest import REPO, load_experiment
 
-from charrnn_jax import input_pipeline, metric_logging, models, sampling, text_metrics, train
+from charrnn_jax import (
+    config_lib,
+    input_pipeline,
+    metric_logging,
+    models,
+    sampling,
+    text_metrics,
+    train,
+)
 from charrnn_jax.classification import predict
 
 
@@ -162,3 +170,25 @@ def test_windowed_greedy_matches_a_reference_loop_and_is_deterministic():
     )
     wide, _ = sampling.sample(params, model, prompts, **{**kwargs, "window": 64})
     np.testing.assert_array_equal(full, wide)
+
+
+@pytest.mark.parametrize("name", ["enwik8", "text8"])
+def test_benchmark_configs_train_on_a_stand_in_file(tmp_path, shakespeare_path, name):
+    """enwik8/text8 cannot be downloaded here: their configs run on tiny Shakespeare."""
+    config = load_experiment(name)
+    assert (config.data.name, config.data.mode) == (name, "stream")
+    assert config.data.val_fraction == config.data.test_fraction == 0.05
+    small = {"model.hidden_size": 32, "model.embed_dim": 16, "model.num_layers": 1}
+    small.update({"train.batch_size": 8, "data.seq_len": 32, "train.warmup_steps": 0})
+    config = _few_steps(config, **small, **{"data.path": str(shakespeare_path)})
+    summary = train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:2])
+    assert summary["final_step"] == 4 and np.isfinite(summary["val_loss"])
+
+
+def test_every_experiment_starts_from_the_base_config_and_loads_no_other():
+    for path in sorted((REPO / "experiments").glob("*.py")):
+        text = path.read_text()
+        assert "config_lib.base_config()" in text, path.name
+        assert "load_config_file" not in text, path.name
+        name, preset = path.stem, ("tiny" if "tiny" in text else None)
+        config_lib.validate(load_experiment(name, preset))  # Every value valid.
