@@ -27,10 +27,15 @@ Carry = tuple[Any, ...]  # One entry per layer: h for GRU, (c, h) for LSTMs.
 
 
 def zero_carry(cell_type: str, num_layers: int, batch_size: int, hidden_size: int) -> Carry:
-    """The all-zero starting state; kept in float32 even for bfloat16 compute."""
-    h = jnp.zeros((batch_size, hidden_size), jnp.float32)
-    layer = h if cell_type == "gru" else (h, h)
-    return tuple(layer for _ in range(num_layers))
+    """The all-zero starting state; kept in float32 even for bfloat16 compute.
+
+    Every leaf is a buffer of its own, so a carry built outside jit can be donated.
+    """
+
+    def zeros():
+        return jnp.zeros((batch_size, hidden_size), jnp.float32)
+
+    return tuple(zeros() if cell_type == "gru" else (zeros(), zeros()) for _ in range(num_layers))
 
 
 class _MaskedCell(nn.Module):

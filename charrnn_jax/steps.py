@@ -27,13 +27,15 @@ class TrainState(train_state.TrainState):
 
 
 def empty_window() -> dict:
-    """Running sums since the last metrics row; bad_step 0 means every step was finite."""
-    zero = jnp.zeros([], jnp.float32)
+    """Running sums since the last metrics row; bad_step 0 means every step was finite.
+
+    Each leaf is its own buffer, so a state built outside jit can still be donated.
+    """
     return {
-        "loss": zero,
-        "grad_norm": zero,
-        "accuracy": zero,
-        "learning_rate": zero,
+        "loss": jnp.zeros([], jnp.float32),
+        "grad_norm": jnp.zeros([], jnp.float32),
+        "accuracy": jnp.zeros([], jnp.float32),
+        "learning_rate": jnp.zeros([], jnp.float32),
         "steps": jnp.zeros([], jnp.int32),
         "bad_step": jnp.zeros([], jnp.int32),
     }
