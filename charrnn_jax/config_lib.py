@@ -27,10 +27,22 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    d, m, t, s = config.data, config.model, config.train, config.sample
+    """Every value checked once, here, before any data loads or anything compiles."""
+    _validate_data(config)
+    _validate_model(config.model, config.data)
+    _validate_train(config.train)
+    _validate_rest(config)
+
+
+def _one_of(value, choices, key: str) -> None:
+    _require(value in choices, f"{key} must be one of {tuple(choices)}, got {value!r}.")
+
+
+def _validate_data(config) -> None:
+    d = config.data
     _require(d.seq_len > 0, f"data.seq_len must be positive, got {d.seq_len}.")
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}.")
-    _require(d.mode in DATA_MODES, f"data.mode must be one of {DATA_MODES}, got {d.mode!r}.")
+    _one_of(d.mode, DATA_MODES, "data.mode")
     test_fraction = d.get("test_fraction", 0.0)
     _require(
         0 <= test_fraction < 1 - d.val_fraction,
@@ -38,11 +50,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
     )
     evaluation = config.get("eval")
     if evaluation is not None:
-        _require(
-            evaluation.mode in EVAL_MODES,
-            f"eval.mode must be one of {EVAL_MODES}, got {evaluation.mode!r}.",
-        )
+        _one_of(evaluation.mode, EVAL_MODES, "eval.mode")
         _require(evaluation.streams >= 0, f"eval.streams must be >= 0, got {evaluation.streams}.")
+    _require(bool(d.name or d.path), "Set data.name (a registered dataset) or data.path.")
+
+
+def _validate_model(m, d) -> None:
     num_classes = m.get("num_classes", 0)
     _require(
         num_classes >= 0 and num_classes != 1,
@@ -52,23 +65,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         (num_classes > 0) == (d.mode == "labelled"),
         "Classifiers (model.num_classes > 0) need data.mode='labelled' and vice versa.",
     )
-    _require(bool(d.name or d.path), "Set data.name (a registered dataset) or data.path.")
-    _require(
-        m.cell in models.CELL_TYPES,
-        f"model.cell must be one of {tuple(models.CELL_TYPES)}, got {m.cell!r}.",
-    )
-    _require(
-        m.dtype in models.DTYPES,
-        f"model.dtype must be one of {tuple(models.DTYPES)}, got {m.dtype!r}.",
-    )
-    gru_impl = m.get("gru_impl", "fused")
-    _require(
-        gru_impl in models.GRU_IMPLS,
-        f"model.gru_impl must be one of {models.GRU_IMPLS}, got {gru_impl!r}.",
-    )
+    _one_of(m.cell, models.CELL_TYPES, "model.cell")
+    _one_of(m.dtype, models.DTYPES, "model.dtype")
+    _one_of(m.get("gru_impl", "fused"), models.GRU_IMPLS, "model.gru_impl")
     for key in ("embed_dim", "hidden_size", "num_layers"):
         _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}.")
     _require(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}.")
+
+
+def _validate_train(t) -> None:
     for key in (
         "batch_size",
         "num_steps",
@@ -83,14 +88,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         t.get("early_stop_patience", 0) >= 0,
         f"train.early_stop_patience must be >= 0 (0 = off), got {t.get('early_stop_patience')}.",
     )
-    _require(
-        t.optimizer in OPTIMIZERS,
-        f"train.optimizer must be one of {OPTIMIZERS}, got {t.optimizer!r}.",
-    )
+    _one_of(t.optimizer, OPTIMIZERS, "train.optimizer")
     _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
-    _require(
-        t.schedule in SCHEDULES, f"train.schedule must be one of {SCHEDULES}, got {t.schedule!r}."
-    )
+    _one_of(t.schedule, SCHEDULES, "train.schedule")
     _require(
         0 <= t.warmup_steps < t.num_steps or t.warmup_steps == 0,
         f"train.warmup_steps must be in [0, num_steps), got {t.warmup_steps}.",
@@ -99,6 +99,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         t.grad_clip_norm >= 0,
         f"train.grad_clip_norm must be >= 0 (0 = off), got {t.grad_clip_norm}.",
     )
+
+
+def _validate_rest(config) -> None:
+    s = config.sample
     if "sweep" in config:
         _require(
             config.sweep.vmap >= 0,

@@ -141,24 +141,15 @@ def _setup(config, group, run_list, datas):
 
 def _loop(config, group, run_list, datas, state, model, fns, start):
     t = config.train
-    step_fn, eval_fn, reset_fn = fns
+    reset_fn = fns[2]
     if start and all(run.patience_exhausted(start) for run in run_list):
         _stop_early(run_list, start)  # Stopped early before: rerunning trains no further.
         return state
     process, processes = jax.process_index(), jax.process_count()
-    eval_data = [
-        group.global_batch(batches)
-        for batches in zip(*[d.eval_batches(process, processes) for d in datas], strict=True)
-    ]
-    dropout_rngs, sample_rngs = (
-        group.keys(1),
-        [jax.random.fold_in(jax.random.key(c.seed), 2) for c in group.configs],
-    )
+    dropout_rngs = group.keys(1)
+    sample_rngs = [jax.random.fold_in(jax.random.key(c.seed), 2) for c in group.configs]
+    step_fn, eval_fn, eval_data = _compile_for_loop(group, datas, state, fns, start, dropout_rngs)
     tokens_per_step = group.size * t.batch_size * config.data.seq_len
-    if start < t.num_steps:
-        first = group.global_batch([d.train_batch(start, process, processes) for d in datas])
-        step_fn = _compiled("train step", step_fn, state, first, dropout_rngs)
-        eval_fn = _compiled("evaluation", eval_fn, state.params, eval_data[0])
     progress = metric_logging.Progress(
         start_step=start, num_steps=t.num_steps, tokens_per_step=tokens_per_step
     )
@@ -205,6 +196,21 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
     finally:
         stop.uninstall()
     return state
+
+
+def _compile_for_loop(group, datas, state, fns, start, dropout_rngs):
+    """The eval batches, and the train and eval steps compiled for them ahead of the loop."""
+    step_fn, eval_fn, _ = fns
+    process, processes = jax.process_index(), jax.process_count()
+    eval_data = [
+        group.global_batch(batches)
+        for batches in zip(*[d.eval_batches(process, processes) for d in datas], strict=True)
+    ]
+    if start < group.configs[0].train.num_steps:
+        first = group.global_batch([d.train_batch(start, process, processes) for d in datas])
+        step_fn = _compiled("train step", step_fn, state, first, dropout_rngs)
+        eval_fn = _compiled("evaluation", eval_fn, state.params, eval_data[0])
+    return step_fn, eval_fn, eval_data
 
 
 def _after_eval(group, live, state, records, done, model, sample_rngs) -> None:
