@@ -124,20 +124,3 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(UserError, match="not writable"):
         train.train_and_evaluate(tiny_config(), blocker / "run")
-
-
-def test_progress_reports_rates_and_eta_with_an_injected_clock():
-    now = [100.0]
-    progress = metric_logging.Progress(
-        start_step=0, num_steps=100, tokens_per_step=50, clock=lambda: now[0]
-    )
-    now[0] += 2.0
-    progress.pause()
-    now[0] += 30.0  # Eval time is excluded.
-    progress.resume()
-    rates = progress.update(10)
-    assert rates["steps_per_sec"] == pytest.approx(5.0)
-    assert rates["tokens_per_sec"] == pytest.approx(250.0)
-    assert rates["eta_sec"] == pytest.approx(18.0)
-    line = metric_logging.progress_line(10, 100, {"train_loss": 1.0, "train_bpb": 1.44}, rates)
-    assert "step 10/100" in line and "250 tok/s" in line and "ETA 0m18s" in line
