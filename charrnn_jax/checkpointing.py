@@ -358,9 +358,17 @@ def load_params(source: str, abstract_params):
     if head and (tail.isdigit() or tail in ("best", "latest")):
         workdir, step = head, parse_step(tail)
     workdir = Workdir(workdir)
-    if not workdir.checkpoint_dir.is_dir():
-        raise UserError(f"train.init_from={source!r}: no checkpoints in {workdir.path}.")
+    found, params = _restore_params(workdir, abstract_params, step)
+    logging.info("Initialised params from step %d of %s.", found, workdir.path)
+    return params
+
+
+def _restore_params(workdir: Workdir, abstract_params, step):
+    """(step, params) of a step number, the latest (None) or the best ('best') checkpoint."""
     best = step == "best"
+    directory = workdir.best_checkpoint_dir if best else workdir.checkpoint_dir
+    if not directory.is_dir():
+        raise UserError(f"No {'best ' if best else ''}checkpoints in {workdir.path}: train first.")
     ckpt = Checkpointer(workdir, read_only=True, async_save=False, best=best)
     try:
         found, items = ckpt.restore(
@@ -369,9 +377,8 @@ def load_params(source: str, abstract_params):
     finally:
         ckpt.close()
     if found is None:
-        raise UserError(f"train.init_from={source!r}: no checkpoints in {workdir.path}.")
-    logging.info("Initialised params from step %d of %s.", found, workdir.path)
-    return items["params"]
+        raise UserError(f"No checkpoints in {directory}: train first.")
+    return found, items["params"]
 
 
 def load_for_inference(workdir, step: int | str | None = None):
@@ -389,8 +396,6 @@ def load_for_inference(workdir, step: int | str | None = None):
         raise UserError(f"Workdir {workdir.path} does not exist.")
     config = config_lib.load(workdir.config_file)
     model = models.from_config(config.model)
-    if not workdir.checkpoint_dir.is_dir():
-        raise UserError(f"No checkpoints in {workdir.path}: train first, or check the path.")
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
     )
@@ -398,18 +403,5 @@ def load_for_inference(workdir, step: int | str | None = None):
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
     )
-    best = step == "best"
-    if best and not workdir.best_checkpoint_dir.is_dir():
-        raise UserError(
-            f"{workdir.path} has no best checkpoint yet (one is kept from the first eval)."
-        )
-    ckpt = Checkpointer(workdir, read_only=True, async_save=False, best=best)
-    try:
-        restored_step, restored = ckpt.restore(
-            {"params": abstract}, step=ckpt.latest_step() if best else step
-        )
-    finally:
-        ckpt.close()
-    if restored_step is None:
-        raise UserError(f"No checkpoints in {workdir.checkpoint_dir}: train first.")
-    return config, model, restored["params"], restored_step
+    restored_step, params = _restore_params(workdir, abstract, step)
+    return config, model, params, restored_step

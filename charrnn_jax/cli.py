@@ -26,8 +26,9 @@ class _QuietLibraries(logging_std.Filter):
     note that no TPU is present (warnings and errors still show)."""
 
     def filter(self, record):
-        if "Unable to initialize backend" in str(record.msg):
-            return False
+        text = str(record.msg)
+        if "Unable to initialize backend" in text or "read_only" in text or "read only" in text:
+            return False  # No TPU here / Orbax noting that a reader opened checkpoints read-only.
         if "orbax" not in record.pathname:
             return True
         if record.levelno >= logging_std.WARNING and record.exc_info:

@@ -9,10 +9,11 @@ Presets (the part after the colon):
           3,440 steps (= the tutorial's 20 epochs of 172 batches).
   tiny    embed 64, GRU 256: learns visibly on a 2-core CPU in a few minutes.
 
-Measured (2-core AVX-512 CPU, float32):
-  tiny, 1000 steps in 4 min: train loss 1.48, val 1.65 nats/byte (2.38 bits/byte).
-  full (tutorial) preset: about 3,900-4,200 tokens/s (0.6 steps/s) on this CPU; 60 steps
-  reach val 2.44 (README "Compare with the Keras tutorial").
+Measured (`CHARRNN_DATA_DIR=../shared/data make train`, 2-core AMD EPYC, float32):
+  tiny, 1000 steps: train loss 1.4809, val 1.6200 nats/byte on the full split (2.3371
+  bits/byte); the old fixed-window metric gives 1.6500 on the same model
+  (`python -m charrnn_jax.evaluate --workdir=runs/tiny --metric=windows`).
+  full (tutorial) preset: see benchmarks/README.md for its speed on CPUs.
 """
 
 import ml_collections

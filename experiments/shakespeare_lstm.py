@@ -9,7 +9,8 @@ Presets:
           sliding-window seed used LSTM 256 with dropout 0.3).
   tiny    2 x LSTM 128, dropout 0.1: learns on a 2-core CPU in a few minutes.
 
-Measured (2-core CPU): tiny, 1000 steps in 4 min 10 s: train 1.84, val 1.88 nats/byte.
+Measured (2-core AMD EPYC, shared with other jobs; the second command above): tiny,
+279,808 params, 1000 steps: train 1.8569, val 1.8640 nats/byte on the full split.
 The full preset was not run here (it wants an accelerator).
 """
 

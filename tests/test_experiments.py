@@ -175,7 +175,7 @@ def test_windowed_greedy_matches_a_reference_loop_and_is_deterministic():
 @pytest.mark.parametrize("name", ["enwik8", "text8"])
 def test_benchmark_configs_train_on_a_stand_in_file(tmp_path, shakespeare_path, name):
     """enwik8/text8 cannot be downloaded here: their configs run on tiny Shakespeare."""
-    config = load_experiment(name)
+    config = load_experiment("hutter", name)
     assert (config.data.name, config.data.mode) == (name, "stream")
     assert config.data.val_fraction == config.data.test_fraction == 0.05
     small = {"model.hidden_size": 32, "model.embed_dim": 16, "model.num_layers": 1}
@@ -190,5 +190,5 @@ def test_every_experiment_starts_from_the_base_config_and_loads_no_other():
         text = path.read_text()
         assert "config_lib.base_config()" in text, path.name
         assert "load_config_file" not in text, path.name
-        name, preset = path.stem, ("tiny" if "tiny" in text else None)
+        name, preset = path.stem, ("tiny" if '"tiny"' in text else None)
         config_lib.validate(load_experiment(name, preset))  # Every value valid.
