@@ -128,7 +128,7 @@ def _download(name: str, entry: RegisteredDataset, dest: pathlib.Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(entry.url, timeout=30) as resp:
-            shutil.copyfileobj(resp, out, 1 << 20)
+            out.write(resp.read())
         install(name, entry, pathlib.Path(tmp), dest)
     except OSError as e:
         raise DataError(

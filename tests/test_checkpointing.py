@@ -117,6 +117,7 @@ def _sigterm_after(workdir, step: int, overrides) -> int:
     return int(out.split("Preempted at step ")[1].split(";")[0])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     overrides = {**RESUME_RUN, "train.checkpoint_every": 1000}
     stopped_at = _sigterm_after(tmp_path, 20, overrides)
@@ -128,6 +129,7 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     assert rerun.returncode == 0 and f"Resumed from checkpoint step {stopped_at}" in rerun.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_during_saves_leaves_readable_checkpoints(tmp_path):
     overrides = {**RESUME_RUN, "train.checkpoint_every": 1}  # A save is always in flight.
     stopped_at = _sigterm_after(tmp_path, 10, overrides)
@@ -139,6 +141,7 @@ def _run(tmp_path, **overrides):
     return train.train_and_evaluate(tiny_config(**overrides), tmp_path, devices=jax.devices()[:2])
 
 
+@pytest.mark.slow
 def test_raising_num_steps_on_resume_trains_longer(tmp_path):
     assert _run(tmp_path)["final_step"] == 6
     summary = _run(tmp_path, **{"train.num_steps": 9})
@@ -156,6 +159,7 @@ def test_checkpoint_from_another_shape_names_both_shapes(tmp_path):
         _run(tmp_path, **{"model.hidden_size": 48})
 
 
+@pytest.mark.slow
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog):
     _run(tmp_path)  # Saves at 3 and 6.
     latest = tmp_path / "checkpoints" / "6"
@@ -169,6 +173,7 @@ def test_corrupted_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
     assert (tmp_path / "checkpoints_unreadable" / "6").is_dir()  # Kept, not deleted.
 
 
+@pytest.mark.slow
 def test_deleted_files_in_latest_checkpoint_fall_back(tmp_path):
     _run(tmp_path)
     shutil.rmtree(tmp_path / "checkpoints" / "6" / "opt_state")

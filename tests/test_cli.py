@@ -8,6 +8,8 @@ from conftest import REPO, subprocess_env, tiny_overrides
 
 from charrnn_jax import distributed, host_memory, metric_logging
 
+pytestmark = pytest.mark.slow  # Subprocess runs and trainings: not in make test-fast.
+
 CONFIG = f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny"
 
 

@@ -37,6 +37,7 @@ def _reference_loss(model, params, tokens, streams, chunk):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("streams, chunk", [(1, 7), (4, 16), (8, 5)])
+@pytest.mark.slow
 def test_chunked_scan_with_the_carry_kept_equals_one_pass(shakespeare_path, cell, streams, chunk):
     model = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=2, cell_type=cell)
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
@@ -79,6 +80,7 @@ def test_stream_windows_walk_contiguously_and_reset_per_epoch():
     assert all(at(s)[0].max() + seq + 1 <= n for s in range(3 * per_epoch))
 
 
+@pytest.mark.slow
 def test_stream_mode_carries_the_state_between_steps(tmp_path):
     """The carry after a step is the model's state at the end of each row's window."""
     config = tiny_config(**{"data.mode": "stream", "train.num_steps": 2})
@@ -91,6 +93,7 @@ def test_stream_mode_carries_the_state_between_steps(tmp_path):
     assert windowed["state"].carry is None
 
 
+@pytest.mark.slow
 def test_vmapped_sweep_in_stream_mode_matches_plain_runs(tmp_path):
     configs = [
         tiny_config(**{"data.mode": "stream", "train.log_every": 1, "seed": s}) for s in (0, 1)
@@ -142,6 +145,7 @@ def test_evaluate_cli_reproduces_the_logged_val_loss_and_scores_files(trained, t
     assert set(scored) >= {"bytes", "loss", "bpb"}
 
 
+@pytest.mark.slow
 def test_a_run_without_a_test_split_says_so(tmp_path):
     train.train_and_evaluate(tiny_config(**{"train.num_steps": 2}), tmp_path)
     result = _evaluate(f"--workdir={tmp_path}", "--split=test")

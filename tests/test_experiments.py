@@ -38,6 +38,7 @@ def _few_steps(config, **overrides):
         ("sentiment", None),
     ],
 )
+@pytest.mark.slow
 def test_each_config_trains_a_few_steps_on_its_data(tmp_path, name, preset):
     config = _few_steps(
         load_experiment(name, preset),
@@ -73,6 +74,7 @@ def test_lines_mode_rejects_a_seq_len_shorter_than_a_line(tmp_path):
         train.train_and_evaluate(config, tmp_path)
 
 
+@pytest.mark.slow
 def test_dinos_sampler_keeps_the_prefix_and_stops_at_the_newline(tmp_path):
     config = _few_steps(
         load_experiment("dinos"), **{"train.num_steps": 150, "train.eval_every": 150}
@@ -97,6 +99,7 @@ def test_name_stats():
     assert stats == {"count": 4, "novel": 0.5, "well_formed": 0.75}
 
 
+@pytest.mark.slow
 def test_classifier_learns_a_separable_task(tmp_path):
     rng = np.random.default_rng(0)
     words = ["the", "film", "was", "a", "plot", "and", "acting", "it", "really", "so"]
@@ -173,6 +176,7 @@ def test_windowed_greedy_matches_a_reference_loop_and_is_deterministic():
 
 
 @pytest.mark.parametrize("name", ["enwik8", "text8"])
+@pytest.mark.slow
 def test_benchmark_configs_train_on_a_stand_in_file(tmp_path, shakespeare_path, name):
     """enwik8/text8 cannot be downloaded here: their configs run on tiny Shakespeare."""
     config = load_experiment("hutter", name)

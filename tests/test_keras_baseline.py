@@ -15,6 +15,8 @@ from charrnn_jax import comparison as compare  # noqa: E402
 from charrnn_jax import models, steps, train  # noqa: E402
 from charrnn_jax.baselines import keras_tutorial  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Subprocess runs and trainings: not in make test-fast.
+
 # Measured on this CPU (float32, JAX backend): 2.6e-7 at step 0, 4.6e-4 after 20 steps
 # at lr 3e-3. Adam turns float noise in near-zero gradients into +-lr steps, so the
 # curves drift apart slowly even with identical math.

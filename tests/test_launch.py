@@ -45,6 +45,7 @@ def test_shakespeare_sweep_names_are_unique_and_stable():
     assert sweep.run_name({"model.seed": 1, "train.seed": 2}) == "model.seed=1,train.seed=2"
 
 
+@pytest.mark.slow
 def test_local_launcher_runs_records_a_failure_skips_finished_and_reports(tmp_path):
     config_file = tmp_path / "sweep_config.py"
     config_file.write_text(SWEEP_CONFIG)

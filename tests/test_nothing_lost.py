@@ -127,6 +127,7 @@ def _abstract_items(config):
             getattr(state, item), jax.tree.map(lambda _: group.repl, getattr(state, item))
         )
         for item in checkpointing.ITEMS
+        if getattr(state, item) is not None  # The carry exists in stream mode only.
     }
 
 
@@ -158,7 +159,7 @@ def test_a_flipped_bit_anywhere_is_detected(tmp_path, saved_run, item):
 def test_checksums_match_what_restores(saved_run):
     abstract = _abstract_items(tiny_config())
     step, items = checkpointing.Checkpointer(saved_run, read_only=True).restore(abstract)
-    assert step == 6 and set(items) == set(checkpointing.ITEMS)
+    assert step == 6 and set(items) == set(checkpointing.ITEMS) - {"carry"}
 
 
 @pytest.mark.parametrize(
@@ -170,6 +171,7 @@ def test_checksums_match_what_restores(saved_run):
         ({"model.hidden_size": 48}, r"head/kernel has shape \(32, 256\) in the checkpoint"),
     ],
 )
+@pytest.mark.slow
 def test_a_config_that_does_not_match_moves_nothing(tmp_path, saved_run, override, message):
     shutil.copytree(saved_run, tmp_path / "run")
     with pytest.raises(UserError, match=message):
@@ -191,6 +193,7 @@ def test_unreadable_files_are_an_error_not_corruption(tmp_path, saved_run):
     assert not (tmp_path / "run" / "checkpoints_unreadable").exists()
 
 
+@pytest.mark.slow
 def test_never_starts_from_zero_over_quarantined_checkpoints(tmp_path, saved_run):
     shutil.copytree(saved_run, tmp_path / "run")
     for step in ("3", "6"):
@@ -228,6 +231,7 @@ def test_a_failed_start_leaves_no_workdir_behind(tmp_path, monkeypatch):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_a_second_trainer_fails_at_once_and_the_first_goes_on(tmp_path):
     overrides = {**EXACT_RUN, "train.num_steps": 200, "train.log_every": 1}
     first = subprocess.Popen(
@@ -285,6 +289,7 @@ def test_a_killed_trainers_lock_is_taken_over(tmp_path):
         ),
     ],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_error_line_and_leaves_nothing(tmp_path, args, message):
     args = [a.replace("=W", f"={tmp_path / 'run'}").replace("=D", f"={tmp_path}") for a in args]
     result = subprocess.run(

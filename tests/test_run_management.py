@@ -18,6 +18,7 @@ def _leaves(params):
     return [np.asarray(x) for x in jax.tree.leaves(params)]
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_kept_and_served_with_step_best(tmp_path):
     # A learning rate that first helps, then (too high) hurts: val rises after a while.
     _run(tmp_path, **{"train.num_steps": 12, "train.eval_every": 2, "train.max_to_keep": 1})
@@ -34,6 +35,7 @@ def test_best_checkpoint_is_kept_and_served_with_step_best(tmp_path):
         checkpointing.parse_step("newest")
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_a_rerun_trains_no_further(tmp_path):
     overrides = {
         "train.num_steps": 200,
@@ -53,6 +55,7 @@ def test_early_stopping_stops_and_a_rerun_trains_no_further(tmp_path):
     assert metric_logging.read_jsonl(tmp_path / "metrics.jsonl") == rows
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_another_runs_params_with_a_fresh_optimizer(tmp_path):
     source = _run(tmp_path / "source", **{"train.num_steps": 6})
     fine = train.train_and_evaluate(

@@ -13,6 +13,7 @@ from charrnn_jax.errors import UserError
 from charrnn_jax.input_pipeline import DataError
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_2kb_of_text(tmp_path, shakespeare_path):
     text = tmp_path / "small.txt"
     text.write_bytes(shakespeare_path.read_bytes()[:2200])
@@ -35,6 +36,7 @@ def test_tiny_model_overfits_2kb_of_text(tmp_path, shakespeare_path):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.slow
 def test_one_and_four_devices_give_the_same_losses(tmp_path, cell):
     assert jax.device_count() >= 4, "conftest sets 4 fake CPU devices"
     losses = {}
@@ -62,6 +64,7 @@ def test_run_writes_metrics_config_and_tensorboard(tmp_path):
     assert summary["final_step"] == 6 and summary["resumed_from"] is None
 
 
+@pytest.mark.slow
 def test_learning_lowers_the_loss(tmp_path):
     config = tiny_config(
         **{
@@ -76,6 +79,7 @@ def test_learning_lowers_the_loss(tmp_path):
     assert records[-1]["train_loss"] < records[0]["train_loss"] - 1.0
 
 
+@pytest.mark.slow
 def test_same_seed_same_curve_other_seed_other_curve(tmp_path):
     def curve(name, seed):
         config = tiny_config(**{"train.log_every": 1})

@@ -14,6 +14,8 @@ from charrnn_jax.errors import UserError
 from charrnn_jax.workdir import Workdir
 from launch import report, sweep
 
+pytestmark = pytest.mark.slow  # Subprocess runs and trainings: not in make test-fast.
+
 VARIANTS = [
     {"seed": 0, "train.learning_rate": 3e-3},
     {"seed": 1, "train.learning_rate": 1e-2, "train.grad_clip_norm": 0.5},
