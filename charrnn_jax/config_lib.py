@@ -103,6 +103,8 @@ def _validate_train(t) -> None:
 
 def _validate_rest(config) -> None:
     s = config.sample
+    if "wandb" in config:
+        _one_of(config.wandb.mode, ("online", "offline", "disabled"), "wandb.mode")
     if "sweep" in config:
         _require(
             config.sweep.vmap >= 0,
@@ -167,6 +169,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.prompt = ""  # Prompt of the samples logged while training ('' = a newline).
     config.sample.length = 200  # Bytes per logged sample; 0 turns samples off.
     config.sample.temperature = 0.8  # Sampling temperature for logged samples.
+
+    config.wandb = ml_collections.ConfigDict()
+    config.wandb.enable = False  # Also log rows to Weights & Biases (`pip install .[wandb]`).
+    config.wandb.project = "charrnn_jax"  # The W&B project; the run is named after the workdir.
+    config.wandb.mode = "online"  # 'online', 'offline' (sync later with `wandb sync`), 'disabled'.
 
     config.sweep = ml_collections.ConfigDict()
     config.sweep.vmap = 0  # K > 0: train sweep() K variants per vmapped program (README).

@@ -18,14 +18,17 @@ sweep tools read. One JSON object per line, with exactly these keys:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 
 from absl import logging
 from tensorboardX import SummaryWriter
 
+from charrnn_jax.errors import UserError
 from charrnn_jax.workdir import Workdir, is_remote
 
 FIELDS = (
@@ -122,36 +125,82 @@ class TensorBoardWriter:
         self._writer.close()
 
 
-class MetricWriter:
-    """One writer over a run's JSONL and TensorBoard files, shaped like clu's MetricWriter.
+class WandbWriter:
+    """Rows to Weights & Biases (optional: `pip install .[wandb]`, off by default).
 
-    Our trainer and the Keras baseline both write through it, so their files agree.
+    The run id is derived from the workdir, so a resumed run continues the same W&B run;
+    W&B keeps what it was sent, so rows a resume rewrites appear there once more.
+    mode='offline' writes under the workdir and syncs later (`wandb sync`).
     """
 
-    def __init__(self, workdir, *, resume_step: int, tensorboard: bool = True):
+    def __init__(self, workdir: Workdir, *, project: str, mode: str, config: dict | None):
+        try:
+            import wandb  # Optional extra, loaded only when enabled.
+        except ImportError:
+            raise UserError("wandb.enable=True needs `pip install '.[wandb]'`.") from None
+        run_id = hashlib.sha1(os.fspath(workdir.path).encode()).hexdigest()[:16]
+        workdir.path.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(
+            project=project,
+            name=workdir.name,
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=os.fspath(workdir.path),
+            config=config,
+        )
+
+    def write(self, record: dict) -> None:
+        values = {k: v for k, v in record.items() if k != "step" and v is not None}
+        self._run.log(values, step=record["step"])
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        del tag, text, step  # Samples stay in the log and TensorBoard.
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class MetricWriter:
+    """One writer over a run's JSONL, TensorBoard and (optionally) W&B, shaped like clu's
+    MetricWriter. Our trainer and the Keras baseline both write through it.
+    """
+
+    def __init__(self, workdir, *, resume_step: int, tensorboard: bool = True, wandb_config=None):
         workdir = Workdir(workdir)
         self._jsonl = JsonlWriter(workdir.metrics_file, resume_step)
         self._tb = TensorBoardWriter(workdir.tensorboard_dir) if tensorboard else None
+        self._wandb = None
+        if wandb_config is not None and wandb_config.get("enable"):
+            self._wandb = WandbWriter(
+                workdir,
+                project=wandb_config["project"],
+                mode=wandb_config["mode"],
+                config=wandb_config.get("run_config"),
+            )
 
     @property
     def wall_time_offset(self) -> float:
         """Training seconds already spent before a resume (the last kept row's wall_time)."""
         return self._jsonl.wall_time_offset
 
+    def _streams(self):
+        return [w for w in (self._tb, self._wandb) if w is not None]
+
     def write_scalars(self, step: int, record: dict) -> None:
         self._jsonl.write({"step": step, **record})
-        if self._tb:
-            self._tb.write({"step": step, **record})
+        for writer in self._streams():
+            writer.write({"step": step, **record})
 
     def write_texts(self, step: int, texts: dict[str, str]) -> None:
         for tag, text in texts.items():
-            if self._tb:
-                self._tb.write_text(tag, text, step)
+            for writer in self._streams():
+                writer.write_text(tag, text, step)
 
     def close(self) -> None:
         self._jsonl.close()
-        if self._tb:
-            self._tb.close()
+        for writer in self._streams():
+            writer.close()
 
 
 class Progress:

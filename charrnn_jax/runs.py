@@ -73,7 +73,12 @@ class Run:
         if not self.is_main:
             return
         config_lib.save(self.config, self.workdir.config_file)
-        self.writer = metric_logging.MetricWriter(self.workdir, resume_step=start_step)
+        wandb = self.config.get("wandb")
+        self.writer = metric_logging.MetricWriter(
+            self.workdir,
+            resume_step=start_step,
+            wandb_config=None if wandb is None else {**wandb, "run_config": self.config.to_dict()},
+        )
         self.wall_offset = self.writer.wall_time_offset
 
     def last_good(self) -> str:

@@ -38,3 +38,23 @@ def test_writer_drops_rows_past_the_restored_step_and_keeps_wall_time(tmp_path):
     assert set(rows[0]) == set(metric_logging.FIELDS)
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert math.isclose(metric_logging.bits_per_byte(math.log(2)), 1.0)
+
+
+def test_wandb_offline_gets_every_row_and_resumes_the_same_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    import jax
+    from conftest import tiny_config
+
+    from charrnn_jax import train
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    overrides = {"wandb.enable": True, "wandb.mode": "offline", "train.num_steps": 4}
+    train.train_and_evaluate(tiny_config(**overrides), tmp_path, devices=jax.devices()[:1])
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    (log,) = runs[0].glob("*.wandb")  # The offline run's record log, synced later.
+    records = log.read_bytes()
+    assert b"train_loss" in records and b"val_loss" in records and b"grad_norm" in records
+    overrides["train.num_steps"] = 6
+    train.train_and_evaluate(tiny_config(**overrides), tmp_path, devices=jax.devices()[:1])
+    ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
+    assert len(ids) == 1  # The resumed run logs to the same W&B run id.
