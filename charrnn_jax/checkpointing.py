@@ -122,6 +122,12 @@ class Checkpointer:
                     enable_async_checkpointing=async_save,
                     create=not read_only,
                     read_only=read_only,
+                    # Two managers (latest and best) save the same step numbers; without
+                    # their own barrier names, processes can pair one's barrier with the
+                    # other's and hang (seen in 2-process runs).
+                    multiprocessing_options=ocp.options.MultiprocessingOptions(
+                        barrier_sync_key_prefix="best" if best else "latest"
+                    ),
                 ),
                 item_handlers=handlers,
             )

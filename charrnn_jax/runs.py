@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from charrnn_jax import checkpointing, config_lib, input_pipeline, metric_logging, sampling
 from charrnn_jax.errors import NonFiniteLossError, UserError
@@ -48,6 +49,8 @@ class Run:
             self._lock.acquire()
             if restart:
                 self.workdir.set_aside("--restart")
+        if restart and jax.process_count() > 1:  # Nobody opens checkpoints before the move.
+            multihost_utils.sync_global_devices("charrnn_restart")
         self.ckpt = checkpointing.Checkpointer(
             self.workdir, max_to_keep=self.config.train.max_to_keep
         )

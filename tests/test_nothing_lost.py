@@ -52,6 +52,16 @@ def _run_main(workdir, *extra, **overrides):
     )
 
 
+def _start_main(workdir, **overrides) -> subprocess.Popen:
+    """The trainer CLI in the background (for signals, or a second trainer beside it)."""
+    return subprocess.Popen(
+        main_command(workdir, **overrides),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def _one_error_line(result) -> str:
     assert result.returncode == 1, result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -83,12 +93,7 @@ def _wait_for(predicate, proc, timeout=120.0):
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_metrics_are_exact_after_an_interruption_between_rows(tmp_path, reference_run, sig):
-    proc = subprocess.Popen(
-        main_command(tmp_path, **EXACT_RUN),
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_main(tmp_path, **EXACT_RUN)
     ckpt_dir = Workdir(tmp_path).checkpoint_dir
     # Once step 10 is committed, the run is between rows (7, 14) with a partial window.
     _wait_for(lambda: (ckpt_dir / "10").is_dir(), proc)
@@ -234,12 +239,7 @@ def test_a_failed_start_leaves_no_workdir_behind(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_second_trainer_fails_at_once_and_the_first_goes_on(tmp_path):
     overrides = {**EXACT_RUN, "train.num_steps": 200, "train.log_every": 1}
-    first = subprocess.Popen(
-        main_command(tmp_path, **overrides),
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    first = _start_main(tmp_path, **overrides)
     metrics = Workdir(tmp_path).metrics_file
     _wait_for(lambda: metrics.is_file() and metrics.read_text().count("\n") >= 2, first)
     started = time.monotonic()
