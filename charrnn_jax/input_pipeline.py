@@ -246,10 +246,7 @@ def window_starts(
         order = np.random.default_rng((seed, epoch)).permutation(num_chunks)
         chunk_ids = order[index * global_batch : (index + 1) * global_batch]
         return chunk_ids * (seq_len + 1)
-    if mode == "stream":
-        return stream_window_starts(
-            num_tokens, seed=seed, step=step, global_batch=global_batch, seq_len=seq_len
-        )[0]
+    # 'stream' rows also carry reset flags: train_batch calls stream_window_starts itself.
     raise DataError(f"Unknown data.mode {mode!r}; expected 'random', 'epoch' or 'stream'.")
 
 

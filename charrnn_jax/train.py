@@ -215,13 +215,13 @@ def _compile_for_loop(group, datas, state, fns, start, dropout_rngs):
 
 def _after_eval(group, live, state, records, done, model, sample_rngs) -> None:
     """Keeps each run's best params (checkpoints_best/) and logs a sample."""
+    sample = not model.num_classes and live[0][1].config.sample.length and live[0][1].is_main
     for i, run in live:
-        run.keep_if_best(done, group.select(state.params, i), records[i]["val_loss"])
-    if model.num_classes or not live[0][1].config.sample.length or not live[0][1].is_main:
-        return
-    for i, run in live:
-        rng = jax.random.fold_in(sample_rngs[i], done)
-        runs.log_sample(run, group.select(state.params, i), model, rng, done, _tag(run, group))
+        params = group.select(state.params, i)  # Once per variant, for both uses.
+        run.keep_if_best(done, params, records[i]["val_loss"])
+        if sample:
+            rng = jax.random.fold_in(sample_rngs[i], done)
+            runs.log_sample(run, params, model, rng, done, _tag(run, group))
 
 
 def _stop_early(run_list, done: int) -> None:
