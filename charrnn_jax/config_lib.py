@@ -68,6 +68,10 @@ def _validate_model(m, d) -> None:
     _one_of(m.cell, models.CELL_TYPES, "model.cell")
     _one_of(m.dtype, models.DTYPES, "model.dtype")
     _one_of(m.get("gru_impl", "fused"), models.GRU_IMPLS, "model.gru_impl")
+    _one_of(m.get("scan", "auto"), models.SCAN_MODES, "model.scan")
+    _require(
+        m.get("mlp_ratio", 2) > 0, f"model.mlp_ratio must be positive, got {m.get('mlp_ratio')}."
+    )
     for key in ("embed_dim", "hidden_size", "num_layers"):
         _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}.")
     _require(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}.")
@@ -134,7 +138,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.seq_len = 100  # Bytes per training window (inputs; targets are shifted by 1).
 
     config.model = ml_collections.ConfigDict()
-    config.model.cell = "gru"  # 'gru', 'lstm' or 'optimized_lstm'.
+    # 'gru', 'lstm', 'optimized_lstm'; or residual blocks of 'mingru', 'minlstm', 'lru'.
+    config.model.cell = "gru"
     config.model.embed_dim = 256  # Byte embedding size.
     config.model.hidden_size = 1024  # Units per recurrent layer.
     config.model.num_layers = 1  # Stacked recurrent layers.
@@ -142,6 +147,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
     config.model.gru_impl = "fused"  # 'fused' (fast path) or 'flax' (nn.scan(GRUCell)).
     config.model.num_classes = 0  # 0 = language model; >= 2 = many-to-one classifier.
+    # Residual blocks only: 'parallel' (associative scan), 'sequential' (lax.scan) or
+    # 'auto' (the faster one on this backend: sequential on CPU, parallel elsewhere).
+    config.model.scan = "auto"
+    config.model.mlp_ratio = 2  # Residual blocks only: gated MLP width / hidden_size.
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64  # Global batch, split over all devices.

@@ -2,6 +2,8 @@
 
 The carry is explicit so training (zero carry), priming a prompt and sampling one byte at
 a time all run the same module, like the Keras tutorial's `return_state=True` model.
+The linear recurrences (minGRU, minLSTM, LRU) replace the stacked cells with residual
+blocks (see linear_recurrences); everything around them is the same.
 """
 
 from __future__ import annotations
@@ -13,17 +15,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from charrnn_jax import linear_recurrences
+
 VOCAB_SIZE = 256
 
-CELL_TYPES = {
+CLASSIC_CELLS = {
     "gru": nn.GRUCell,
     "lstm": nn.LSTMCell,
     "optimized_lstm": nn.OptimizedLSTMCell,
 }
+CELL_TYPES = (*CLASSIC_CELLS, *linear_recurrences.LINEAR_CELLS)
+SCAN_MODES = ("auto", *linear_recurrences.SCAN_MODES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 GRU_IMPLS = ("fused", "flax")
 
-Carry = tuple[Any, ...]  # One entry per layer: h for GRU, (c, h) for LSTMs.
+Carry = tuple[Any, ...]  # Per layer: h (GRU, minGRU, minLSTM), (c, h) (LSTMs), (re, im) (LRU).
 
 
 def zero_carry(cell_type: str, num_layers: int, batch_size: int, hidden_size: int) -> Carry:
@@ -31,6 +37,12 @@ def zero_carry(cell_type: str, num_layers: int, batch_size: int, hidden_size: in
 
     Every leaf is a buffer of its own, so a carry built outside jit can be donated.
     """
+
+    if cell_type in linear_recurrences.LINEAR_CELLS:
+        return tuple(
+            linear_recurrences.zero_carry(cell_type, batch_size, hidden_size)
+            for _ in range(num_layers)
+        )
 
     def zeros():
         return jnp.zeros((batch_size, hidden_size), jnp.float32)
@@ -52,7 +64,7 @@ class _MaskedCell(nn.Module):
     @nn.compact
     def __call__(self, carry, inputs):
         x, valid = inputs
-        cell = CELL_TYPES[self.cell_type](
+        cell = CLASSIC_CELLS[self.cell_type](
             features=self.hidden_size, dtype=self.dtype, param_dtype=jnp.float32, name="cell"
         )
         new_carry, y = cell(carry, x)
@@ -334,13 +346,17 @@ class CharRNN(nn.Module):
       embed_dim: size of each byte's embedding.
       hidden_size: width of every recurrent layer.
       num_layers: number of stacked recurrent layers.
-      cell_type: 'gru' (default), 'lstm' or 'optimized_lstm'.
-      dropout_rate: dropout on each recurrent layer's output during training.
+      cell_type: 'gru' (default), 'lstm' or 'optimized_lstm'; or 'mingru', 'minlstm' or
+        'lru', each in a residual block with a gated MLP (see linear_recurrences).
+      dropout_rate: dropout on each recurrent layer's output during training (residual
+        blocks: on each branch's output).
       dtype: compute dtype; params stay float32.
       gru_impl: 'fused' (hoisted input projection, hand-written backward pass) or 'flax'
         (nn.scan over nn.GRUCell, the reference); same params, same function.
       num_classes: 0 for a language model; else a many-to-one classifier whose logits come
         from the last layer's hidden state at each row's length (padding never counts).
+      parallel_scan: residual blocks only: associative scan over time (True) or lax.scan.
+      mlp_ratio: residual blocks only: the gated MLP's width over hidden_size.
     """
 
     embed_dim: int
@@ -351,6 +367,8 @@ class CharRNN(nn.Module):
     dtype: Any = jnp.float32
     num_classes: int = 0
     gru_impl: str = "fused"
+    parallel_scan: bool = False
+    mlp_ratio: int = 2
 
     def initialize_carry(self, batch_size: int) -> Carry:
         return zero_carry(self.cell_type, self.num_layers, batch_size, self.hidden_size)
@@ -392,6 +410,21 @@ class CharRNN(nn.Module):
         tokens_tm = tokens.T
         valid_tm = None if valid is None else valid.T
         embed = nn.Embed(VOCAB_SIZE, self.embed_dim, dtype=self.dtype, name="embed")
+        if self.cell_type in linear_recurrences.LINEAR_CELLS:
+            x, new_carry = linear_recurrences.BlockStack(
+                self.cell_type,
+                self.hidden_size,
+                self.num_layers,
+                self.mlp_ratio,
+                self.dropout_rate,
+                self.dtype,
+                self.parallel_scan,
+                _dense_dot_general(self.dtype),
+                name="blocks",
+            )(carry, embed(tokens_tm), valid_tm, train=train)
+            return self._outputs(
+                x, linear_recurrences.last_valid(x, valid_tm), new_carry, time_major_logits
+            )
         fused = self.cell_type == "gru" and self.gru_impl == "fused"
         # Folding the embedding into the first projection pays once there are more
         # positions than byte values (training); one-step sampling projects directly.
@@ -410,10 +443,14 @@ class CharRNN(nn.Module):
             new_carry.append(layer_carry)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        last = new_carry[-1] if self.cell_type == "gru" else new_carry[-1][1]
+        if self.num_classes and self.dropout_rate > 0:
+            last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
+        return self._outputs(x, last, new_carry, time_major_logits)
+
+    def _outputs(self, xs, last, new_carry, time_major_logits):
+        """The head: next-byte logits from every step, or class logits from `last`."""
         if self.num_classes:
-            last = new_carry[-1] if self.cell_type == "gru" else new_carry[-1][1]
-            if self.dropout_rate > 0:
-                last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
             logits = nn.Dense(
                 self.num_classes,
                 dtype=self.dtype,
@@ -423,7 +460,7 @@ class CharRNN(nn.Module):
             return logits.astype(jnp.float32), tuple(new_carry)
         logits = nn.Dense(
             VOCAB_SIZE, dtype=self.dtype, dot_general=_dense_dot_general(self.dtype), name="head"
-        )(x)
+        )(xs)
         logits = logits.astype(jnp.float32)
         return (logits if time_major_logits else logits.transpose(1, 0, 2)), tuple(new_carry)
 
@@ -439,4 +476,13 @@ def from_config(model_config) -> CharRNN:
         dtype=DTYPES[model_config.dtype],
         num_classes=model_config.get("num_classes", 0),
         gru_impl=model_config.get("gru_impl", "fused"),
+        parallel_scan=scan_mode(model_config.get("scan", "auto")) == "parallel",
+        mlp_ratio=model_config.get("mlp_ratio", 2),
     )
+
+
+def scan_mode(configured: str) -> str:
+    """'parallel' or 'sequential'; 'auto' is the faster one on this backend."""
+    if configured != "auto":
+        return configured
+    return linear_recurrences.default_scan_mode(jax.default_backend())

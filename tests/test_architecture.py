@@ -65,9 +65,13 @@ def test_import_graph_is_the_documented_one():
     assert actual == _documented_graph()
 
 
-@pytest.mark.parametrize("module", ["models", "input_pipeline"])
+@pytest.mark.parametrize("module", ["linear_recurrences", "input_pipeline"])
 def test_leaf_modules_import_nothing_of_the_package(module):
     assert _package_imports(_modules()[module][1]) == set()
+
+
+def test_models_import_only_the_recurrences():
+    assert _package_imports(_modules()["models"][1]) == {"linear_recurrences"}
 
 
 def test_sampling_does_no_io():

@@ -57,10 +57,13 @@ def _final_params(workdir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["random", "stream"])
-def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path, mode):
-    """Stream mode too: the carried state is checkpointed with the params."""
-    run = {**RESUME_RUN, "data.mode": mode}
+@pytest.mark.parametrize(
+    "mode, cell", [("random", "gru"), ("stream", "gru"), ("stream", "mingru"), ("random", "lru")]
+)
+def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path, mode, cell):
+    """Stream mode too (the carried state is checkpointed with the params), and the
+    linear recurrences (the LRU's carry is two arrays per layer)."""
+    run = {**RESUME_RUN, "data.mode": mode, "model.cell": cell}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(
         _main_cmd(straight, **run), env=_env(), check=True, capture_output=True, timeout=300
