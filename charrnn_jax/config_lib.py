@@ -74,7 +74,15 @@ def _validate_model(m, d) -> None:
     )
     for key in ("embed_dim", "hidden_size", "num_layers"):
         _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}.")
-    _require(0 <= m.dropout < 1, f"model.dropout must be in [0, 1), got {m.dropout}.")
+    for key in ("dropout", "input_dropout", "recurrent_dropout"):
+        rate = m.get(key, 0.0)
+        _require(0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}.")
+    _require(
+        not m.get("recurrent_dropout", 0.0)
+        or (m.cell == "gru" and m.get("gru_impl", "fused") == "fused"),
+        "model.recurrent_dropout (DropConnect on the recurrent kernel) needs model.cell='gru' "
+        f"with model.gru_impl='fused'; got cell={m.cell!r}.",
+    )
 
 
 def _validate_train(t) -> None:
@@ -88,6 +96,10 @@ def _validate_train(t) -> None:
         "max_to_keep",
     ):
         _require(t[key] > 0, f"train.{key} must be positive, got {t[key]}.")
+    _require(
+        t.get("weight_decay", 0.0) >= 0,
+        f"train.weight_decay must be >= 0, got {t.get('weight_decay')}.",
+    )
     _require(
         t.get("early_stop_patience", 0) >= 0,
         f"train.early_stop_patience must be >= 0 (0 = off), got {t.get('early_stop_patience')}.",
@@ -144,6 +156,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.hidden_size = 1024  # Units per recurrent layer.
     config.model.num_layers = 1  # Stacked recurrent layers.
     config.model.dropout = 0.0  # Dropout on each recurrent layer's output while training.
+    config.model.input_dropout = 0.0  # Dropout on the byte embeddings while training.
+    config.model.recurrent_dropout = 0.0  # Fused GRU: DropConnect on the recurrent kernel.
+    config.model.variational_dropout = False  # One mask per sequence for all time steps.
     config.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
     config.model.gru_impl = "fused"  # 'fused' (fast path) or 'flax' (nn.scan(GRUCell)).
     config.model.num_classes = 0  # 0 = language model; >= 2 = many-to-one classifier.
@@ -161,6 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.warmup_steps = 0  # Linear warmup steps.
     config.train.grad_clip_norm = 0.0  # Clip by global norm; 0 turns clipping off.
     config.train.adam_eps = 1e-7  # Keras's Adam epsilon (optax's default is 1e-8).
+    config.train.weight_decay = 0.0  # Decoupled (AdamW) decay of the weight matrices.
     config.train.log_every = 50  # Steps between progress lines / JSONL records.
     config.train.eval_every = 500  # Steps between val evaluations (and samples).
     config.train.eval_batches = 16  # Val batches per evaluation in eval.mode='windows'.

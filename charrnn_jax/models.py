@@ -329,11 +329,18 @@ class FusedGRULayer(nn.Module):
 
     hidden_size: int
     dtype: Any
+    recurrent_dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, carry, inputs, valid=None, tokens=None):
+    def __call__(self, carry, inputs, valid=None, tokens=None, *, train: bool = False):
         """inputs: [time, batch, in] or, with `tokens` [time, batch], the [256, in] table."""
         w_i, b_i, w_h, b_hn = _ScanScope(inputs.shape[-1], self.hidden_size, name="scan")()
+        if train and self.recurrent_dropout > 0:
+            # DropConnect on the hidden-to-hidden weights (Wan et al. 2013, "Regularization
+            # of Neural Networks using DropConnect", eq. 2), one mask per step for all
+            # time steps and rows: the weight-dropped RNN of Merity et al. 2018,
+            # "Regularizing and Optimizing LSTM Language Models", Section 4.1.
+            w_h = nn.Dropout(self.recurrent_dropout, deterministic=False)(w_h)
         projected = mixed_matmul(inputs.astype(self.dtype), w_i.astype(self.dtype)) + b_i
         hs, h_last = gru_recurrence(projected, tokens, carry, w_h, b_hn, valid, self.dtype)
         return h_last, hs
@@ -355,6 +362,11 @@ class CharRNN(nn.Module):
         (nn.scan over nn.GRUCell, the reference); same params, same function.
       num_classes: 0 for a language model; else a many-to-one classifier whose logits come
         from the last layer's hidden state at each row's length (padding never counts).
+      input_dropout: dropout on the byte embeddings during training.
+      recurrent_dropout: fused GRU only: DropConnect on each layer's recurrent kernel.
+      variational_dropout: one dropout mask per sequence, shared by all its time steps
+        (Gal and Ghahramani 2016, "A Theoretically Grounded Application of Dropout in
+        Recurrent Neural Networks", Section 4), for the input and between-layer dropout.
       parallel_scan: residual blocks only: associative scan over time (True) or lax.scan.
       mlp_ratio: residual blocks only: the gated MLP's width over hidden_size.
     """
@@ -367,6 +379,9 @@ class CharRNN(nn.Module):
     dtype: Any = jnp.float32
     num_classes: int = 0
     gru_impl: str = "fused"
+    input_dropout: float = 0.0
+    recurrent_dropout: float = 0.0
+    variational_dropout: bool = False
     parallel_scan: bool = False
     mlp_ratio: int = 2
 
@@ -410,6 +425,9 @@ class CharRNN(nn.Module):
         tokens_tm = tokens.T
         valid_tm = None if valid is None else valid.T
         embed = nn.Embed(VOCAB_SIZE, self.embed_dim, dtype=self.dtype, name="embed")
+        # Time is axis 0 inside: a variational mask is broadcast over it.
+        drop_dims = (0,) if self.variational_dropout else ()
+        drop_inputs = train and self.input_dropout > 0
         if self.cell_type in linear_recurrences.LINEAR_CELLS:
             x, new_carry = linear_recurrences.BlockStack(
                 self.cell_type,
@@ -421,20 +439,26 @@ class CharRNN(nn.Module):
                 self.parallel_scan,
                 _dense_dot_general(self.dtype),
                 name="blocks",
-            )(carry, embed(tokens_tm), valid_tm, train=train)
+            )(carry, self._drop_inputs(embed(tokens_tm), drop_dims, train), valid_tm, train=train)
             return self._outputs(
                 x, linear_recurrences.last_valid(x, valid_tm), new_carry, time_major_logits
             )
         fused = self.cell_type == "gru" and self.gru_impl == "fused"
         # Folding the embedding into the first projection pays once there are more
         # positions than byte values (training); one-step sampling projects directly.
-        fold = fused and time * batch > VOCAB_SIZE
+        # (Not with input dropout while training: each position needs its own dropped row.)
+        fold = fused and time * batch > VOCAB_SIZE and not drop_inputs
         x = embed(jnp.arange(VOCAB_SIZE)) if fold else embed(tokens_tm)
+        if not fold:
+            x = self._drop_inputs(x, drop_dims, train)
         new_carry = []
         for i in range(self.num_layers):
             if fused:
-                layer_carry, x = FusedGRULayer(self.hidden_size, self.dtype, name=f"rnn_{i}")(
-                    carry[i], x, valid_tm, tokens_tm if (fold and i == 0) else None
+                layer = FusedGRULayer(
+                    self.hidden_size, self.dtype, self.recurrent_dropout, name=f"rnn_{i}"
+                )
+                layer_carry, x = layer(
+                    carry[i], x, valid_tm, tokens_tm if (fold and i == 0) else None, train=train
                 )
             else:
                 layer_carry, x = RecurrentLayer(
@@ -442,11 +466,16 @@ class CharRNN(nn.Module):
                 )(carry[i], x, valid_tm)
             new_carry.append(layer_carry)
             if self.dropout_rate > 0:
-                x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+                x = nn.Dropout(self.dropout_rate, drop_dims, deterministic=not train)(x)
         last = new_carry[-1] if self.cell_type == "gru" else new_carry[-1][1]
         if self.num_classes and self.dropout_rate > 0:
             last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
         return self._outputs(x, last, new_carry, time_major_logits)
+
+    def _drop_inputs(self, x, drop_dims, train):
+        if not (train and self.input_dropout > 0):
+            return x
+        return nn.Dropout(self.input_dropout, drop_dims, deterministic=False, name="drop_in")(x)
 
     def _outputs(self, xs, last, new_carry, time_major_logits):
         """The head: next-byte logits from every step, or class logits from `last`."""
@@ -478,6 +507,9 @@ def from_config(model_config) -> CharRNN:
         gru_impl=model_config.get("gru_impl", "fused"),
         parallel_scan=scan_mode(model_config.get("scan", "auto")) == "parallel",
         mlp_ratio=model_config.get("mlp_ratio", 2),
+        input_dropout=model_config.get("input_dropout", 0.0),
+        recurrent_dropout=model_config.get("recurrent_dropout", 0.0),
+        variational_dropout=model_config.get("variational_dropout", False),
     )
 
 

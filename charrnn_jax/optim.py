@@ -38,11 +38,25 @@ def make_optimizer(
     else:
         schedule = optax.constant_schedule(peak)
     parts = [optax.clip_by_global_norm(clip)] if t.grad_clip_norm > 0 else []
-    if t.optimizer == "keras_adam":
-        parts += [scale_by_keras_adam(eps=t.adam_eps), optax.scale_by_learning_rate(schedule)]
-    else:
+    adam = scale_by_keras_adam(eps=t.adam_eps) if t.optimizer == "keras_adam" else None
+    weight_decay = t.get("weight_decay", 0.0)
+    if weight_decay > 0:
+        # Decoupled weight decay (AdamW: Loshchilov and Hutter 2019, Algorithm 2, line 12)
+        # on the matrices only; biases, norms and the LRU's vectors are not decayed.
+        parts += [
+            adam or optax.scale_by_adam(eps=t.adam_eps),
+            optax.add_decayed_weights(weight_decay, mask=_matrices),
+            optax.scale_by_learning_rate(schedule),
+        ]
+    elif adam:
+        parts += [adam, optax.scale_by_learning_rate(schedule)]
+    else:  # Without decay, optax.adam's own state tree (older checkpoints restore).
         parts.append(optax.adam(schedule, eps=t.adam_eps))
     return optax.chain(*parts), schedule
+
+
+def _matrices(params):
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
 def scale_by_keras_adam(b1=0.9, b2=0.999, eps=1e-7) -> optax.GradientTransformation:
