@@ -1,7 +1,7 @@
 """Equal parameters, equal wall-clock: GRU, LSTM, minGRU, minLSTM and LRU on tiny Shakespeare.
 
     python benchmarks/cell_comparison.py --root=/tmp/cells [--sizes=1M,4M]
-        [--cells=gru,lstm,mingru,minlstm,lru] [--minutes=4] [--plot=docs/cell_comparison.png]
+        [--cells=gru,lstm,mingru,minlstm,lru] [--minutes=3] [--plot=docs/cell_comparison.png]
 
 For each size, every cell gets two layers (stacked cells, or residual blocks for the
 linear recurrences) with the width that brings its parameter count nearest the target,
@@ -10,7 +10,7 @@ and the same recipe: embed 64, seq_len 128, batch 64, Adam 2e-3 after 50 warmup 
 dropout. Each run is the real trainer (`python -m charrnn_jax.main`) in a subprocess,
 stopped by SIGTERM when its budget is spent (the trainer saves and exits), so compile time,
 evaluations and logging all count. The val metric is the full split (every val byte once,
-carry kept), logged every 50 steps and measured once more on the final checkpoint.
+carry kept), logged every 25 steps and measured once more on the final checkpoint.
 Sampling chars/s is the jitted lax.scan sampler on the final params, 200 bytes after a
 6-byte prompt, at batch 1 and 64, compile excluded.
 
@@ -59,8 +59,8 @@ RECIPE = {
     "train.learning_rate": 2e-3,
     "train.warmup_steps": 50,
     "train.grad_clip_norm": 1.0,
-    "train.log_every": 50,
-    "train.eval_every": 50,
+    "train.log_every": 25,
+    "train.eval_every": 25,
     "train.checkpoint_every": 500,
     "sample.length": 0,
 }
@@ -118,7 +118,9 @@ def measure(workdir: pathlib.Path) -> dict:
     config, model, params, step = checkpointing.load_for_inference(workdir)
     d = config.data
     val = input_pipeline.splits(
-        input_pipeline.load_bytes(input_pipeline.resolve_path(d.name, d.path)), d.val_fraction
+        input_pipeline.load_bytes(input_pipeline.resolve_path(d.name, d.path)),
+        d.val_fraction,
+        d.get("test_fraction", 0.0),
     )["val"]
     score = evaluation.score_bytes(
         params, model, val, streams=config.train.batch_size, chunk=d.seq_len
@@ -162,7 +164,7 @@ def main():
     parser.add_argument("--root", required=True, help="workdirs go here (outside the repo)")
     parser.add_argument("--sizes", default="1M,4M")
     parser.add_argument("--cells", default=",".join(CELLS))
-    parser.add_argument("--minutes", type=float, default=4.0)
+    parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--plot", default="")
     parser.add_argument(
         "--out", default=str(pathlib.Path(__file__).parent / "results" / "cell_comparison.jsonl")
@@ -185,7 +187,10 @@ def main():
             run = f"{size}_{cell}_{args.minutes:g}min"
             if run not in done:
                 hidden, params = width_for(cell, SIZES[size])
-                train_for(root / run, cell, hidden, args.minutes * 60)
+                trained = root / f"{run}.trained"  # Never train twice: that would resume.
+                if not trained.exists():
+                    train_for(root / run, cell, hidden, args.minutes * 60)
+                    trained.touch()
                 row = {"run": run, "size": size, "cell": cell, "hidden": hidden}
                 row.update(params=params, minutes=args.minutes, cpu=cpu)
                 row.update(measure(root / run))

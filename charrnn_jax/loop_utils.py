@@ -1,7 +1,9 @@
-"""Small helpers that keep scheduling out of the training loop: what is due, and SIGTERM."""
+"""Small helpers that keep scheduling out of the training loop: what is due, SIGTERM, and
+how far the host may run ahead of the device."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import signal
 import threading
@@ -54,3 +56,24 @@ class StopFlag:
 
     def is_set(self) -> bool:
         return self.event.is_set()
+
+
+class InFlight:
+    """Bounds the steps dispatched but not yet finished, so a SIGTERM is honoured soon.
+
+    JAX dispatches asynchronously: without a bound the loop enqueues every step up to the
+    next metrics row before it blocks, and a stop flag set meanwhile waits for all of
+    them (log_every steps: minutes for a large model, longer than a preemption notice).
+    Waiting on the step `limit` behind the newest keeps the device's queue fed while the
+    host stays at most `limit` steps ahead.
+    """
+
+    def __init__(self, limit: int = 2):
+        self.limit = limit
+        self._queue = collections.deque()
+
+    def add(self, marker) -> None:
+        """marker: a small array computed by the newest step (not a donated buffer)."""
+        self._queue.append(marker)
+        while len(self._queue) > self.limit:
+            self._queue.popleft().block_until_ready()

@@ -154,10 +154,12 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
         start_step=start, num_steps=t.num_steps, tokens_per_step=tokens_per_step
     )
     run_start, stop = time.perf_counter(), loop_utils.StopFlag().install()
+    in_flight = loop_utils.InFlight()
     try:
         for step in range(start, t.num_steps):
             local = [d.train_batch(step, process, processes) for d in datas]
             state = step_fn(state, group.global_batch(local), dropout_rngs)
+            in_flight.add(state.step + 0)  # A copy: the state itself is donated next step.
             done = step + 1
             preempted = stop.is_set() or run_list[0].ckpt.reached_preemption(done)
             due = loop_utils.due(t, done, preempted=preempted)

@@ -233,3 +233,29 @@ def test_stop_flag_is_set_by_sigterm():
         assert flag.event.is_set()
     finally:
         flag.uninstall()
+
+
+class _Marker:
+    def __init__(self, log, name):
+        self.log, self.name = log, name
+
+    def block_until_ready(self):
+        self.log.append(self.name)
+
+
+def test_the_host_runs_at_most_two_steps_ahead_of_the_device():
+    """So a SIGTERM waits for two steps, not for every step up to the next row."""
+    waited = []
+    in_flight = loop_utils.InFlight(limit=2)
+    for step in range(5):
+        in_flight.add(_Marker(waited, step))
+        assert waited == list(range(max(0, step - 1)))  # Waits on the step 2 behind.
+
+    slow = jax.jit(lambda x: jnp.tanh(x @ x) @ x)
+    x, markers = jnp.ones((400, 400)) * 1e-3, []
+    in_flight = loop_utils.InFlight(limit=2)
+    for _ in range(8):
+        x = slow(x)
+        markers.append(x[0, 0] + 0)
+        in_flight.add(markers[-1])
+        assert sum(not m.is_ready() for m in markers) <= 2

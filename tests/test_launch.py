@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, TINY_SWEEP_CONFIG, subprocess_env
 
 from charrnn_jax import config_lib
-from launch import report, sweep
+from launch import curves, report, sweep
 
 SWEEP_CONFIG = (
     TINY_SWEEP_CONFIG
@@ -71,6 +71,16 @@ def test_local_launcher_runs_records_a_failure_skips_finished_and_reports(tmp_pa
     assert best == sorted(best)
     assert (root / "report.md").is_file()
     assert (root / "val_loss.png").read_bytes().startswith(b"\x89PNG")
+
+    # The curves of one finished run, against wall-clock and bytes seen.
+    done = next(root / n for n, s in statuses.items() if s == "done")
+    c = curves.curves(done)
+    config = config_lib.load(done / "config.json")
+    per_step = config.train.batch_size * config.data.seq_len
+    assert c["mbytes"] == [r * per_step / 1e6 for r in (2, 4)]
+    assert c["hours"] == sorted(c["hours"]) and None not in c["train"]
+    curves.plot({"run": c}, [(1.4697, "nanoGPT")], str(tmp_path / "c.png"), ymax=6.0)
+    assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
 
 
 def test_slurm_script_and_tpu_vm_commands_are_well_formed():
