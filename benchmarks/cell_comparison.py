@@ -131,7 +131,9 @@ def measure(workdir: pathlib.Path) -> dict:
         "wall_time": records[-1]["wall_time"],
         "val_loss": score["loss"],
         "val_bpb": score["bpb"],
-        "train_tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in records[1:]),
+        "train_tokens_per_sec": statistics.median(  # The first row includes the compile.
+            r["tokens_per_sec"] for r in records[1:] or records
+        ),
         "sample_chars_per_sec_b1": sampling_rate(model, params, 1),
         "sample_chars_per_sec_b64": sampling_rate(model, params, 64),
     }

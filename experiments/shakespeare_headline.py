@@ -9,7 +9,13 @@ kept), against nanoGPT's 1.4697 for its 10.7M-parameter character Transformer on
 90/10 split. Start: the probe that reached a windowed val of 1.49 in about 12 minutes on
 2 CPU cores (2 x GRU 512, embed 64, dropout, seq_len 128, Adam 2e-3 with warmup and cosine
 decay, clipping 1.0), with more dropout (overfitting on 1 MB of text is the limit) and
-the best checkpoint kept. No result is claimed here yet: see the closing notes.
+the best checkpoint kept.
+
+Measured (2-core AMD EPYC with AVX-512, shared with other jobs; the two commands above):
+2,609,408 params; best full-split val 1.4675 nats/byte (2.1171 bits/byte) at step 1,000
+(8.2M bytes seen), level with nanoGPT's 1.4697 but short of the 1.40 target; by step 4,000
+train fell to 1.0492 while val rose to 1.5192 (overfitting). The curve is committed in
+docs/headline/; the README's headline section has the plot and samples.
 """
 
 import ml_collections
