@@ -141,6 +141,13 @@ class _Projection(nn.Module):
         return dense(x).astype(jnp.float32)
 
 
+def _states(log_a, log_b, h0, valid, parallel):
+    """The min cells' shared tail: hold padded steps, scan; returns (last h, all h)."""
+    log_a, log_b = _hold_invalid(log_a, log_b, valid, (0.0, LOG_ZERO))
+    hs = log_space_scan(log_a, log_b, h0, parallel=parallel)
+    return hs[-1], hs
+
+
 class MinGRU(nn.Module):
     """minGRU (Feng et al. 2024, Section 3.1 and Appendix B.3, log-space form).
 
@@ -159,9 +166,7 @@ class MinGRU(nn.Module):
         log_z = -jax.nn.softplus(-k_z)  # log sigmoid(k_z)
         log_a = -jax.nn.softplus(k_z)  # log (1 - sigmoid(k_z))
         log_b = log_z + _log_g(k_h)
-        log_a, log_b = _hold_invalid(log_a, log_b, valid, (0.0, LOG_ZERO))
-        hs = log_space_scan(log_a, log_b, h0, parallel=self.parallel)
-        return hs[-1], hs
+        return _states(log_a, log_b, h0, valid, self.parallel)
 
 
 class MinLSTM(nn.Module):
@@ -185,9 +190,7 @@ class MinLSTM(nn.Module):
         diff = jax.nn.softplus(-k_f) - jax.nn.softplus(-k_i)
         log_a = -jax.nn.softplus(diff)
         log_b = -jax.nn.softplus(-diff) + _log_g(k_h)
-        log_a, log_b = _hold_invalid(log_a, log_b, valid, (0.0, LOG_ZERO))
-        hs = log_space_scan(log_a, log_b, h0, parallel=self.parallel)
-        return hs[-1], hs
+        return _states(log_a, log_b, h0, valid, self.parallel)
 
 
 def _ring_init(r_min: float, r_max: float, max_phase: float):
