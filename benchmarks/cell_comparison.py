@@ -36,7 +36,7 @@ import jax.numpy as jnp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from stream_training import cpu_description  # noqa: E402
+import machine  # noqa: E402
 
 from charrnn_jax import (  # noqa: E402
     checkpointing,
@@ -176,7 +176,7 @@ def main():
     root.mkdir(parents=True, exist_ok=True)
     out = pathlib.Path(args.out)
     done = {r["run"]: r for r in metric_logging.read_jsonl(out)} if out.exists() else {}
-    cpu = cpu_description()
+    cpu = machine.summary()
     print(f"# {cpu}; jax {jax.__version__}; {args.minutes:g} minutes per run", flush=True)
     print(
         "| size | cell | width | params | steps | train tok/s | val bits/byte | "

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from stream_training import cpu_description  # noqa: E402
+import machine  # noqa: E402
 from throughput import _timed  # noqa: E402
 
 from charrnn_jax import linear_recurrences, models  # noqa: E402
@@ -102,7 +102,7 @@ def main():
         "--out", default=str(pathlib.Path(__file__).parent / "results" / "linear_scaling.jsonl")
     )
     args = parser.parse_args()
-    cpu = cpu_description()
+    cpu = machine.summary()
     print(
         f"# {cpu}; jax {jax.__version__}; {args.level} level, hidden {args.hidden}, "
         f"{args.tokens:,} tokens/step; fwd+bwd microseconds per token (ratio to the GRU)"
@@ -122,7 +122,7 @@ def main():
                 micros[name].append(1e6 * seconds / (batch * seq_len))
         gru = micros["gru (fused, sequential)"]
         row = {"level": args.level, "seq_len": seq_len, "batch": batch, "hidden": args.hidden}
-        row["cpu"] = cpu
+        row["machine"] = machine.describe()
         cells = []
         for name, values in micros.items():
             ratio = statistics.median(v / g for v, g in zip(values, gru, strict=True))

@@ -15,7 +15,6 @@ import argparse
 import functools
 import json
 import pathlib
-import platform
 import statistics
 import sys
 
@@ -24,25 +23,10 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+import machine  # noqa: E402
 from throughput import SEQ_LEN, SIZES, _timed  # noqa: E402
 
 from charrnn_jax import models, steps  # noqa: E402
-
-
-def cpu_description() -> str:
-    """Model name and the vector flags that decide XLA:CPU's speed."""
-    try:
-        text = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    model = next(
-        (ln.split(":", 1)[1].strip() for ln in text.splitlines() if "model name" in ln), "?"
-    )
-    flags = next(
-        (ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []
-    )
-    vector = sorted(f for f in set(flags) if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
-    return f"{model} ({', '.join(vector) or 'no AVX2'}), {len(jax.devices())} JAX device(s)"
 
 
 def _step(embed_dim: int, hidden: int, batch: int, stream: bool):
@@ -83,7 +67,7 @@ def main():
         "--out", default=str(pathlib.Path(__file__).parent / "results" / "stream_training.jsonl")
     )
     args = parser.parse_args()
-    cpu = cpu_description()
+    cpu = machine.summary()
     print(f"# {cpu}")
     print("| size | windowed tok/s | stream tok/s | stream / windowed |")
     print("|---|---|---|---|")
@@ -107,7 +91,7 @@ def main():
             "windowed": statistics.median(rates["windowed"]),
             "stream": statistics.median(rates["stream"]),
             "ratio": ratio,
-            "cpu": cpu,
+            "machine": machine.describe(),
         }
         print(
             f"| {size} | {row['windowed']:,.0f} | {row['stream']:,.0f} | {ratio:.3f}x |", flush=True

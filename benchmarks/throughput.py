@@ -36,6 +36,8 @@ import subprocess
 import sys
 import time
 
+import machine
+
 SIZES = {"small": (64, 256), "tutorial": (256, 1024)}  # (embed_dim, hidden_size)
 VOCAB, SEQ_LEN = 256, 100
 IMPLS = ("ours_f32", "ours_bf16", "flax_reference", "keras", "torch_f32", "torch_bf16")
@@ -290,6 +292,7 @@ def main():
                 print(f"{size}/{batch}: round {index + 1} of {args.rounds}", file=sys.stderr)
             measured.append((size, batch, rounds))
     ceiling = max(matmuls, key=lambda r: r["flops_per_sec"])
+    print(machine.summary())
     print(
         f"device: {ceiling['device']}; f32 matmul: {ceiling['flops_per_sec'] / 1e9:.0f} "
         f"GFLOP/s (2048^3, best of {len(matmuls)} in this run)"
@@ -315,6 +318,7 @@ def main():
                 {
                     "time": time.time(),
                     "device": ceiling["device"],
+                    "machine": machine.describe(),
                     "matmul_flops_per_sec": ceiling["flops_per_sec"],
                     "rows": rows,
                 }

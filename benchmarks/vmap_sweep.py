@@ -22,6 +22,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import machine
 import ml_collections
 from throughput import SEQ_LEN, _batch, _timed
 
@@ -88,6 +89,7 @@ def main():
     parser.add_argument("--out", default="benchmarks/results/vmap_sweep.jsonl")
     args = parser.parse_args()
     device = jax.devices()[0]
+    print(machine.summary())
     print(f"device: {device.platform} {device.device_kind}; seq {SEQ_LEN}")
     header = (
         f"{'size':9} {'batch':>5} {'K':>3} {'sequential tok/s':>17} {'vmapped tok/s':>14} "
@@ -120,7 +122,11 @@ def main():
         )
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "a") as f:
-        record = {"time": time.time(), "device": f"{device.platform} {device.device_kind}"}
+        record = {
+            "time": time.time(),
+            "device": f"{device.platform} {device.device_kind}",
+            "machine": machine.describe(),
+        }
         f.write(json.dumps({**record, "rows": rows}) + "\n")
 
 
