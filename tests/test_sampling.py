@@ -215,3 +215,35 @@ def test_top_p_samples_only_inside_the_nucleus_and_reuses_the_program():
         sampling.sample(
             params, model, ["x"], length=5, temperature=1.0, rng=jax.random.key(0), top_p=0
         )
+
+
+def test_bfloat16_weights_are_cast_once_and_vectors_stay_float32(model_and_params):
+    model, params = model_and_params
+    bf16_model, bf16_params = sampling.with_weight_dtype(model, params, "bfloat16")
+    assert bf16_model.dtype == jnp.bfloat16 and model.dtype == jnp.float32
+    for leaf in jax.tree.leaves(bf16_params):
+        assert leaf.dtype == (jnp.bfloat16 if leaf.ndim >= 2 else jnp.float32)
+    assert sampling.with_weight_dtype(model, params, "float32") == (model, params)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        sampling.with_weight_dtype(model, params, "float16")
+
+
+def test_bfloat16_weights_keep_the_logits_and_the_greedy_choices(model_and_params):
+    """bf16 weights round each matrix entry (8 mantissa bits); with float32 accumulation
+    and carry the logits move by a small fraction of their spread, so the greedy choice
+    given the same history changes only where float32's top two are nearly tied. (Free
+    running, one flipped near-tie changes the rest of a random model's text; on a trained
+    model 600 greedy bytes were identical, see benchmarks/README.md.)"""
+    model, params = model_and_params
+    bf16_model, bf16_params = sampling.with_weight_dtype(model, params, "bfloat16")
+    tokens = jnp.asarray(sampling.encode_prompts(["ROMEO: wherefore art thou Romeo?"] * 4)[0])
+    logits, _ = model.apply({"params": params}, tokens)
+    bf16_logits, _ = bf16_model.apply({"params": bf16_params}, tokens)
+    assert bf16_logits.dtype == jnp.float32
+    tolerance = 0.1 * float(jnp.std(logits))
+    np.testing.assert_allclose(bf16_logits, logits, atol=tolerance)
+    top_two = jnp.sort(logits, axis=-1)[..., -2:]
+    clear = (top_two[..., 1] - top_two[..., 0]) > 2 * tolerance
+    assert clear.mean() > 0.5  # The check below covers most positions.
+    agree = jnp.argmax(bf16_logits, -1) == jnp.argmax(logits, -1)
+    assert bool(jnp.all(agree[clear]))
