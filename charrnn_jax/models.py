@@ -248,6 +248,11 @@ def _gru_backward(dtype, residuals, cotangents):
     d_hs, d_h_last = cotangents
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
     w_t = w_h.T.astype(dtype)
+    if dtype != jnp.float32:
+        # Materialise the transpose once: left to itself XLA folds it into every step's
+        # dot, and XLA:CPU's bf16 dot with a transposed operand is slower (profiled in
+        # benchmarks/README.md, "bf16 training").
+        w_t = jax.lax.optimization_barrier(w_t)
 
     def step(carry, inputs):
         dh_next, d_table = carry
