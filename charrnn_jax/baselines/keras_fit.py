@@ -1,0 +1,179 @@
+"""The TF tutorial's model trained the tutorial's own way, scored with our full-split val metric.
+
+"Text generation with an RNN" (tensorflow.org/text/tutorials/text_generation) cuts the
+text into non-overlapping windows of seq_length + 1 = 101 characters, shuffles them
+(buffer 10,000: the whole of tiny Shakespeare's 9.9k windows), batches 64 dropping the
+remainder, and runs `model.fit` for 20 epochs of Embedding(256) -> GRU(1024) -> Dense
+with Adam's defaults. This module does exactly that on our train split (bytes, not
+characters) and, after every epoch, converts the weights to our Flax CharRNN and scores
+the val split with `evaluation.score_bytes` (every byte once, carry kept), so its curve
+sits on the same axis as ours. A wall-clock budget stops `fit` mid-epoch, as the
+headline comparison ("the same wall-clock") needs.
+
+The windows come from a `keras.utils.PyDataset` rather than `tf.data`, so the baseline
+runs on any Keras backend (the tests use JAX); the order is the tutorial's: a fresh
+permutation of the windows every epoch, partial last batch dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import time
+
+import numpy as np
+from absl import logging
+
+from charrnn_jax import metric_logging
+from charrnn_jax.baselines import keras_tutorial
+
+
+@dataclasses.dataclass(frozen=True)
+class TutorialRecipe:
+    """The tutorial's hyperparameters (its defaults are the tutorial's values)."""
+
+    embed_dim: int = 256
+    hidden_size: int = 1024
+    seq_length: int = 100
+    batch_size: int = 64
+    epochs: int = 20
+    learning_rate: float = 1e-3  # tf.keras.optimizers.Adam() default.
+
+
+def tutorial_windows(tokens: np.ndarray, seq_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """`ids.batch(seq_length + 1, drop_remainder=True).map(split_input_target)`."""
+    n = len(tokens) // (seq_length + 1)
+    windows = np.asarray(tokens[: n * (seq_length + 1)], np.int32).reshape(n, seq_length + 1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def epoch_batches(num_windows: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """[batches, batch_size] window ids of one epoch: a fresh permutation, remainder dropped."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_windows)
+    batches = num_windows // batch_size
+    return order[: batches * batch_size].reshape(batches, batch_size)
+
+
+def make_dataset(keras, inputs, targets, batch_size: int, seed: int):
+    """The shuffled, batched windows as a PyDataset that reshuffles at every epoch end."""
+
+    class TutorialWindows(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.ids = epoch_batches(len(inputs), batch_size, seed, 0)
+
+        def __len__(self):
+            return len(self.ids)
+
+        def __getitem__(self, index):
+            rows = self.ids[index]
+            return inputs[rows], targets[rows]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.ids = epoch_batches(len(inputs), batch_size, seed, self.epoch)
+
+    return TutorialWindows()
+
+
+def make_callback(keras, *, score_val, writer, tokens_per_step: int, budget_s: float | None):
+    """Per epoch (and when the budget stops fit): a metrics row with the full-split val.
+
+    Args:
+      score_val: Flax params -> {'loss', 'bpb'} on the val split.
+      writer: a metric_logging.MetricWriter.
+      tokens_per_step: batch x seq_length (for tokens/s).
+      budget_s: stop fit once this much wall-clock (training + evaluation) has passed.
+    """
+
+    class FullSplitEval(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+            self.step, self.epoch_start_step = 0, 0
+            self.train_seconds, self.epoch_start = 0.0, self.start
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step += 1
+            if budget_s is not None and time.perf_counter() - self.start >= budget_s:
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            seconds = time.perf_counter() - self.epoch_start
+            weights = keras_tutorial.get_weights(self.model)
+            val = score_val(keras_tutorial.keras_to_flax(weights))
+            steps = self.step - self.epoch_start_step
+            record = {
+                "train_loss": float(logs["loss"]),
+                "train_bpb": metric_logging.bits_per_byte(float(logs["loss"])),
+                "val_loss": val["loss"],
+                "val_bpb": val["bpb"],
+                "tokens_per_sec": steps * tokens_per_step / max(seconds, 1e-9),
+                "wall_time": time.perf_counter() - self.start,
+            }
+            writer.write_scalars(self.step, record)
+            logging.info(
+                "keras tutorial: epoch %d, step %d, train %.4f, val %.4f (%.4f bpb), %.0fs",
+                epoch + 1,
+                self.step,
+                record["train_loss"],
+                val["loss"],
+                val["bpb"],
+                record["wall_time"],
+            )
+            self.epoch_start_step, self.epoch_start = self.step, time.perf_counter()
+
+    return FullSplitEval()
+
+
+def fit(
+    train_tokens: np.ndarray,
+    score_val,
+    workdir,
+    *,
+    recipe: TutorialRecipe = TutorialRecipe(),
+    seed: int = 0,
+    budget_s: float | None = None,
+) -> dict:
+    """Trains the tutorial model with `model.fit`; writes <workdir>/metrics.jsonl.
+
+    Returns {'val_loss': the last row's, 'steps', 'wall_time', 'num_params', 'backend',
+    'model': the trained Keras model}.
+    """
+    keras = keras_tutorial.import_keras()
+    keras.utils.set_random_seed(seed)
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    inputs, targets = tutorial_windows(train_tokens, recipe.seq_length)
+    model = keras_tutorial.build_model(embed_dim=recipe.embed_dim, hidden_size=recipe.hidden_size)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    writer = metric_logging.MetricWriter(workdir, resume_step=0, tensorboard=False)
+    callback = make_callback(
+        keras,
+        score_val=score_val,
+        writer=writer,
+        tokens_per_step=recipe.batch_size * recipe.seq_length,
+        budget_s=budget_s,
+    )
+    try:
+        model.fit(
+            make_dataset(keras, inputs, targets, recipe.batch_size, seed),
+            epochs=recipe.epochs,
+            callbacks=[callback],
+            verbose=0,
+        )
+    finally:
+        writer.close()
+    rows = metric_logging.read_jsonl(workdir / "metrics.jsonl")
+    return {
+        "val_loss": rows[-1]["val_loss"] if rows else math.nan,
+        "steps": callback.step,
+        "wall_time": rows[-1]["wall_time"] if rows else 0.0,
+        "num_params": keras_tutorial.count_params(model),
+        "backend": keras.backend.backend(),
+        "model": model,
+    }

@@ -1,0 +1,112 @@
+"""The Keras tutorial model trained its own way (`model.fit`), on our split, with our val metric.
+
+    python -m charrnn_jax.fit_tutorial --config=experiments/shakespeare_headline.py \
+        --out=/tmp/keras_tutorial --budget_s=7260
+
+The config supplies only the data (file, 90/10 split), the seed and the val metric's
+streams and chunk; the model and its training are the tutorial's (baselines/keras_fit).
+Writes <out>/metrics.jsonl (a row per epoch, val = every val byte once, carry kept) and
+<out>/config.json (the run in our config's terms), so `launch.curves` draws it beside
+ours. --budget_s stops fit at that wall-clock: the headline's "same wall-clock" line.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from charrnn_jax import cli
+from charrnn_jax.errors import UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+_OUT = flags.DEFINE_string("out", None, "Output directory (must not hold a run already).")
+_EPOCHS = flags.DEFINE_integer("epochs", 20, "The tutorial's epochs.")
+_BUDGET = flags.DEFINE_float("budget_s", 0.0, "Stop at this wall-clock in seconds (0: none).")
+flags.mark_flags_as_required(["config", "out"])
+
+
+def check_args(config, out: pathlib.Path, byte_modes) -> None:
+    if (out / "metrics.jsonl").exists():
+        raise UserError(f"{out} already holds a run (metrics.jsonl); choose a new --out.")
+    if _EPOCHS.value < 1:
+        raise UserError(f"--epochs must be >= 1, got {_EPOCHS.value}.")
+    if _BUDGET.value < 0:
+        raise UserError(f"--budget_s must be >= 0, got {_BUDGET.value}.")
+    if config.data.mode not in byte_modes:
+        raise UserError(f"The tutorial trains on one byte stream; data.mode={config.data.mode!r}.")
+
+
+def described_config(config, recipe):
+    """Our config describing the Keras run (for launch.curves: batch and seq_len)."""
+    described = config.copy_and_resolve_references()
+    described.unlock()
+    m, t = described.model, described.train
+    m.cell, m.embed_dim, m.hidden_size, m.num_layers = (
+        "gru",
+        recipe.embed_dim,
+        recipe.hidden_size,
+        1,
+    )
+    m.dropout = m.input_dropout = m.recurrent_dropout = 0.0
+    described.data.seq_len = recipe.seq_length
+    t.batch_size, t.learning_rate, t.schedule, t.warmup_steps = (
+        recipe.batch_size,
+        1e-3,
+        "constant",
+        0,
+    )
+    t.weight_decay, t.grad_clip_norm = 0.0, 0.0
+    described.baseline = (
+        f"keras tutorial model.fit, {_EPOCHS.value} epochs, budget {_BUDGET.value}s"
+    )
+    return described
+
+
+def run() -> dict:
+    # These import jax and keras: after cli.run's huge-page restart.
+    from charrnn_jax import config_lib, evaluation, input_pipeline, models
+    from charrnn_jax.baselines import keras_fit
+
+    config, out = cli.config_value(_CONFIG), pathlib.Path(_OUT.value)
+    check_args(config, out, input_pipeline.BYTE_MODES)
+    d = config.data
+    tokens = input_pipeline.load_bytes(input_pipeline.resolve_path(d.name, d.path))
+    train_tokens, val_tokens = input_pipeline.split(tokens, d.val_fraction)
+    recipe = keras_fit.TutorialRecipe(epochs=_EPOCHS.value)
+    model = models.CharRNN(embed_dim=recipe.embed_dim, hidden_size=recipe.hidden_size)
+    streams = evaluation.eval_streams(config) or config.train.batch_size
+
+    def score_val(params):
+        return evaluation.score_bytes(params, model, val_tokens, streams=streams, chunk=d.seq_len)
+
+    out.mkdir(parents=True, exist_ok=True)
+    config_lib.save(described_config(config, recipe), out / "config.json")
+    return keras_fit.fit(
+        train_tokens,
+        score_val,
+        out,
+        recipe=recipe,
+        seed=config.seed,
+        budget_s=_BUDGET.value or None,
+    )
+
+
+def main(argv):
+    del argv
+    cli.setup_logging()
+    try:
+        result = cli.exit_on_user_error(run)
+    except ImportError as e:  # Keras is an optional extra.
+        sys.exit(f"error: {e}")
+    print(
+        f"Keras tutorial ({result['backend']}, {result['num_params']:,} params): "
+        f"{result['steps']} steps in {result['wall_time']:.0f}s, "
+        f"last val {result['val_loss']:.4f} nats/byte; metrics in {_OUT.value}/metrics.jsonl"
+    )
+
+
+if __name__ == "__main__":
+    cli.run(main)
