@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_SWEEP_CONFIG, subprocess_env
+from conftest import REPO, TINY_SWEEP_CONFIG, main_command, subprocess_env, tiny_overrides
 
 from charrnn_jax import config_lib
 from launch import curves, report, sweep
@@ -179,3 +179,26 @@ def test_report_on_a_missing_root_is_one_error_line(tmp_path):
     )
     assert result.returncode == 1 and result.stderr.startswith("error: ")
     assert "Traceback" not in result.stderr
+
+
+def _reproduce(tmp_path, name, *trainer_flags):
+    config = f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny"
+    command = [sys.executable, "-m", "launch.reproduce", "--until=3"]
+    command += [f"--reference={tmp_path / 'ref' / 'metrics.jsonl'}", f"--workdir={tmp_path / name}"]
+    command += ["--", config, *tiny_overrides(), *trainer_flags]
+    return subprocess.run(command, capture_output=True, text=True, env=subprocess_env(), cwd=REPO)
+
+
+@pytest.mark.slow
+def test_reproduce_reruns_the_start_of_a_curve_and_reports_how_close(tmp_path):
+    subprocess.run(main_command(tmp_path / "ref"), check=True, env=subprocess_env(), cwd=REPO)
+    same = _reproduce(tmp_path, "same")
+    assert same.returncode == 0, same.stderr
+    lines = same.stdout.splitlines()
+    assert lines[0].startswith("train_loss: ") and lines[0].endswith("bit-identical")
+    assert lines[1].startswith("val_loss: ") and lines[1].endswith("shared rows, bit-identical")
+    other = _reproduce(tmp_path, "other", "--config.seed=1")  # A different curve.
+    assert other.returncode == 0, other.stderr
+    assert "max |diff|" in other.stdout.splitlines()[0]
+    missing = _reproduce(tmp_path / "nowhere", "x")
+    assert missing.returncode == 1 and missing.stderr.strip().splitlines()[-1].startswith("error:")

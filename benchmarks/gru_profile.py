@@ -1,0 +1,170 @@
+"""Where the fused GRU's time goes, f32 against bf16: the bound on bf16's training gain.
+
+    python benchmarks/gru_profile.py [--sizes=small,tutorial] [--batch=64] [--rounds=5] \
+        [--out=benchmarks/results/gru_profile.jsonl]
+
+The train step at these sizes is mostly the recurrence (models.gru_recurrence: a forward
+scan and a hand-written backward scan over T=100 steps). This times it whole and in
+parts, each part a separately jitted program of the same shapes, f32 and bf16 rounds
+interleaved, median of --rounds:
+
+  forward            the forward scan (gate math + h @ W_h per step)
+  forward+backward   value and gradient of the recurrence
+  backward           the difference of the two
+  dot chain fwd      a scan doing only the per-step h @ W_h ([B, H] x [H, 3H])
+  dot chain bwd      a scan doing only the per-step dh @ W_h^T ([B, 3H] x [3H, H])
+  dW_h GEMM          the backward's one [H, T*B] x [T*B, 3H] contraction
+  empty scan         T iterations carrying [B, H] and adding 1: the loop's own cost
+
+and prints the remainder of the backward (gate gradients, stores, loop: backward minus
+its dot chain and GEMM), which stays f32 arithmetic in bf16 mode. With the parts'
+bf16 times, "bf16 bound" is the speedup bf16 could reach if every dot ran at twice the
+f32 rate and the rest were unchanged (Amdahl): what limits the target of 1.6x-2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import pathlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import machine  # benchmarks/machine.py: run as `python benchmarks/gru_profile.py`.
+import numpy as np
+
+from charrnn_jax import models
+
+SIZES = {"small": 256, "tutorial": 1024}  # hidden_size, as benchmarks/throughput.py.
+SEQ_LEN = 100
+DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+def timed(fn, *args, repeats: int = 3) -> float:
+    """Median seconds of `repeats` calls after one warm-up (compile) call."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def programs(hidden: int, batch: int, dtype) -> dict:
+    """name -> (jitted fn, args): the recurrence and its parts at these shapes."""
+    rng = np.random.default_rng(0)
+    xi = jnp.asarray(rng.normal(size=(SEQ_LEN, batch, 3 * hidden)), jnp.float32)
+    h0 = jnp.asarray(rng.normal(size=(batch, hidden)) * 0.1, jnp.float32)
+    w_h = jnp.asarray(rng.normal(size=(hidden, 3 * hidden)) / np.sqrt(hidden), jnp.float32)
+    b_hn = jnp.zeros((hidden,), jnp.float32)
+    cot = jnp.asarray(rng.normal(size=(SEQ_LEN, batch, hidden)), jnp.float32)
+    recur = functools.partial(models.gru_recurrence, tokens=None, valid=None, dtype=dtype)
+
+    def forward(xi, h0, w_h):
+        return recur(xi, h0=h0, w_h=w_h, b_hn=b_hn)[0]
+
+    def forward_backward(xi, h0, w_h):
+        hs, pullback = jax.vjp(forward, xi, h0, w_h)
+        return hs, pullback(cot)
+
+    def dot_chain(h, w, *, transpose: bool):
+        w = (w.T if transpose else w).astype(dtype)
+
+        def step(h, _):
+            x = jnp.concatenate([h, h, h], axis=-1) if transpose else h
+            out = jnp.dot(x.astype(dtype), w, preferred_element_type=jnp.float32)
+            return out[:, :hidden], None
+
+        return jax.lax.scan(step, h, None, length=SEQ_LEN)[0]
+
+    def dw_gemm(hs, dhh):
+        return jnp.dot(
+            hs.reshape(-1, hidden).T.astype(dtype),
+            dhh.reshape(-1, 3 * hidden).astype(dtype),
+            preferred_element_type=jnp.float32,
+        )
+
+    def empty_scan(h):
+        return jax.lax.scan(lambda h, _: (h + 1.0, None), h, None, length=SEQ_LEN)[0]
+
+    dhh = jnp.concatenate([cot, cot, cot], axis=-1)
+    return {
+        "forward": (jax.jit(forward), (xi, h0, w_h)),
+        "forward+backward": (jax.jit(forward_backward), (xi, h0, w_h)),
+        "dot chain fwd": (jax.jit(functools.partial(dot_chain, transpose=False)), (h0, w_h)),
+        "dot chain bwd": (jax.jit(functools.partial(dot_chain, transpose=True)), (h0, w_h)),
+        "dW_h GEMM": (jax.jit(dw_gemm), (cot, dhh)),
+        "empty scan": (jax.jit(empty_scan), (h0,)),
+    }
+
+
+def measure(size: str, batch: int, rounds: int) -> dict:
+    """{dtype: {part: median ms}}, the dtypes' rounds interleaved."""
+    progs = {name: programs(SIZES[size], batch, dt) for name, dt in DTYPES.items()}
+    samples = {name: {part: [] for part in progs[name]} for name in DTYPES}
+    for _ in range(rounds):
+        for name in DTYPES:
+            for part, (fn, args) in progs[name].items():
+                samples[name][part].append(timed(fn, *args, repeats=1) * 1e3)
+    ms = {
+        name: {p: statistics.median(v) for p, v in parts.items()} for name, parts in samples.items()
+    }
+    for parts in ms.values():
+        parts["backward"] = parts["forward+backward"] - parts["forward"]
+        parts["backward rest"] = parts["backward"] - parts["dot chain bwd"] - parts["dW_h GEMM"]
+    return ms
+
+
+def bf16_bound(parts: dict) -> float:
+    """f32 forward+backward / (its dots at half the time + everything else unchanged)."""
+    dots = parts["dot chain fwd"] + parts["dot chain bwd"] + parts["dW_h GEMM"]
+    return parts["forward+backward"] / (parts["forward+backward"] - dots / 2)
+
+
+ORDER = (
+    "forward",
+    "backward",
+    "forward+backward",
+    "dot chain fwd",
+    "dot chain bwd",
+    "dW_h GEMM",
+    "backward rest",
+    "empty scan",
+)
+
+
+def print_table(size: str, batch: int, ms: dict) -> None:
+    print(f"\n{size}/{batch} (T={SEQ_LEN}, H={SIZES[size]}), median ms")
+    print(f"{'part':<18} {'f32':>9} {'bf16':>9} {'f32/bf16':>9}")
+    for part in ORDER:
+        f32, bf16 = ms["f32"][part], ms["bf16"][part]
+        print(f"{part:<18} {f32:>9.2f} {bf16:>9.2f} {f32 / bf16:>8.2f}x")
+    print(f"bf16 bound if every dot ran 2x (Amdahl, from f32 parts): {bf16_bound(ms['f32']):.2f}x")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="small,tutorial")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", default=None, help="Append the results here as JSON lines.")
+    args = parser.parse_args()
+    info = machine.describe()
+    print(machine.summary(info))
+    rows = []
+    for size in args.sizes.split(","):
+        ms = measure(size, args.batch, args.rounds)
+        print_table(size, args.batch, ms)
+        rows.append({"size": size, "batch": args.batch, "ms": ms, "bound": bf16_bound(ms["f32"])})
+    if args.out:
+        with pathlib.Path(args.out).open("a") as f:
+            for row in rows:
+                f.write(json.dumps({**row, "machine": info}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
