@@ -8,7 +8,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "charrnn_jax"
-CLI_MODULES = {"main", "sample", "evaluate", "classify", "compare"}
+CLI_MODULES = {"main", "sample", "evaluate", "classify", "compare", "fit_tutorial"}
 IO_MODULES = {"os", "pathlib", "io", "json", "shutil", "etils", "orbax", "urllib", "socket"}
 
 
