@@ -87,6 +87,8 @@ def run(main_flags: list[str]) -> None:
     if not _reached(workdir / "metrics.jsonl", _UNTIL.value):
         raise UserError(f"The rerun stopped (exit {status}) before step {_UNTIL.value}.")
     for key, r in compare(reference_rows, rows).items():
+        if not r["rows"]:
+            continue  # E.g. no val row yet at --until.
         verdict = "bit-identical" if r["identical"] else f"max |diff| {r['max_abs_diff']:.2e}"
         print(f"{key}: {r['rows']} shared rows, {verdict}")
     last = max(rows, key=lambda r: r["step"])
