@@ -44,21 +44,12 @@ def described_config(config, recipe):
     described = config.copy_and_resolve_references()
     described.unlock()
     m, t = described.model, described.train
-    m.cell, m.embed_dim, m.hidden_size, m.num_layers = (
-        "gru",
-        recipe.embed_dim,
-        recipe.hidden_size,
-        1,
-    )
+    m.cell, m.num_layers = "gru", 1
+    m.embed_dim, m.hidden_size = recipe.embed_dim, recipe.hidden_size
     m.dropout = m.input_dropout = m.recurrent_dropout = 0.0
     described.data.seq_len = recipe.seq_length
-    t.batch_size, t.learning_rate, t.schedule, t.warmup_steps = (
-        recipe.batch_size,
-        1e-3,
-        "constant",
-        0,
-    )
-    t.weight_decay, t.grad_clip_norm = 0.0, 0.0
+    t.batch_size, t.learning_rate = recipe.batch_size, recipe.learning_rate
+    t.schedule, t.warmup_steps, t.weight_decay, t.grad_clip_norm = "constant", 0, 0.0, 0.0
     described.baseline = (
         f"keras tutorial model.fit, {_EPOCHS.value} epochs, budget {_BUDGET.value}s"
     )

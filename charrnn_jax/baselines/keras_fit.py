@@ -91,8 +91,7 @@ def make_callback(keras, *, score_val, writer, tokens_per_step: int, budget_s: f
     class FullSplitEval(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             self.start = time.perf_counter()
-            self.step, self.epoch_start_step = 0, 0
-            self.train_seconds, self.epoch_start = 0.0, self.start
+            self.step, self.epoch_start_step, self.epoch_start = 0, 0, self.start
 
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
