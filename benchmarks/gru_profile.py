@@ -44,7 +44,11 @@ DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 def timed(fn, *args, repeats: int = 3) -> float:
-    """Median seconds of `repeats` calls after one warm-up (compile) call."""
+    """Median seconds of `repeats` calls after one warm-up call.
+
+    measure() calls this once per program per round, so every round warms again: the
+    programs run interleaved, and each is timed with its own weights back in cache.
+    """
     jax.block_until_ready(fn(*args))
     times = []
     for _ in range(repeats):
