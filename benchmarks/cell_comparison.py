@@ -38,15 +38,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import machine  # noqa: E402
 
-from charrnn_jax import (  # noqa: E402
-    checkpointing,
-    evaluation,
-    input_pipeline,
-    metric_logging,
-    models,
-    sampling,
-)
-from charrnn_jax.workdir import Workdir  # noqa: E402
+from charrnn_jax import models  # noqa: E402
+from charrnn_jax.data import corpora  # noqa: E402
+from charrnn_jax.inference import loading, sampler, scoring  # noqa: E402
+from charrnn_jax.store import metric_logging  # noqa: E402
+from charrnn_jax.store.workdir import Workdir  # noqa: E402
 
 SIZES = {"1M": 1_000_000, "4M": 4_000_000}
 CELLS = ("gru", "lstm", "mingru", "minlstm", "lru")
@@ -105,24 +101,20 @@ def sampling_rate(model, params, batch: int, length: int = 200) -> float:
     prompts = ["ROMEO:"] * batch
     keys = jax.random.split(jax.random.key(0), batch)
     kwargs = {"length": length, "temperature": 1.0, "rng": keys}
-    sampling.sample(params, model, prompts, **kwargs)  # Compile.
+    sampler.sample(params, model, prompts, **kwargs)  # Compile.
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        sampling.sample(params, model, prompts, **kwargs)
+        sampler.sample(params, model, prompts, **kwargs)
         times.append(time.perf_counter() - start)
     return batch * length / statistics.median(times)
 
 
 def measure(workdir: pathlib.Path) -> dict:
-    config, model, params, step = checkpointing.load_for_inference(workdir)
+    config, model, params, step = loading.load_for_inference(workdir)
     d = config.data
-    val = input_pipeline.splits(
-        input_pipeline.load_bytes(input_pipeline.resolve_path(d.name, d.path)),
-        d.val_fraction,
-        d.get("test_fraction", 0.0),
-    )["val"]
-    score = evaluation.score_bytes(
+    val = corpora.load_splits(d)["val"]
+    score = scoring.score_bytes(
         params, model, val, streams=config.train.batch_size, chunk=d.seq_len
     )
     records = metric_logging.read_jsonl(Workdir(workdir).metrics_file)

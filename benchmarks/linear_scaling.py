@@ -29,7 +29,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import machine  # noqa: E402
 from throughput import _timed  # noqa: E402
 
-from charrnn_jax import linear_recurrences, models  # noqa: E402
+from charrnn_jax import models  # noqa: E402
+from charrnn_jax.models import registry  # noqa: E402
 
 IMPLS = {  # name: (cell, parallel scan)
     "gru (fused, sequential)": ("gru", False),
@@ -43,7 +44,7 @@ IMPLS = {  # name: (cell, parallel scan)
 def _layer(cell: str, parallel: bool, hidden: int):
     if cell == "gru":
         return models.FusedGRULayer(hidden, jnp.float32)
-    return linear_recurrences.RECURRENCES[cell](hidden, jnp.float32, parallel)
+    return registry.CELLS[cell].module(hidden, jnp.float32, parallel)
 
 
 def _layer_step(cell: str, parallel: bool, hidden: int, batch: int, seq_len: int):

@@ -26,7 +26,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import machine  # noqa: E402
 from throughput import SEQ_LEN, SIZES, _timed  # noqa: E402
 
-from charrnn_jax import models, steps  # noqa: E402
+from charrnn_jax import models  # noqa: E402
+from charrnn_jax.training import steps
 
 
 def _step(embed_dim: int, hidden: int, batch: int, stream: bool):

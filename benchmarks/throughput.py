@@ -73,7 +73,9 @@ def _jax_step(impl: str, embed_dim: int, hidden: int, batch_size: int, num_devic
     import jax
     import optax
 
-    from charrnn_jax import models, parallel, steps
+    from charrnn_jax import models
+    from charrnn_jax.runtime import parallel
+    from charrnn_jax.training import steps
 
     model = models.CharRNN(
         embed_dim=embed_dim,
@@ -187,7 +189,7 @@ def available(impl: str) -> bool:
 
 def run_worker(args: list[str], huge_pages: bool = False) -> dict:
     """One measurement in a fresh process; `huge_pages` as charrnn_jax's CLIs set it up."""
-    from charrnn_jax import host_memory
+    from charrnn_jax.runtime import host_memory
 
     env = dict(os.environ)
     if huge_pages:

@@ -26,8 +26,9 @@ import machine
 import ml_collections
 from throughput import SEQ_LEN, _batch, _timed
 
-from charrnn_jax import config_lib, models, optim
-from charrnn_jax import steps as trainer_steps
+from charrnn_jax import config_lib, models
+from charrnn_jax.training import optim
+from charrnn_jax.training import steps as trainer_steps
 
 SIZES = {"tiny": (32, 64), "small": (64, 256), "tutorial": (256, 1024)}
 

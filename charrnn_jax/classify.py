@@ -9,8 +9,8 @@ import sys
 
 from absl import app, flags
 
-from charrnn_jax import cli
 from charrnn_jax.errors import UserError
+from charrnn_jax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory of a classifier.")
 _TEXT = flags.DEFINE_multi_string("text", None, "Text to classify; repeat for several.")
@@ -23,10 +23,11 @@ flags.mark_flags_as_required(["workdir", "text"])
 
 def run() -> list[list[float]]:
     # These import jax: after cli.run's huge-page restart, which must come first.
-    from charrnn_jax import checkpointing
-    from charrnn_jax.classification import predict
+    from charrnn_jax.inference import loading
+    from charrnn_jax.inference.classifier import predict
+    from charrnn_jax.store import checkpointing
 
-    config, model, params, _ = checkpointing.load_for_inference(
+    config, model, params, _ = loading.load_for_inference(
         _WORKDIR.value, checkpointing.parse_step(_STEP.value)
     )
     if not model.num_classes:

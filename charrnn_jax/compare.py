@@ -16,7 +16,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from charrnn_jax import cli
+from charrnn_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 _STEPS = flags.DEFINE_integer("steps", None, "Train steps for both (default: the config's).")
@@ -33,7 +33,7 @@ flags.mark_flags_as_required(["config", "out"])
 
 def main(argv):
     del argv
-    from charrnn_jax.comparison import compare  # Imports jax: after the huge-page restart.
+    from charrnn_jax.baselines.parity import compare  # Imports jax: after the huge-page restart.
 
     cli.setup_logging()
     try:

@@ -13,9 +13,11 @@ import pathlib
 import ml_collections
 
 from charrnn_jax import models
+from charrnn_jax.data import pipeline
 from charrnn_jax.errors import UserError
+from charrnn_jax.models import registry
 
-DATA_MODES = ("random", "epoch", "stream", "lines", "labelled")
+DATA_MODES = tuple(pipeline.MODES)
 EVAL_MODES = ("full", "windows")
 SCHEDULES = ("constant", "cosine")
 OPTIMIZERS = ("adam", "keras_adam")
@@ -43,43 +45,40 @@ def _validate_data(config) -> None:
     _require(d.seq_len > 0, f"data.seq_len must be positive, got {d.seq_len}.")
     _require(0 < d.val_fraction < 1, f"data.val_fraction must be in (0, 1), got {d.val_fraction}.")
     _one_of(d.mode, DATA_MODES, "data.mode")
-    test_fraction = d.get("test_fraction", 0.0)
+    test_fraction = d.test_fraction
     _require(
         0 <= test_fraction < 1 - d.val_fraction,
         f"data.test_fraction must be in [0, 1 - val_fraction), got {test_fraction}.",
     )
-    evaluation = config.get("eval")
-    if evaluation is not None:
-        _one_of(evaluation.mode, EVAL_MODES, "eval.mode")
-        _require(evaluation.streams >= 0, f"eval.streams must be >= 0, got {evaluation.streams}.")
+    _one_of(config.eval.mode, EVAL_MODES, "eval.mode")
+    _require(config.eval.streams >= 0, f"eval.streams must be >= 0, got {config.eval.streams}.")
     _require(bool(d.name or d.path), "Set data.name (a registered dataset) or data.path.")
 
 
 def _validate_model(m, d) -> None:
-    num_classes = m.get("num_classes", 0)
+    num_classes = m.num_classes
     _require(
         num_classes >= 0 and num_classes != 1,
         f"model.num_classes must be 0 (language model) or >= 2, got {num_classes}.",
     )
     _require(
-        (num_classes > 0) == (d.mode == "labelled"),
+        (num_classes > 0) == pipeline.MODES[d.mode].labelled,
         "Classifiers (model.num_classes > 0) need data.mode='labelled' and vice versa.",
     )
     _one_of(m.cell, models.CELL_TYPES, "model.cell")
     _one_of(m.dtype, models.DTYPES, "model.dtype")
-    _one_of(m.get("gru_impl", "fused"), models.GRU_IMPLS, "model.gru_impl")
-    _one_of(m.get("scan", "auto"), models.SCAN_MODES, "model.scan")
+    _one_of(m.gru_impl, models.GRU_IMPLS, "model.gru_impl")
+    _one_of(m.scan, models.SCAN_MODES, "model.scan")
     _require(
-        m.get("mlp_ratio", 2) > 0, f"model.mlp_ratio must be positive, got {m.get('mlp_ratio')}."
+        m.mlp_ratio > 0, f"model.mlp_ratio must be positive, got {m.mlp_ratio}."
     )
     for key in ("embed_dim", "hidden_size", "num_layers"):
         _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}.")
     for key in ("dropout", "input_dropout", "recurrent_dropout"):
-        rate = m.get(key, 0.0)
+        rate = m[key]
         _require(0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}.")
     _require(
-        not m.get("recurrent_dropout", 0.0)
-        or (m.cell == "gru" and m.get("gru_impl", "fused") == "fused"),
+        not m.recurrent_dropout or (registry.CELLS[m.cell].fused and m.gru_impl == "fused"),
         "model.recurrent_dropout (DropConnect on the recurrent kernel) needs model.cell='gru' "
         f"with model.gru_impl='fused'; got cell={m.cell!r}.",
     )
@@ -97,12 +96,12 @@ def _validate_train(t) -> None:
     ):
         _require(t[key] > 0, f"train.{key} must be positive, got {t[key]}.")
     _require(
-        t.get("weight_decay", 0.0) >= 0,
-        f"train.weight_decay must be >= 0, got {t.get('weight_decay')}.",
+        t.weight_decay >= 0,
+        f"train.weight_decay must be >= 0, got {t.weight_decay}.",
     )
     _require(
-        t.get("early_stop_patience", 0) >= 0,
-        f"train.early_stop_patience must be >= 0 (0 = off), got {t.get('early_stop_patience')}.",
+        t.early_stop_patience >= 0,
+        f"train.early_stop_patience must be >= 0 (0 = off), got {t.early_stop_patience}.",
     )
     _one_of(t.optimizer, OPTIMIZERS, "train.optimizer")
     _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
@@ -119,13 +118,8 @@ def _validate_train(t) -> None:
 
 def _validate_rest(config) -> None:
     s = config.sample
-    if "wandb" in config:
-        _one_of(config.wandb.mode, ("online", "offline", "disabled"), "wandb.mode")
-    if "sweep" in config:
-        _require(
-            config.sweep.vmap >= 0,
-            f"sweep.vmap must be >= 0 (0 = off), got {config.sweep.vmap}.",
-        )
+    _one_of(config.wandb.mode, ("online", "offline", "disabled"), "wandb.mode")
+    _require(config.sweep.vmap >= 0, f"sweep.vmap must be >= 0 (0 = off), got {config.sweep.vmap}.")
     _require(s.length >= 0, f"sample.length must be >= 0 (0 = no samples), got {s.length}.")
     _require(s.temperature >= 0, f"sample.temperature must be >= 0, got {s.temperature}.")
 
@@ -141,7 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.seed = 0  # Seeds init, the batch order and dropout.
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = ""  # Registered dataset (see input_pipeline.REGISTRY).
+    config.data.name = ""  # Registered dataset (see corpora.REGISTRY).
     config.data.path = ""  # Any local file; overrides data.name when set.
     config.data.val_fraction = 0.1  # The val split: this fraction, before the test split.
     config.data.test_fraction = 0.0  # The test split: the file's last part (0 = none).
@@ -150,7 +144,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.seq_len = 100  # Bytes per training window (inputs; targets are shifted by 1).
 
     config.model = ml_collections.ConfigDict()
-    # 'gru', 'lstm', 'optimized_lstm'; or residual blocks of 'mingru', 'minlstm', 'lru'.
+    # A name in the cell registry (charrnn_jax/models/registry.py); GRU is the default.
     config.model.cell = "gru"
     config.model.embed_dim = 256  # Byte embedding size.
     config.model.hidden_size = 1024  # Units per recurrent layer.
@@ -238,12 +232,39 @@ def save(config: ml_collections.ConfigDict, path: pathlib.Path) -> None:
 
 
 def load(path: pathlib.Path) -> ml_collections.ConfigDict:
-    """Reads a config written by `save` (the workdir's config.json), locked."""
+    """Reads a config written by `save` (the workdir's config.json), locked and complete.
+
+    A config.json written before a key existed gets that key's default (`complete`), so
+    the library never needs a fallback of its own. An unreadable file is one UserError.
+    """
     if not path.is_file():
         raise UserError(f"No config.json in {path.parent}: is it a charrnn_jax workdir?")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not valid JSON ({e}); restore it or use --restart.") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{path} does not hold a config (a JSON object).")
+    return complete(saved)
+
+
+def complete(saved: dict) -> ml_collections.ConfigDict:
+    """base_config() with a saved config's values on top: keys added since it was written
+    take their defaults; keys the code no longer has are dropped. Locked."""
+    config = base_config()
+    _overlay(config, saved)
     config.lock()
     return config
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: dict) -> None:
+    for key, value in saved.items():
+        if key not in config:
+            continue
+        if isinstance(config[key], ml_collections.ConfigDict) and isinstance(value, dict):
+            _overlay(config[key], value)
+        else:
+            config[key] = value
 
 
 def load_config_file(path: pathlib.Path, preset: str | None = None) -> ml_collections.ConfigDict:

@@ -14,8 +14,8 @@ import sys
 
 from absl import app, flags
 
-from charrnn_jax import cli
 from charrnn_jax.errors import UserError
+from charrnn_jax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _SPLIT = flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Split of the run's data.")
@@ -39,28 +39,28 @@ flags.mark_flag_as_required("workdir")
 
 def run() -> dict:
     # These import jax: after cli.run's huge-page restart, which must come first.
-    from charrnn_jax import checkpointing, evaluation, input_pipeline
+    from charrnn_jax.data import corpora, pipeline
+    from charrnn_jax.inference import loading, scoring
+    from charrnn_jax.store import checkpointing
 
-    config, model, params, step = checkpointing.load_for_inference(
+    config, model, params, step = loading.load_for_inference(
         _WORKDIR.value, checkpointing.parse_step(_STEP.value)
     )
     if model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
     d = config.data
     if _FILE.value:
-        tokens, source = input_pipeline.load_bytes(_path(_FILE.value)), _FILE.value
+        tokens, source = corpora.load_bytes(_path(_FILE.value)), _FILE.value
     else:
-        if d.mode not in input_pipeline.BYTE_MODES:
+        if not pipeline.MODES[d.mode].byte_stream:
             raise UserError(f"--split needs byte data; this run has data.mode={d.mode!r}.")
-        path = input_pipeline.resolve_path(d.name, d.path)
-        parts = input_pipeline.splits(
-            input_pipeline.load_bytes(path), d.val_fraction, d.get("test_fraction", 0.0)
-        )
-        tokens, source = parts[_SPLIT.value], f"the {_SPLIT.value} split of {path}"
+        path = corpora.resolve_path(d.name, d.path)
+        tokens = corpora.load_splits(d)[_SPLIT.value]
+        source = f"the {_SPLIT.value} split of {path}"
     if len(tokens) < 2:
         raise UserError(f"{source} has {len(tokens)} bytes; at least 2 are needed.")
     if _METRIC.value == "windows":
-        result = evaluation.score_windows(
+        result = scoring.score_windows(
             params,
             model,
             tokens,
@@ -69,8 +69,8 @@ def run() -> dict:
             batches=config.train.eval_batches,
         )
         return {**result, "step": step, "source": source, "metric": "windows"}
-    streams = _STREAMS.value or evaluation.eval_streams(config) or config.train.batch_size
-    result = evaluation.score_bytes(params, model, tokens, streams=streams, chunk=d.seq_len)
+    streams = _STREAMS.value or scoring.eval_streams(config) or config.train.batch_size
+    result = scoring.score_bytes(params, model, tokens, streams=streams, chunk=d.seq_len)
     return {**result, "step": step, "source": source, "streams": streams, "metric": "full"}
 
 

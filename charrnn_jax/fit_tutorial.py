@@ -18,8 +18,8 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from charrnn_jax import cli
 from charrnn_jax.errors import UserError
+from charrnn_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "Output directory (must not hold a run already).")
@@ -28,14 +28,14 @@ _BUDGET = flags.DEFINE_float("budget_s", 0.0, "Stop at this wall-clock in second
 flags.mark_flags_as_required(["config", "out"])
 
 
-def check_args(config, out: pathlib.Path, byte_modes) -> None:
+def check_args(config, out: pathlib.Path, modes) -> None:
     if (out / "metrics.jsonl").exists():
         raise UserError(f"{out} already holds a run (metrics.jsonl); choose a new --out.")
     if _EPOCHS.value < 1:
         raise UserError(f"--epochs must be >= 1, got {_EPOCHS.value}.")
     if _BUDGET.value < 0:
         raise UserError(f"--budget_s must be >= 0, got {_BUDGET.value}.")
-    if config.data.mode not in byte_modes:
+    if not modes[config.data.mode].byte_stream:
         raise UserError(f"The tutorial trains on one byte stream; data.mode={config.data.mode!r}.")
 
 
@@ -58,20 +58,22 @@ def described_config(config, recipe):
 
 def run() -> dict:
     # These import jax and keras: after cli.run's huge-page restart.
-    from charrnn_jax import config_lib, evaluation, input_pipeline, models
+    from charrnn_jax import config_lib, models
     from charrnn_jax.baselines import keras_fit
+    from charrnn_jax.data import corpora, pipeline
+    from charrnn_jax.inference import scoring
 
     config, out = cli.config_value(_CONFIG), pathlib.Path(_OUT.value)
-    check_args(config, out, input_pipeline.BYTE_MODES)
+    check_args(config, out, pipeline.MODES)
     d = config.data
-    tokens = input_pipeline.load_bytes(input_pipeline.resolve_path(d.name, d.path))
-    train_tokens, val_tokens = input_pipeline.split(tokens, d.val_fraction)
+    parts = corpora.load_splits(d)  # The test split stays out of both (data.test_fraction).
+    train_tokens, val_tokens = parts["train"], parts["val"]
     recipe = keras_fit.TutorialRecipe(epochs=_EPOCHS.value)
     model = models.CharRNN(embed_dim=recipe.embed_dim, hidden_size=recipe.hidden_size)
-    streams = evaluation.eval_streams(config) or config.train.batch_size
+    streams = scoring.eval_streams(config) or config.train.batch_size
 
     def score_val(params):
-        return evaluation.score_bytes(params, model, val_tokens, streams=streams, chunk=d.seq_len)
+        return scoring.score_bytes(params, model, val_tokens, streams=streams, chunk=d.seq_len)
 
     out.mkdir(parents=True, exist_ok=True)
     config_lib.save(described_config(config, recipe), out / "config.json")

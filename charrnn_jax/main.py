@@ -1,7 +1,7 @@
 """Entry point: `python -m charrnn_jax.main --config=experiments/shakespeare.py --workdir=DIR`.
 
-Only flags and a call to train.train_and_evaluate, which tests call directly
-(or, with --config.sweep.vmap=K, to sweeps.run_vmapped). jax and the package's
+Only flags and a call to loop.train_and_evaluate, which tests call directly
+(or, with --config.sweep.vmap=K, to sweep_runs.run_vmapped). jax and the package's
 jax-using modules are imported inside main(): after cli.run's huge-page restart and
 after --cpu_devices is set, both of which must come before jax initialises.
 """
@@ -11,7 +11,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from charrnn_jax import cli
+from charrnn_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':preset'.", lock_config=True
@@ -54,7 +54,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax  # After the huge-page restart (module docstring).
 
-    from charrnn_jax import distributed, train  # After jax, as above.
+    from charrnn_jax.runtime import distributed  # After jax, as above.
+    from charrnn_jax.training import loop
 
     cli.setup_logging()
     config = cli.config_value(_CONFIG)  # Bad config files fail before jax starts.
@@ -80,7 +81,7 @@ def main(argv):
         cli.exit_on_user_error(_vmapped_sweep, config, _WORKDIR.value)
         return
     summary = cli.exit_on_user_error(
-        train.train_and_evaluate, config, _WORKDIR.value, restart=_RESTART.value
+        loop.train_and_evaluate, config, _WORKDIR.value, restart=_RESTART.value
     )
     if summary["preempted"]:
         print(
@@ -91,10 +92,11 @@ def main(argv):
 
 def _vmapped_sweep(config, root) -> None:
     """--config.sweep.vmap=K: the file's sweep() (or K seeds), K variants per program."""
-    from charrnn_jax import sweeps  # Imports jax: after the restart (module docstring).
+    # Imports jax: after the restart (module docstring).
+    from charrnn_jax.training import sweep_runs
 
-    runs = sweeps.vmap_runs(config_flags.get_config_filename(flags.FLAGS["config"]), config)
-    statuses = sweeps.run_vmapped(config, runs, root, size=config.sweep.vmap)
+    runs = sweep_runs.vmap_runs(config_flags.get_config_filename(flags.FLAGS["config"]), config)
+    statuses = sweep_runs.run_vmapped(config, runs, root, size=config.sweep.vmap)
     for name, status in statuses.items():
         print(f"{status['status']:9} {name}  val_loss={status.get('val_loss')}")
     failed = [name for name, status in statuses.items() if status["status"] == "failed"]

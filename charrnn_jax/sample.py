@@ -10,8 +10,8 @@ import sys
 
 from absl import app, flags
 
-from charrnn_jax import cli
 from charrnn_jax.errors import UserError
+from charrnn_jax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt; repeat for several prompts.")
@@ -84,12 +84,14 @@ def run() -> list[str]:
     """Returns the generated texts (prompt + continuation), also used by tests."""
     import jax  # After cli.run's huge-page restart: jax must not load before it.
 
-    from charrnn_jax import checkpointing, input_pipeline, sampling  # Import jax, as above.
+    from charrnn_jax.data import corpora, pipeline  # Import jax, as above.
+    from charrnn_jax.inference import loading, sampler
+    from charrnn_jax.store import checkpointing
 
     top_k = _TOP_K.value or None
     top_p = _TOP_P.value if _TOP_P.value != 1.0 else None
     try:
-        sampling.check_args(
+        sampler.check_args(
             length=_LENGTH.value,
             temperature=_TEMPERATURE.value,
             top_k=top_k,
@@ -100,15 +102,15 @@ def run() -> list[str]:
         raise UserError(str(e)) from None
     stop_byte = parse_stop(_STOP.value)
     prompts = gather_prompts(_PROMPT.value, _PROMPT_FILE.value, _NUM_SAMPLES.value)
-    config, model, params, step = checkpointing.load_for_inference(
+    config, model, params, step = loading.load_for_inference(
         _WORKDIR.value, checkpointing.parse_step(_STEP.value)
     )
     if model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
-    model, params = sampling.with_weight_dtype(model, params, _DTYPE.value)
+    model, params = sampler.with_weight_dtype(model, params, _DTYPE.value)
     # Line-per-example runs trained every example after a newline: prompts get one too.
-    prefix = input_pipeline.prompt_prefix(config.data.mode)
-    tokens, lengths = sampling.sample(
+    prefix = pipeline.prompt_prefix(config.data.mode)
+    tokens, lengths = sampler.sample(
         params,
         model,
         [prefix + p for p in prompts],
@@ -121,7 +123,7 @@ def run() -> list[str]:
         window=_WINDOW.value,
     )
     texts = [
-        input_pipeline.decode(prompt + bytes(row[:n]))
+        corpora.decode(prompt + bytes(row[:n]))
         for prompt, row, n in zip(prompts, tokens, lengths, strict=True)
     ]
     print(f"# {len(texts)} sample(s) from step {step} of {_WORKDIR.value}", file=sys.stderr)
@@ -131,9 +133,10 @@ def run() -> list[str]:
 
 
 def print_names_report(config, texts: list[str]) -> None:
-    from charrnn_jax import input_pipeline, text_metrics  # After the restart, as in run().
+    from charrnn_jax.data import examples  # After the restart, as in run().
+    from charrnn_jax.inference import text_metrics
 
-    train_lines, _ = input_pipeline.split_lines(config.data, config.seed)
+    train_lines, _ = examples.split_lines(config.data, config.seed)
     training = [line.decode("utf-8", errors="replace") for line in train_lines]
     stats = text_metrics.name_stats(texts, training)
     print(

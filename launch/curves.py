@@ -13,9 +13,10 @@ import pathlib
 
 from absl import app, flags
 
-from charrnn_jax import config_lib, metric_logging
+from charrnn_jax import config_lib
 from charrnn_jax.errors import UserError
-from charrnn_jax.workdir import Workdir
+from charrnn_jax.store import metric_logging
+from charrnn_jax.store.workdir import Workdir
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Run directories.")
 _LABELS = flags.DEFINE_multi_string("label", [], "One per workdir, in order (default: its name).")

@@ -16,9 +16,9 @@ import sys
 
 from absl import app, flags
 
-from charrnn_jax import metric_logging
 from charrnn_jax.errors import UserError
-from charrnn_jax.workdir import Workdir
+from charrnn_jax.store import metric_logging
+from charrnn_jax.store.workdir import Workdir
 
 FLAGS = flags.FLAGS
 

@@ -24,8 +24,9 @@ import time
 
 from absl import app, flags
 
-from charrnn_jax import cli, metric_logging
 from charrnn_jax.errors import UserError
+from charrnn_jax.runtime import cli
+from charrnn_jax.store import metric_logging
 
 _REFERENCE = flags.DEFINE_string("reference", None, "The published metrics.jsonl.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the rerun trains (resumes if present).")

@@ -31,16 +31,16 @@ import time
 
 from absl import app, flags
 
-from charrnn_jax import sweeps
 from charrnn_jax.errors import UserError
-from charrnn_jax.workdir import Workdir, is_remote
+from charrnn_jax.store.workdir import Workdir, is_remote
+from charrnn_jax.training import sweep_runs
 
 FLAGS = flags.FLAGS
 
 
 # Re-exported: the launchers' naming and expansion are the library's.
-run_name = sweeps.run_name
-expand = sweeps.expand
+run_name = sweep_runs.run_name
+expand = sweep_runs.expand
 
 
 def train_command(config_arg: str, workdir: str, overrides: dict, python="python") -> list[str]:

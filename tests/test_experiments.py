@@ -5,16 +5,12 @@ import numpy as np
 import pytest
 from conftest import REPO, load_experiment
 
-from charrnn_jax import (
-    config_lib,
-    input_pipeline,
-    metric_logging,
-    models,
-    sampling,
-    text_metrics,
-    train,
-)
-from charrnn_jax.classification import predict
+from charrnn_jax import config_lib, models
+from charrnn_jax.data import corpora, examples
+from charrnn_jax.inference import sampler, text_metrics
+from charrnn_jax.inference.classifier import predict
+from charrnn_jax.store import metric_logging
+from charrnn_jax.training import loop
 
 
 def _few_steps(config, **overrides):
@@ -46,14 +42,14 @@ def test_each_config_trains_a_few_steps_on_its_data(tmp_path, name, preset):
     )
     if name.startswith("shakespeare"):
         config.data.seq_len = 32
-    summary = train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:2])
+    summary = loop.train_and_evaluate(config, tmp_path, devices=jax.devices()[:2])
     assert summary["final_step"] == 4 and np.isfinite(summary["val_loss"])
     if name == "sentiment":
         assert 0.0 <= summary["val_accuracy"] <= 1.0
 
 
 def test_lines_examples_never_bleed_into_each_other():
-    pipeline = input_pipeline.LinePipeline([b"Aardonyx", b"Zuul"], [b"Rex"], 12, 0, 4)
+    pipeline = examples.LinePipeline([b"Aardonyx", b"Zuul"], [b"Rex"], 12, 0, 4)
     batch = pipeline.train_batch(0)
     for inputs, targets, weights in zip(
         batch["inputs"], batch["targets"], batch["weights"], strict=True
@@ -70,8 +66,8 @@ def test_lines_examples_never_bleed_into_each_other():
 def test_lines_mode_rejects_a_seq_len_shorter_than_a_line(tmp_path):
     config = load_experiment("dinos")
     config.data.seq_len = 10
-    with pytest.raises(input_pipeline.DataError, match="needs data.seq_len >= 27"):
-        train.train_and_evaluate(config, tmp_path)
+    with pytest.raises(corpora.DataError, match="needs data.seq_len >= 27"):
+        loop.train_and_evaluate(config, tmp_path)
 
 
 @pytest.mark.slow
@@ -79,8 +75,8 @@ def test_dinos_sampler_keeps_the_prefix_and_stops_at_the_newline(tmp_path):
     config = _few_steps(
         load_experiment("dinos"), **{"train.num_steps": 150, "train.eval_every": 150}
     )
-    summary = train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1])
-    tokens, lengths = sampling.sample(
+    summary = loop.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1])
+    tokens, lengths = sampler.sample(
         jax.device_get(summary["state"].params),
         summary["model"],
         [b"\nRam"] * 8,
@@ -118,7 +114,7 @@ def test_classifier_learns_a_separable_task(tmp_path):
     config.train.learning_rate = 5e-3
     config.train.eval_every = 300
     config.train.checkpoint_every = 300
-    summary = train.train_and_evaluate(config, tmp_path / "run", devices=jax.devices()[:1])
+    summary = loop.train_and_evaluate(config, tmp_path / "run", devices=jax.devices()[:1])
     assert summary["val_accuracy"] >= 0.95, summary
     records = metric_logging.read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert records[-1]["val_accuracy"] == pytest.approx(summary["val_accuracy"])
@@ -137,12 +133,12 @@ def test_labelled_reader_handles_tsv_and_aclimdb_folders(tmp_path):
     (tmp_path / "neg").mkdir()
     (tmp_path / "pos" / "1.txt").write_text("great")
     (tmp_path / "neg" / "1.txt").write_text("awful")
-    texts, labels = input_pipeline.read_labelled(tmp_path)
+    texts, labels = examples.read_labelled(tmp_path)
     assert texts == [b"awful", b"great"] and labels.tolist() == [0, 1]
     bad = tmp_path / "bad.tsv"
     bad.write_text("no label here\n")
-    with pytest.raises(input_pipeline.DataError, match="bad.tsv:1"):
-        input_pipeline.read_labelled(bad)
+    with pytest.raises(corpora.DataError, match="bad.tsv:1"):
+        examples.read_labelled(bad)
 
 
 def _reference_windowed_greedy(model, params, prompt: bytes, length: int, window: int):
@@ -162,16 +158,16 @@ def test_windowed_greedy_matches_a_reference_loop_and_is_deterministic():
     )
     prompts = [b"To be, or not to be", b"ab"]
     kwargs = dict(length=12, temperature=0.0, rng=jax.random.key(0), window=6)
-    a, _ = sampling.sample(params, model, prompts, **kwargs)
-    b, _ = sampling.sample(params, model, prompts, **kwargs)
+    a, _ = sampler.sample(params, model, prompts, **kwargs)
+    b, _ = sampler.sample(params, model, prompts, **kwargs)
     np.testing.assert_array_equal(a, b)
     for row, prompt in enumerate(prompts):
         assert a[row].tolist() == _reference_windowed_greedy(model, params, prompt, 12, 6)
     # A window longer than everything seen equals ordinary (full-history) greedy sampling.
-    full, _ = sampling.sample(
+    full, _ = sampler.sample(
         params, model, prompts, length=12, temperature=0.0, rng=jax.random.key(0)
     )
-    wide, _ = sampling.sample(params, model, prompts, **{**kwargs, "window": 64})
+    wide, _ = sampler.sample(params, model, prompts, **{**kwargs, "window": 64})
     np.testing.assert_array_equal(full, wide)
 
 
@@ -185,7 +181,7 @@ def test_benchmark_configs_train_on_a_stand_in_file(tmp_path, shakespeare_path, 
     small = {"model.hidden_size": 32, "model.embed_dim": 16, "model.num_layers": 1}
     small.update({"train.batch_size": 8, "data.seq_len": 32, "train.warmup_steps": 0})
     config = _few_steps(config, **small, **{"data.path": str(shakespeare_path)})
-    summary = train.train_and_evaluate(config, tmp_path, devices=jax.devices()[:2])
+    summary = loop.train_and_evaluate(config, tmp_path, devices=jax.devices()[:2])
     assert summary["final_step"] == 4 and np.isfinite(summary["val_loss"])
 
 

@@ -6,7 +6,7 @@ text into non-overlapping windows of seq_length + 1 = 101 characters, shuffles t
 remainder, and runs `model.fit` for 20 epochs of Embedding(256) -> GRU(1024) -> Dense
 with Adam's defaults. This module does exactly that on our train split (bytes, not
 characters) and, after every epoch, converts the weights to our Flax CharRNN and scores
-the val split with `evaluation.score_bytes` (every byte once, carry kept), so its curve
+the val split with `scoring.score_bytes` (every byte once, carry kept), so its curve
 sits on the same axis as ours. A wall-clock budget stops `fit` mid-epoch, as the
 headline comparison ("the same wall-clock") needs.
 
@@ -25,8 +25,8 @@ import time
 import numpy as np
 from absl import logging
 
-from charrnn_jax import metric_logging
 from charrnn_jax.baselines import keras_tutorial
+from charrnn_jax.store import metric_logging
 
 
 @dataclasses.dataclass(frozen=True)

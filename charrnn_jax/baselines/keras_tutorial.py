@@ -24,8 +24,10 @@ import time
 import numpy as np
 from absl import logging
 
-from charrnn_jax import input_pipeline, metric_logging, models
+from charrnn_jax import models
+from charrnn_jax.data import pipeline
 from charrnn_jax.errors import UserError
+from charrnn_jax.store import metric_logging
 
 GATES_KERAS_ORDER = ("z", "r", "n")  # Keras calls the candidate gate "h"; Flax calls it "n".
 
@@ -146,7 +148,7 @@ def train(config, workdir, *, initial_weights: dict | None = None) -> dict:
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     # The trainer's own pipeline: the same batches, val windows and checks as ours.
-    data = input_pipeline.build(
+    data = pipeline.build(
         d, seed=config.seed, global_batch=t.batch_size, num_eval_batches=t.eval_batches
     )
     eval_data = data.eval_batches()

@@ -1,0 +1,136 @@
+"""Literature-grade evaluation: every byte of a split (or a file) scored once, carry kept.
+
+The bytes are cut into contiguous streams (windows.stream_eval_batch) that one
+jitted program scans chunk by chunk, carrying each stream's recurrent state from chunk
+to chunk (eval_step), so a byte is charged only for what the model cannot predict
+from everything before it in its stream; only the first bytes of each stream start cold.
+This is how char-rnn's eval_split and the enwik8/text8 tables score a model.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from charrnn_jax.data import pipeline, windows
+from charrnn_jax.runtime import parallel
+
+
+def cross_entropy(logits, targets):
+    """Mean softmax cross-entropy in nats. logits [B, T, V] float32, targets [B, T] int."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def loss_sums(logits, batch) -> dict:
+    """Weighted sums for the batch's task; the task is read off the batch's keys.
+
+    Language model batches have 'targets' (and optionally per-token 'weights', 0 on
+    padding); classification batches have 'labels' and per-row 'weights'.
+    """
+    labels = batch["labels"] if "labels" in batch else batch["targets"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    weights = batch.get("weights", jnp.ones_like(ce))
+    sums = {"loss_sum": jnp.sum(ce * weights), "weight": jnp.sum(weights)}
+    if "labels" in batch:
+        sums["correct"] = jnp.sum((jnp.argmax(logits, -1) == labels) * weights)
+    return sums
+
+
+def logits_and_labels(apply_fn, params, batch, carry=None, **kwargs):
+    """The logits, the batch that scores them, and the new carry.
+
+    Language models keep their logits time-major, as the model computes them, and the
+    small integer targets and weights are transposed instead: transposing the largest
+    activation (and its gradient) costs more than the loss needs.
+    """
+    language_model = "targets" in batch
+    logits, new_carry = apply_fn(
+        {"params": params},
+        batch["inputs"],
+        carry,
+        lengths=batch.get("lengths"),
+        time_major_logits=language_model,
+        **kwargs,
+    )
+    if language_model:
+        batch = {key: batch[key].T for key in ("targets", "weights") if key in batch}
+    return logits, batch, new_carry
+
+
+def eval_step(params, batch, *, apply_fn, chunk: int):
+    """Summed loss, weights (and correct predictions) of one batch.
+
+    A language-model batch longer than `chunk` bytes is a set of contiguous streams
+    (data.windows.stream_eval_batch): it is scored chunk by chunk in one lax.scan with
+    the carry kept, so every byte is scored once with all the context before it.
+    """
+    length = batch["inputs"].shape[1]
+    if "targets" not in batch or length <= chunk:
+        logits, scored, _ = logits_and_labels(apply_fn, params, batch)
+        return loss_sums(logits, scored)
+    chunks = jax.tree.map(
+        lambda x: x.reshape(x.shape[0], length // chunk, chunk).swapaxes(0, 1), batch
+    )
+
+    def score(carry, piece):
+        logits, scored, carry = logits_and_labels(apply_fn, params, piece, carry)
+        return carry, loss_sums(logits, scored)
+
+    first = jax.tree.map(lambda x: x[0], chunks)
+    shapes = jax.eval_shape(lambda: logits_and_labels(apply_fn, params, first)[2])
+    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    _, sums = jax.lax.scan(score, zero, chunks)
+    return jax.tree.map(lambda x: x.sum(axis=0), sums)
+
+
+def eval_streams(config) -> int:
+    """Streams of the full-split val metric, or 0 for fixed windows (and non-byte data)."""
+    if config.eval.mode != "full" or not pipeline.MODES[config.data.mode].byte_stream:
+        return 0
+    return config.eval.streams or config.train.batch_size
+
+
+def score_bytes(params, model, tokens: np.ndarray, *, streams: int, chunk: int, mesh=None):
+    """Cross-entropy of `tokens[1:]` given everything before each byte in its stream.
+
+    Args:
+      params: the model's params.
+      tokens: [n] uint8 bytes (n >= 2).
+      streams: contiguous streams scored in parallel (a multiple of the mesh size).
+      chunk: bytes per scan step (the training seq_len: same program shape as training).
+
+    Returns:
+      {'bytes': scored bytes (n - 1), 'loss': nats/byte, 'bpb': bits/byte}.
+    """
+    mesh = mesh or parallel.make_mesh(jax.local_devices()[:1])
+    parallel.check_batch_divides(streams, mesh)
+    batch = windows.stream_eval_batch(tokens, streams=streams, chunk=chunk)
+    sharded = parallel.global_batch(batch, mesh)
+    repl = parallel.replicated(mesh)
+    score = jax.jit(
+        functools.partial(eval_step, apply_fn=model.apply, chunk=chunk),
+        in_shardings=(repl, parallel.data_sharded(mesh)),
+        out_shardings=repl,
+    )
+    sums = jax.device_get(score(jax.device_put(params, repl), sharded))
+    return _result(sums)
+
+
+def score_windows(params, model, tokens: np.ndarray, *, batch: int, seq_len: int, batches: int):
+    """The old, cheap metric (eval.mode='windows'): `batches` x `batch` fixed windows of
+    seq_len bytes spread over `tokens`, each from a zero carry. Only part of the split is
+    scored, and each window's first bytes lack their context."""
+    fixed = windows.eval_batches(tokens, global_batch=batch, seq_len=seq_len, num_batches=batches)
+    score = jax.jit(functools.partial(eval_step, apply_fn=model.apply, chunk=seq_len))
+    sums = jax.device_get([score(params, w) for w in fixed])
+    return _result(jax.tree.map(lambda *x: np.sum(x, dtype=np.float64), *sums))
+
+
+def _result(sums) -> dict:
+    loss = float(sums["loss_sum"] / sums["weight"])
+    return {"bytes": int(sums["weight"]), "loss": loss, "bpb": loss / math.log(2)}

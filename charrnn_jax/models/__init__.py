@@ -1,0 +1,36 @@
+"""Models: the cell registry and `from_config`, CharRNN, the flax cells under nn.scan, the
+fused GRU, mixed precision, the linear scans, the linear cells and their residual blocks.
+
+Imports nothing else of the package. The names below are the models' public API.
+"""
+
+from charrnn_jax.models.char_rnn import (
+    CELL_TYPES,
+    DTYPES,
+    GRU_IMPLS,
+    SCAN_MODES,
+    VOCAB_SIZE,
+    CharRNN,
+    ModelConfig,
+    from_config,
+    scan_mode,
+    zero_carry,
+)
+from charrnn_jax.models.fused_gru import FusedGRULayer, gru_recurrence
+from charrnn_jax.models.precision import mixed_matmul
+
+__all__ = [
+    "CELL_TYPES",
+    "DTYPES",
+    "GRU_IMPLS",
+    "SCAN_MODES",
+    "VOCAB_SIZE",
+    "CharRNN",
+    "ModelConfig",
+    "FusedGRULayer",
+    "from_config",
+    "gru_recurrence",
+    "mixed_matmul",
+    "scan_mode",
+    "zero_carry",
+]

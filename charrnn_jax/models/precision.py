@@ -1,0 +1,52 @@
+"""Mixed precision: low-precision matmul operands with float32 accumulation, forward and back.
+
+Autodiff of a bfloat16 dot gives bfloat16 -> bfloat16 dots in the backward pass, which
+XLA:CPU runs slower than float32 (benchmarks/README.md); every dense layer of the models
+takes its dot from `dense_dot_general` so all three GEMMs accumulate in float32.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_vjp
+def mixed_matmul(x, w):
+    """x [..., K] @ w [K, N] on low-precision operands with float32 accumulation and output.
+
+    Autodiff of a bfloat16 dot gives bfloat16 -> bfloat16 dots in the backward pass,
+    which XLA:CPU runs slower than float32; here all three GEMMs take bfloat16 operands
+    and accumulate in float32.
+    """
+    return jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+
+def _mixed_matmul_fwd(x, w):
+    return mixed_matmul(x, w), (x, w)
+
+
+def _mixed_matmul_bwd(residuals, g):
+    x, w = residuals
+    g = g.astype(x.dtype)
+    dx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    dw = jnp.dot(
+        x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]), preferred_element_type=jnp.float32
+    )
+    return dx, dw.astype(w.dtype)
+
+
+mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)
+
+
+def _mixed_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's dot_general, through mixed_matmul (Dense contracts lhs's last axis)."""
+    del precision, preferred_element_type
+    (lhs_contract, rhs_contract), batch_dims = dimension_numbers
+    assert tuple(rhs_contract) == (0,) and batch_dims == ((), ()), dimension_numbers
+    return mixed_matmul(lhs, rhs)
+
+
+def dense_dot_general(dtype):
+    """Float32 keeps nn.Dense's own dot; lower precisions go through mixed_matmul."""
+    return None if dtype == jnp.float32 else _mixed_dot_general

@@ -1,0 +1,274 @@
+"""Metric records (JSONL + TensorBoard, behind one MetricWriter) and the progress line.
+
+The JSONL file `<workdir>/metrics.jsonl` is the stable interface that the comparison and
+sweep tools read. One JSON object per line, with exactly these keys:
+
+  step            int    steps done when the record was written
+  wall_time       float  training seconds since the run first started (summed over resumes)
+  train_loss      float  mean train cross-entropy (nats/byte) since the previous record, or null
+  train_bpb       float  train_loss / ln 2 (bits per byte), or null
+  val_loss        float  val cross-entropy at this step, or null when not evaluated
+  val_bpb         float  val_loss / ln 2, or null
+  tokens_per_sec  float  training throughput since the previous record, or null
+  grad_norm       float  mean global gradient norm since the previous record, or null
+  learning_rate   float  learning rate at this step, or null
+  train_accuracy  float  classifiers only (else null): mean train accuracy since the last record
+  val_accuracy    float  classifiers only (else null): val accuracy at this step
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+
+from absl import logging
+from tensorboardX import SummaryWriter
+
+from charrnn_jax.errors import UserError
+from charrnn_jax.store.workdir import Workdir, is_remote
+
+FIELDS = (
+    "step",
+    "wall_time",
+    "train_loss",
+    "train_bpb",
+    "val_loss",
+    "val_bpb",
+    "tokens_per_sec",
+    "grad_norm",
+    "learning_rate",
+    "train_accuracy",
+    "val_accuracy",
+)
+
+
+def bits_per_byte(nats: float | None) -> float | None:
+    return None if nats is None else nats / math.log(2)
+
+
+def read_jsonl(path) -> list[dict]:
+    """All records of a metrics file (an empty list if it does not exist).
+
+    A last line cut short (a full disk, a kill mid-write) is skipped with a warning: the
+    trainer rewrites every row past its checkpoint anyway.
+    """
+    if not path.is_file():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise
+            logging.warning("Skipping the incomplete last line of %s.", path)
+    return records
+
+
+class JsonlWriter:
+    """Appends records; on resume it first drops records past the restored step.
+
+    Dropping them means a killed-and-resumed run's file reads like a run never
+    interrupted, and `wall_time` continues from the last kept record.
+    """
+
+    def __init__(self, path, resume_step: int):
+        self.path = path
+        kept = [r for r in read_jsonl(path) if r["step"] <= resume_step]
+        self.wall_time_offset = kept[-1]["wall_time"] if kept else 0.0
+        self._lines = [json.dumps(r) + "\n" for r in kept]
+        self._rewrite()
+        # Buckets (gs://) cannot append: there every write rewrites the (small) file.
+        self._file = None if is_remote(path) else path.open("a")
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(self._lines))
+        tmp.replace(self.path)
+
+    def write(self, record: dict) -> None:
+        line = json.dumps({k: record.get(k) for k in FIELDS}) + "\n"
+        self._lines.append(line)
+        if self._file is None:
+            self._rewrite()
+        else:
+            self._file.write(line)
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class TensorBoardWriter:
+    """Scalars and text samples as TensorBoard event files (tensorboardX, no TensorFlow)."""
+
+    def __init__(self, logdir):
+        self._writer = SummaryWriter(str(logdir))
+
+    def write(self, record: dict) -> None:
+        for key, value in record.items():
+            if key != "step" and key != "wall_time" and value is not None:
+                self._writer.add_scalar(key, value, record["step"])
+        self._writer.flush()
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        self._writer.add_text(tag, text, step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class WandbWriter:
+    """Rows to Weights & Biases (optional: `pip install .[wandb]`, off by default).
+
+    The run id is derived from the workdir, so a resumed run continues the same W&B run;
+    W&B keeps what it was sent, so rows a resume rewrites appear there once more.
+    mode='offline' writes under the workdir and syncs later (`wandb sync`).
+    """
+
+    def __init__(self, workdir: Workdir, *, project: str, mode: str, config: dict | None):
+        try:
+            import wandb  # Optional extra, loaded only when enabled.
+        except ImportError:
+            raise UserError("wandb.enable=True needs `pip install '.[wandb]'`.") from None
+        run_id = hashlib.sha1(os.fspath(workdir.path).encode()).hexdigest()[:16]
+        workdir.path.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(
+            project=project,
+            name=workdir.name,
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=os.fspath(workdir.path),
+            config=config,
+        )
+
+    def write(self, record: dict) -> None:
+        values = {k: v for k, v in record.items() if k != "step" and v is not None}
+        self._run.log(values, step=record["step"])
+
+    def write_text(self, tag: str, text: str, step: int) -> None:
+        del tag, text, step  # Samples stay in the log and TensorBoard.
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class MetricWriter:
+    """One writer over a run's JSONL, TensorBoard and (optionally) W&B, shaped like clu's
+    MetricWriter. Our trainer and the Keras baseline both write through it.
+    """
+
+    def __init__(self, workdir, *, resume_step: int, tensorboard: bool = True, wandb_config=None):
+        workdir = Workdir(workdir)
+        self._jsonl = JsonlWriter(workdir.metrics_file, resume_step)
+        self._tb = TensorBoardWriter(workdir.tensorboard_dir) if tensorboard else None
+        self._wandb = None
+        if wandb_config is not None and wandb_config.get("enable"):
+            self._wandb = WandbWriter(
+                workdir,
+                project=wandb_config["project"],
+                mode=wandb_config["mode"],
+                config=wandb_config.get("run_config"),
+            )
+
+    @property
+    def wall_time_offset(self) -> float:
+        """Training seconds already spent before a resume (the last kept row's wall_time)."""
+        return self._jsonl.wall_time_offset
+
+    def _streams(self):
+        return [w for w in (self._tb, self._wandb) if w is not None]
+
+    def write_scalars(self, step: int, record: dict) -> None:
+        self._jsonl.write({"step": step, **record})
+        for writer in self._streams():
+            writer.write({"step": step, **record})
+
+    def write_texts(self, step: int, texts: dict[str, str]) -> None:
+        for tag, text in texts.items():
+            for writer in self._streams():
+                writer.write_text(tag, text, step)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        for writer in self._streams():
+            writer.close()
+
+
+class Progress:
+    """Steps/s, tokens/s and ETA between calls; the clock is injectable for tests."""
+
+    def __init__(
+        self,
+        *,
+        start_step: int,
+        num_steps: int,
+        tokens_per_step: int,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.num_steps = num_steps
+        self.tokens_per_step = tokens_per_step
+        self._clock = clock
+        self._last_step = start_step
+        self._last_time = clock()
+        self._pause_started: float | None = None
+
+    def pause(self) -> None:
+        """Excludes eval/checkpoint/sample time from throughput until `resume`."""
+        self._pause_started = self._clock()
+
+    def resume(self) -> None:
+        if self._pause_started is not None:
+            self._last_time += self._clock() - self._pause_started
+            self._pause_started = None
+
+    def update(self, step: int) -> dict:
+        now = self._clock()
+        elapsed = max(now - self._last_time, 1e-9)
+        steps_per_sec = (step - self._last_step) / elapsed
+        self._last_step, self._last_time = step, now
+        remaining = self.num_steps - step
+        return {
+            "steps_per_sec": steps_per_sec,
+            "tokens_per_sec": steps_per_sec * self.tokens_per_step,
+            "eta_sec": remaining / steps_per_sec if steps_per_sec > 0 else float("inf"),
+        }
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def progress_line(step: int, num_steps: int, record: dict, rates: dict) -> str:
+    """One log line; classifiers show accuracy where language models show bits per byte."""
+    classifier = record.get("train_accuracy") is not None or record.get("val_accuracy") is not None
+    parts = [f"step {step}/{num_steps}"]
+    if record.get("train_loss") is not None:
+        parts.append(f"loss {record['train_loss']:.4f}")
+        if classifier:
+            parts.append(f"acc {record['train_accuracy']:.3f}")
+        else:
+            parts.append(f"bpb {record['train_bpb']:.4f}")
+    if record.get("val_loss") is not None:
+        parts.append(f"val_loss {record['val_loss']:.4f}")
+        if classifier:
+            parts.append(f"val_acc {record['val_accuracy']:.3f}")
+        else:
+            parts.append(f"val_bpb {record['val_bpb']:.4f}")
+    parts.append(f"{rates['steps_per_sec']:.2f} steps/s")
+    parts.append(f"{rates['tokens_per_sec']:,.0f} tok/s")
+    parts.append(f"ETA {format_duration(rates['eta_sec'])}")
+    return " | ".join(parts)

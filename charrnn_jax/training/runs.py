@@ -1,0 +1,161 @@
+"""One run's outputs: its locked workdir, checkpoints, metric writer and summary.
+
+A plain run has one Run; a vmapped sweep one per variant, each an ordinary workdir that
+can be sampled from or resumed on its own.
+"""
+
+from __future__ import annotations
+
+import jax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from charrnn_jax import config_lib
+from charrnn_jax.data import corpora, pipeline
+from charrnn_jax.errors import NonFiniteLossError, UserError
+from charrnn_jax.inference import sampler
+from charrnn_jax.store import checkpointing, metric_logging
+from charrnn_jax.store.workdir import Workdir, WorkdirLock
+
+
+class Run:
+    """Opens (creates, locks) a workdir, and owns what the trainer writes into it."""
+
+    def __init__(self, config, workdir, *, is_main: bool):
+        self.config = config
+        self.workdir = Workdir(workdir)
+        self.is_main = is_main
+        self.failed: str | None = None  # Set when a vmapped variant diverges.
+        self.summary = {
+            "resumed_from": None,
+            "preempted": False,
+            "early_stopped": False,
+            "failed": None,
+            "train_loss": None,
+            "val_loss": None,
+            "val_accuracy": None,
+        }
+        self.writer = None
+        self.wall_offset = 0.0
+        self.best = (float("inf"), 0)  # (val loss, step) of checkpoints_best/.
+        self._created = False
+        self._lock = WorkdirLock(self.workdir)
+        self.ckpt = self.best_ckpt = None
+
+    def open(self, *, restart: bool) -> Run:
+        """Creates and locks the workdir (process 0), then opens its checkpoints.
+
+        With `restart`, a previous run's outputs are moved aside (kept) first.
+        """
+        self._created = self.workdir.prepare()
+        if self.is_main:
+            self._lock.acquire()
+            if restart:
+                self.workdir.set_aside("--restart")
+        if restart and jax.process_count() > 1:  # Nobody opens checkpoints before the move.
+            multihost_utils.sync_global_devices("charrnn_restart")
+        self.ckpt = checkpointing.Checkpointer(
+            self.workdir, max_to_keep=self.config.train.max_to_keep
+        )
+        self.best_ckpt = checkpointing.Checkpointer(self.workdir, max_to_keep=1, best=True)
+        return self
+
+    def check_fresh_start(self) -> None:
+        """A run never silently starts from zero over checkpoints, quarantined ones included."""
+        if self.workdir.has_checkpoints():
+            raise UserError(
+                f"{self.workdir.path} holds checkpoints but none could be restored (see "
+                f"{self.workdir.quarantine_dir}); pass --restart to train from step 0 (the old "
+                f"outputs are moved aside, not deleted)."
+            )
+
+    def start_logs(self, start_step: int) -> None:
+        # Every process reads the best val so far (rows up to the restored step) so that
+        # all of them make the same best-checkpoint and early-stopping decisions.
+        rows = metric_logging.read_jsonl(self.workdir.metrics_file) if start_step else []
+        vals = [(r["val_loss"], r["step"]) for r in rows if r["step"] <= start_step]
+        vals = [v for v in vals if v[0] is not None]
+        self.best = min(vals, default=(float("inf"), 0))
+        if not self.is_main:
+            return
+        config_lib.save(self.config, self.workdir.config_file)
+        self.writer = metric_logging.MetricWriter(
+            self.workdir,
+            resume_step=start_step,
+            wandb_config={**self.config.wandb, "run_config": self.config.to_dict()},
+        )
+        self.wall_offset = self.writer.wall_time_offset
+
+    def last_good(self) -> str:
+        latest = self.ckpt.latest_step()
+        return f"step {latest} in {self.ckpt.directory}" if latest is not None else "none"
+
+    def check_window(self, window: dict) -> None:
+        """Raises if a step since the last row was non-finite (fetched window, numpy)."""
+        bad = int(window["bad_step"])
+        if bad:
+            raise NonFiniteLossError(
+                f"Loss, gradient or params became non-finite at step {bad} (train loss "
+                f"summed over the steps since the last row: {float(window['loss'])}); nothing "
+                f"was saved after it. Last good checkpoint: {self.last_good()}."
+            )
+
+    def keep_if_best(self, step: int, params, val_loss: float) -> None:
+        """Saves params to checkpoints_best/ when val loss improves (every process calls)."""
+        if val_loss < self.best[0]:
+            self.best = (val_loss, step)
+            self.best_ckpt.save(step, {"params": params})
+
+    def patience_exhausted(self, step: int) -> bool:
+        """train.early_stop_patience evals in a row without a better val loss (0: never)."""
+        t = self.config.train
+        patience = t.early_stop_patience
+        return bool(patience) and step - self.best[1] >= patience * t.eval_every
+
+    def write(self, step: int, record: dict) -> None:
+        self.summary["train_loss"] = record.get("train_loss", self.summary["train_loss"])
+        for key in ("val_loss", "val_accuracy"):
+            if key in record:
+                self.summary[key] = record[key]
+        if self.writer:
+            self.writer.write_scalars(step, record)
+
+    def close(self) -> None:
+        try:
+            for ckpt in (self.ckpt, self.best_ckpt):
+                if ckpt:
+                    ckpt.wait_until_finished()
+                    ckpt.close()
+        finally:
+            if self.writer:
+                self.writer.close()
+            self._lock.release()
+
+    def discard_if_new(self) -> None:
+        """After a failed start: remove the workdir if this run created it and it holds nothing."""
+        if self._created and self.is_main and not self.workdir.has_checkpoints():
+            self._lock.release()
+            self.workdir.path.rmtree(missing_ok=True)
+
+
+def generate_text(params, model, config, rng) -> str:
+    """A short sample for the logs; params are gathered to the host first."""
+    prefix = pipeline.prompt_prefix(config.data.mode)
+    prompt = config.sample.prompt.encode("utf-8")
+    tokens, lengths = sampler.sample(
+        jax.device_get(params),
+        model,
+        [prefix + prompt],
+        length=config.sample.length,
+        temperature=config.sample.temperature,
+        rng=rng,
+        stop_byte=prefix[0] if prefix else None,  # One example, e.g. one dinosaur name.
+    )
+    return corpora.decode(prompt + tokens[0, : lengths[0]].tobytes())
+
+
+def log_sample(run: Run, params, model, rng, step: int, tag: str) -> None:
+    text = generate_text(params, model, run.config, rng)
+    logging.info("Sample at step %d%s:\n%s", step, tag, text)
+    if run.writer:
+        run.writer.write_texts(step, {"sample": text})

@@ -1,0 +1,177 @@
+"""The train state and the pure step functions the loop jits: train, eval and vmapped train.
+
+The state carries a metric *window*: sums of the train loss, gradient norm and accuracy
+since the last metrics row, and the first step whose loss, gradient or updated params
+were non-finite. It stays on the device (no host sync per step) and is checkpointed with
+the params, so a resumed run writes exactly the rows of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from charrnn_jax import models
+from charrnn_jax.inference import scoring
+from charrnn_jax.store.metric_logging import bits_per_byte
+from charrnn_jax.training import optim
+
+
+class TrainState(train_state.TrainState):
+    window: Any = None  # See empty_window.
+    carry: Any = None  # data.mode='stream': the recurrent state carried to the next step.
+
+
+def empty_window() -> dict:
+    """Running sums since the last metrics row; bad_step 0 means every step was finite.
+
+    Each leaf is its own buffer, so a state built outside jit can still be donated.
+    """
+    return {
+        "loss": jnp.zeros([], jnp.float32),
+        "grad_norm": jnp.zeros([], jnp.float32),
+        "accuracy": jnp.zeros([], jnp.float32),
+        "learning_rate": jnp.zeros([], jnp.float32),
+        "steps": jnp.zeros([], jnp.int32),
+        "bad_step": jnp.zeros([], jnp.int32),
+    }
+
+
+def reset_window(state: TrainState) -> TrainState:
+    """The state with an empty window (or a stack of them, for stacked variants)."""
+    return state.replace(window=jax.tree.map(jnp.zeros_like, state.window))
+
+
+def window_record(window: dict, *, classifier: bool) -> dict:
+    """A metrics row's train fields from a fetched (numpy) window; {} for an empty one."""
+    steps = int(window["steps"])
+    if not steps:
+        return {}
+    out = {
+        "train_loss": float(window["loss"]) / steps,
+        "grad_norm": float(window["grad_norm"]) / steps,
+        "learning_rate": float(window["learning_rate"]),
+    }
+    out["train_bpb"] = bits_per_byte(out["train_loss"])
+    if classifier:
+        out["train_accuracy"] = float(window["accuracy"]) / steps
+    return out
+
+
+def create_train_state(
+    rng, *, model: models.CharRNN, tx, seq_len: int, carry_rows: int = 0
+) -> TrainState:
+    """A fresh state; carry_rows > 0 (stream mode) adds a zero carry of that many rows."""
+    params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
+    carry = model.initialize_carry(carry_rows) if carry_rows else None
+    state = TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, window=empty_window(), carry=carry
+    )
+    # An explicit int32 step: restored states then have the identical type.
+    return state.replace(step=jnp.zeros([], jnp.int32))
+
+
+def initial_params(config: ml_collections.ConfigDict):
+    """The params a fresh run with this config starts from (for parity comparisons)."""
+    model = models.from_config(config.model)
+    return model.init(
+        jax.random.fold_in(jax.random.key(config.seed), 0),
+        jnp.zeros((1, config.data.seq_len), jnp.int32),
+    )["params"]
+
+
+def count_params(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def _carry_in(state, batch):
+    """Stream mode: the carried state, zeroed in rows whose stream starts anew (an epoch)."""
+    if state.carry is None:
+        return None
+    keep = ~batch["reset"]
+    return jax.tree.map(lambda c: jnp.where(keep[:, None], c, 0.0), state.carry)
+
+
+def train_step(state: TrainState, batch, dropout_rng, *, schedule):
+    """One Adam step on a global batch. Returns the new state and on-device metrics."""
+    rng = jax.random.fold_in(dropout_rng, state.step)
+
+    carry = _carry_in(state, batch)
+
+    def loss_fn(params):
+        logits, scored, new_carry = scoring.logits_and_labels(
+            state.apply_fn, params, batch, carry, train=True, rngs={"dropout": rng}
+        )
+        sums = scoring.loss_sums(logits, scored)
+        return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), (sums, new_carry)
+
+    (loss, (sums, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.tree.norm(grads),
+        "learning_rate": schedule(state.step),
+    }
+    if "correct" in sums:
+        metrics["accuracy"] = sums["correct"] / jnp.maximum(sums["weight"], 1.0)
+    new_state = state.apply_gradients(grads=grads)
+    if carry is not None:  # Truncated BPTT: the state flows on, its gradient does not.
+        new_state = new_state.replace(carry=jax.lax.stop_gradient(new_carry))
+    return new_state, metrics
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def windowed_train_step(state: TrainState, batch, dropout_rng, *, schedule):
+    """train_step, with its metrics added to the state's window (nothing leaves the device).
+
+    A step is bad if its loss or gradient norm is non-finite or if the update made any
+    param non-finite (a huge learning rate does that with a finite loss); the window
+    keeps the first bad step so the loop can stop before saving it.
+    """
+    new_state, metrics = train_step(state, batch, dropout_rng, schedule=schedule)
+    done = state.step + 1
+    finite = (
+        jnp.isfinite(metrics["loss"])
+        & jnp.isfinite(metrics["grad_norm"])
+        & _all_finite(new_state.params)
+    )
+    w = state.window
+    window = {
+        "loss": w["loss"] + metrics["loss"],
+        "grad_norm": w["grad_norm"] + metrics["grad_norm"],
+        "accuracy": w["accuracy"] + metrics.get("accuracy", 0.0),
+        "learning_rate": jnp.asarray(metrics["learning_rate"], jnp.float32),
+        "steps": w["steps"] + 1,
+        "bad_step": jnp.where((w["bad_step"] == 0) & ~finite, done, w["bad_step"]),
+    }
+    return new_state.replace(window=window)
+
+
+VMAPPED_HPARAMS = ("learning_rate", "grad_clip_norm")  # Traced per variant in the step.
+VMAPPABLE_KEYS = ("seed", *(f"train.{key}" for key in VMAPPED_HPARAMS))
+
+
+def vmapped_train_step(states, batches, dropout_rngs, hparams, *, train_config):
+    """windowed_train_step for K stacked variants that differ only in VMAPPABLE_KEYS.
+
+    Args:
+      states: a TrainState whose leaves have a leading variant axis K.
+      batches: the variants' batches, [K, B, ...].
+      dropout_rngs: [K] keys.
+      hparams: {'learning_rate': [K], 'grad_clip_norm': [K]} float32.
+    """
+
+    def one(state, batch, rng, hp):
+        tx, schedule = optim.make_optimizer(train_config, **hp)
+        new_state = windowed_train_step(state.replace(tx=tx), batch, rng, schedule=schedule)
+        return new_state.replace(tx=state.tx)  # No traced optimizer escapes.
+
+    return jax.vmap(one)(states, batches, dropout_rngs, hparams)

@@ -1,0 +1,227 @@
+"""A group of variants trained in one program: a plain run is a group of one.
+
+`Single` runs the plain jitted step; `Stacked` runs K variants (differing only in
+steps.VMAPPABLE_KEYS) through jax.vmap over stacked states. Both answer the same
+questions (keys, batches, restore, compiled steps, variant i's slice), so the loop has
+no branches on which it is.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from charrnn_jax import config_lib
+from charrnn_jax.errors import UserError
+from charrnn_jax.inference import scoring
+from charrnn_jax.runtime import parallel
+from charrnn_jax.store import checkpointing
+from charrnn_jax.training import steps
+
+
+def check_vmappable(configs) -> None:
+    """Variants trained in one vmapped program may differ only in VMAPPABLE_KEYS."""
+    flat = [config_lib.flatten(c) for c in configs]
+    for key in flat[0]:
+        if key in steps.VMAPPABLE_KEYS:
+            continue
+        values = {repr(f.get(key)) for f in flat}
+        if len(values) > 1:
+            raise UserError(
+                f"A vmapped sweep's variants may differ only in "
+                f"{', '.join(steps.VMAPPABLE_KEYS)}; {key} takes the values {sorted(values)}. "
+                f"Run those as separate sweeps."
+            )
+    if len({c.train.grad_clip_norm > 0 for c in configs}) > 1:
+        raise UserError("A vmapped sweep needs train.grad_clip_norm > 0 in all variants or none.")
+
+
+class Single:
+    """One run, stepped by the plain jitted train step."""
+
+    def __init__(self, configs, mesh):
+        self.configs = list(configs)
+        self.size = len(self.configs)
+        self.mesh = mesh
+        self.repl = parallel.replicated(mesh)
+        self.data_sharding = parallel.data_sharded(mesh, variant_axis=self.stacked)
+
+    stacked = False
+
+    def lift(self, fn):
+        """fn over one variant -> fn over the group's (stacked) values."""
+        return fn
+
+    def keys(self, fold: int):
+        """fold_in(key(seed), fold) per variant, as a global (replicated) array."""
+        seeds = jnp.array([c.seed for c in self.configs], jnp.int32)  # As jit sees an int.
+        make = self.lift(lambda seed: jax.random.fold_in(jax.random.key(seed), fold))
+        return jax.jit(lambda s: make(s if self.stacked else s[0]), out_shardings=self.repl)(seeds)
+
+    def stack(self, trees, sharding):
+        """Per-variant trees -> the group's value (stacked on a leading axis for K > 1)."""
+        return trees[0]  # Restored onto this sharding already.
+
+    def select(self, tree, i: int):
+        """Variant i's slice of a (stacked) device tree."""
+        return tree
+
+    def host_row(self, tree, i: int):
+        """Variant i of fetched (numpy) values."""
+        return tree
+
+    def global_batch(self, local_batches):
+        """One batch per variant (process-local) -> one global array."""
+        return parallel.global_batch(local_batches[0], self.mesh)
+
+    def train_fn(self, schedule):
+        return functools.partial(steps.windowed_train_step, schedule=schedule)
+
+    def compile(self, model, schedule, state_sharding, *, chunk: int):
+        """The jitted train step (donating the state), eval step and window reset."""
+        step_fn = jax.jit(
+            self.train_fn(schedule),
+            in_shardings=(state_sharding, self.data_sharding, self.repl),
+            out_shardings=state_sharding,
+            donate_argnums=0,
+        )
+        eval_fn = jax.jit(
+            self.lift(functools.partial(scoring.eval_step, apply_fn=model.apply, chunk=chunk)),
+            in_shardings=(state_sharding.params, self.data_sharding),
+            out_shardings=self.repl,
+        )
+        reset_fn = jax.jit(
+            steps.reset_window,
+            in_shardings=(state_sharding,),
+            out_shardings=state_sharding,
+            donate_argnums=0,
+        )
+        return step_fn, eval_fn, reset_fn
+
+    def sharding(self, abstract_state, field: str):
+        """Shardings of one state field: the carry split like the batch, the rest replicated."""
+        value = getattr(abstract_state, field)
+        sharding = self.data_sharding if field == "carry" else self.repl
+        return jax.tree.map(lambda _: sharding, value)
+
+    def restore_or_init(self, checkpointers, init):
+        """The (stacked) state at the runs' common checkpoint step, or freshly initialised.
+
+        Returns (state, state_sharding, start_step or None).
+        """
+        init_keys = self.keys(0)
+        abstract_one = jax.eval_shape(init, jax.random.key(0))
+        one_variant = Single(self.configs[:1], self.mesh)
+        abstract_items = {
+            item: checkpointing.abstract_like(
+                getattr(abstract_one, item), one_variant.sharding(abstract_one, item)
+            )
+            for item in checkpointing.ITEMS
+            if getattr(abstract_one, item) is not None
+        }
+        init_fn = self.lift(init)
+        abstract_state = jax.eval_shape(init_fn, init_keys)
+        state_sharding = abstract_state.replace(
+            **{f: self.sharding(abstract_state, f) for f in ("step", *checkpointing.ITEMS)}
+        )
+        start_step, restored = _restore_all(checkpointers, abstract_items)
+        if start_step is None:
+            state = jax.jit(init_fn, out_shardings=state_sharding)(init_keys)
+            init_from = self.configs[0].train.init_from
+            if init_from:  # Fine-tuning: another run's params, a fresh optimizer.
+                params = checkpointing.load_params(init_from, abstract_items["params"])
+                state = state.replace(
+                    params=self.stack([params] * self.size, state_sharding.params)
+                )
+            return state, state_sharding, None
+        logging.info("Resumed from checkpoint step %d.", start_step)
+        items = {}
+        for item in abstract_items:
+            sharding = getattr(state_sharding, item)
+            if all(item in r for r in restored):
+                items[item] = self.stack([r[item] for r in restored], sharding)
+            else:  # An older checkpoint without a metric window: start an empty one.
+                logging.warning(
+                    "Checkpoint step %d has no %s; starting it empty.", start_step, item
+                )
+                items[item] = _zeros_like(getattr(abstract_state, item), sharding)
+        step_array = jax.jit(
+            lambda: jnp.full(abstract_state.step.shape, start_step, jnp.int32),
+            out_shardings=self.repl,
+        )()
+        return abstract_state.replace(step=step_array, **items), state_sharding, start_step
+
+
+class Stacked(Single):
+    """K variants in one program: jax.vmap over states stacked on a leading axis."""
+
+    stacked = True
+
+    def __init__(self, configs, mesh):
+        super().__init__(configs, mesh)
+        # One program for every i (traced), not one per variant.
+        self._select = jax.jit(
+            lambda tree, i: jax.tree.map(lambda x: x[i], tree), out_shardings=self.repl
+        )
+
+    def lift(self, fn):
+        return jax.vmap(fn)
+
+    def stack(self, trees, sharding):
+        return jax.jit(
+            lambda *t: jax.tree.map(lambda *x: jnp.stack(x), *t), out_shardings=sharding
+        )(*trees)
+
+    def select(self, tree, i: int):
+        return self._select(tree, i)
+
+    def host_row(self, tree, i: int):
+        return jax.tree.map(lambda x: x[i], tree)
+
+    def global_batch(self, local_batches):
+        stacked = jax.tree.map(lambda *x: np.stack(x), *local_batches)
+        return parallel.global_batch(stacked, self.mesh, variant_axis=True)
+
+    def train_fn(self, schedule):
+        hparams = jax.device_put(
+            {
+                key: jnp.array([c.train[key] for c in self.configs], jnp.float32)
+                for key in steps.VMAPPED_HPARAMS
+            },
+            self.repl,
+        )
+        return functools.partial(
+            steps.vmapped_train_step, hparams=hparams, train_config=self.configs[0].train
+        )
+
+
+def _zeros_like(abstract_tree, sharding):
+    """Zeros of an abstract tree's shapes and dtypes, as global (replicated) arrays."""
+    return jax.jit(
+        lambda: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract_tree),
+        out_shardings=sharding,
+    )()
+
+
+def _restore_all(checkpointers, abstract_items):
+    """Every run restored at one common step: (step or None, [restored items per run])."""
+    restored = [ckpt.restore(abstract_items) for ckpt in checkpointers]
+    found = [step for step, _ in restored]
+    if len(set(found)) == 1:
+        return found[0], [items for _, items in restored]
+    if None in found:
+        raise UserError(
+            "The variants' workdirs hold checkpoints at different steps ("
+            + ", ".join(f"{c.workdir.name}: {s}" for c, s in zip(checkpointers, found, strict=True))
+            + "); resume them with the same variants, or move the odd ones away."
+        )
+    common = min(found)
+    logging.warning("Variants are at different steps %s; resuming all from %d.", found, common)
+    return common, [
+        items if step == common else ckpt.restore(abstract_items, step=common)[1]
+        for ckpt, (step, items) in zip(checkpointers, restored, strict=True)
+    ]

@@ -1,0 +1,173 @@
+"""The byte pipeline: shifts, purity in the step, per-process tiling, data errors."""
+
+import hashlib
+import urllib.request
+
+import numpy as np
+import pytest
+
+from charrnn_jax.data import corpora, windows
+
+
+@pytest.fixture
+def tokens(shakespeare_path):
+    return corpora.load_bytes(shakespeare_path)
+
+
+def test_load_reads_every_byte_as_uint8(tokens, shakespeare_path):
+    raw = shakespeare_path.read_bytes()
+    assert tokens.dtype == np.uint8 and len(tokens) == len(raw) == 1_115_394
+    assert (
+        hashlib.sha256(tokens.tobytes()).hexdigest() == corpora.REGISTRY["tinyshakespeare"].sha256
+    )
+
+
+def test_large_files_are_memory_mapped(tmp_path, monkeypatch):
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(range(256)) * 4)
+    monkeypatch.setattr(corpora, "MMAP_THRESHOLD_BYTES", 100)
+    loaded = corpora.load_bytes(path)
+    assert isinstance(loaded, np.memmap) and loaded[255] == 255
+
+
+def test_split_is_positional_nanogpt_style(tokens):
+    train, val = corpora.split(tokens, 0.1)
+    assert len(train) == int(len(tokens) * 0.9)
+    np.testing.assert_array_equal(np.concatenate([train, val]), tokens)
+
+
+@pytest.mark.parametrize("mode", ["random", "epoch"])
+def test_targets_are_inputs_shifted_by_one(tokens, mode):
+    batch = windows.train_batch(tokens, seed=0, step=3, global_batch=8, seq_len=50, mode=mode)
+    assert batch["inputs"].shape == batch["targets"].shape == (8, 50)
+    np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
+    # Each row is a real window of the file.
+    text = tokens.tobytes()
+    for row in range(8):
+        window = bytes(batch["inputs"][row].astype(np.uint8)) + bytes([batch["targets"][row, -1]])
+        assert window in text
+
+
+@pytest.mark.parametrize("mode", ["random", "epoch"])
+def test_batch_is_a_pure_function_of_the_step(tokens, mode):
+    kwargs = dict(seed=7, global_batch=8, seq_len=20, mode=mode)
+    first = windows.train_batch(tokens, step=5, **kwargs)
+    for step in range(5):  # Drawing other steps first changes nothing.
+        windows.train_batch(tokens, step=step, **kwargs)
+    np.testing.assert_array_equal(
+        windows.train_batch(tokens, step=5, **kwargs)["inputs"], first["inputs"]
+    )
+    other = windows.train_batch(tokens, step=6, **kwargs)
+    assert not np.array_equal(other["inputs"], first["inputs"])
+    reseeded = windows.train_batch(tokens, step=5, **{**kwargs, "seed": 8})
+    assert not np.array_equal(reseeded["inputs"], first["inputs"])
+
+
+@pytest.mark.parametrize("mode", ["random", "epoch"])
+def test_process_slices_tile_the_global_batch(tokens, mode):
+    kwargs = dict(seed=1, step=2, global_batch=12, seq_len=16, mode=mode)
+    whole = windows.train_batch(tokens, **kwargs)
+    parts = [
+        windows.train_batch(tokens, process_index=i, process_count=3, **kwargs) for i in range(3)
+    ]
+    for key in ("inputs", "targets"):
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+
+
+def test_epoch_mode_visits_every_chunk_once_per_epoch():
+    tokens = np.arange(101 * 40, dtype=np.int64) % 251
+    seq_len, batch = 100, 8  # 40 chunks -> 5 batches per epoch.
+    starts = np.concatenate(
+        [
+            windows.window_starts(
+                len(tokens), seed=0, step=s, global_batch=batch, seq_len=seq_len, mode="epoch"
+            )
+            for s in range(5)
+        ]
+    )
+    assert sorted(starts.tolist()) == [i * (seq_len + 1) for i in range(40)]
+    next_epoch = windows.window_starts(
+        len(tokens), seed=0, step=5, global_batch=batch, seq_len=seq_len, mode="epoch"
+    )
+    assert not np.array_equal(next_epoch, starts[:batch])  # Reshuffled.
+
+
+def test_eval_batches_are_fixed_and_tile_over_processes(tokens):
+    _, val = corpora.split(tokens, 0.1)
+    kwargs = dict(global_batch=8, seq_len=32, num_batches=3)
+    a, b = windows.eval_batches(val, **kwargs), windows.eval_batches(val, **kwargs)
+    assert len(a) == 3
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+    halves = [
+        windows.eval_batches(val, process_index=i, process_count=2, **kwargs) for i in range(2)
+    ]
+    np.testing.assert_array_equal(
+        np.concatenate([halves[0][1]["inputs"], halves[1][1]["inputs"]]), a[1]["inputs"]
+    )
+
+
+def test_missing_empty_and_short_files_are_clear_errors(tmp_path):
+    with pytest.raises(corpora.DataError, match="not found"):
+        corpora.load_bytes(tmp_path / "nope.txt")
+    (tmp_path / "empty.txt").write_bytes(b"")
+    with pytest.raises(corpora.DataError, match="empty"):
+        corpora.load_bytes(tmp_path / "empty.txt")
+    with pytest.raises(corpora.DataError, match="needs at least 102"):
+        corpora.check_long_enough(np.zeros(50, np.uint8), 100, "train")
+
+
+def test_batch_that_does_not_divide_over_processes_is_an_error(tokens):
+    with pytest.raises(corpora.DataError, match="does not divide"):
+        windows.train_batch(tokens, seed=0, step=0, global_batch=10, seq_len=8, process_count=4)
+
+
+def test_registry_prefers_the_data_dir(shakespeare_path):
+    assert corpora.resolve_path("tinyshakespeare", "") == shakespeare_path
+    assert str(corpora.resolve_path("tinyshakespeare", "/some/file.txt")) == "/some/file.txt"
+    with pytest.raises(corpora.DataError, match="Unknown dataset"):
+        corpora.resolve_path("nope", "")
+
+
+def test_offline_download_names_what_to_set(tmp_path, monkeypatch):
+    monkeypatch.delenv(corpora.DATA_DIR_ENV)
+    monkeypatch.setattr(corpora, "CACHE_DIR", tmp_path / "cache")
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(corpora.DataError, match="CHARRNN_DATA_DIR") as err:
+        corpora.resolve_path("tinyshakespeare", "")
+    assert "--config.data.path" in str(err.value)
+    assert not (tmp_path / "cache" / "tinyshakespeare.txt").exists()
+
+
+def test_download_checks_sha256_and_caches(tmp_path, monkeypatch, shakespeare_path):
+    monkeypatch.delenv(corpora.DATA_DIR_ENV)
+    monkeypatch.setattr(corpora, "CACHE_DIR", tmp_path / "cache")
+    served = {"body": shakespeare_path.read_bytes()}
+
+    class Response:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return served["body"]
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Response())
+    path = corpora.resolve_path("tinyshakespeare", "")
+    assert path == tmp_path / "cache" / "tinyshakespeare.txt" and path.stat().st_size == 1_115_394
+    path.unlink()
+    served["body"] = b"tampered"
+    with pytest.raises(corpora.DataError, match="sha256"):
+        corpora.resolve_path("tinyshakespeare", "")
+    assert not path.exists()
+
+
+def test_decode_replaces_invalid_utf8():
+    assert corpora.decode(np.array([0x68, 0x69, 0xFF], np.uint8)) == "hi\ufffd"
+    assert corpora.decode("小路".encode()) == "小路"

@@ -1,0 +1,139 @@
+"""The command lines as a user runs them: train, then sample; bad input gives one line."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, subprocess_env, tiny_overrides
+
+from charrnn_jax.runtime import distributed, host_memory
+from charrnn_jax.store import metric_logging
+
+pytestmark = pytest.mark.slow  # Subprocess runs and trainings: not in make test-fast.
+
+CONFIG = f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny"
+
+
+def _run(module, *args, **env):
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=subprocess_env(**env),
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli_run")
+    result = _run(
+        "charrnn_jax.main",
+        CONFIG,
+        f"--workdir={workdir}",
+        "--cpu_devices=2",
+        *tiny_overrides(**{"sample.length": 30}),
+        GLIBC_TUNABLES="",  # As a user's shell has it: main restarts itself with huge pages.
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result
+
+
+def test_main_trains_logs_progress_and_writes_metrics(trained):
+    workdir, result = trained
+    assert "step 6/6 | loss" in result.stderr and "tok/s | ETA" in result.stderr
+    assert "Sample at step 6:\nROMEO:" in result.stderr
+    assert "2 local devices" in result.stderr  # --cpu_devices=2 (the environment asks for 4).
+    restarts = result.stderr.count(f"Restarting with GLIBC_TUNABLES={host_memory.TUNABLE}")
+    assert restarts == (host_memory.environment_with_huge_pages({}) is not None)  # Once.
+    records = metric_logging.read_jsonl(workdir / "metrics.jsonl")
+    assert records[-1]["step"] == 6 and records[-1]["val_loss"] > 0
+    assert (workdir / "config.json").is_file()
+
+
+def test_sample_cli_prints_each_prompt_continued(trained):
+    workdir, _ = trained
+    args = ["--prompt=ROMEO: ", "--prompt=式部", "--length=20", "--num_samples=2", "--seed=3"]
+    result = _run("charrnn_jax.sample", f"--workdir={workdir}", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    chunks = result.stdout.split("----- sample ")[1:]
+    assert len(chunks) == 4
+    assert chunks[0].split("\n", 1)[1].startswith("ROMEO: ")
+    assert chunks[2].split("\n", 1)[1].startswith("式部")
+    again = _run("charrnn_jax.sample", f"--workdir={workdir}", *args)
+    assert again.stdout == result.stdout
+
+
+def test_sample_cli_prompt_file_and_stop(trained, tmp_path):
+    workdir, _ = trained
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_bytes(b"KING:")
+    result = _run(
+        "charrnn_jax.sample",
+        f"--workdir={workdir}",
+        f"--prompt_file={prompt}",
+        "--length=200",
+        "--stop=newline",
+        "--temperature=0",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("KING:") and result.stdout.count("\n") <= 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--length=0"], "length must be positive"),
+        (["--temperature=-1"], "temperature must be >= 0"),
+        (["--top_k=999"], "top_k must be in"),
+        (["--stop=ab"], "--stop must be"),
+        (["--step=12345"], "No checkpoint for step 12345"),
+    ],
+)
+def test_sample_cli_errors_are_one_line(trained, args, message):
+    workdir, _ = trained
+    result = _run("charrnn_jax.sample", f"--workdir={workdir}", *args)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sample_cli_missing_workdir(tmp_path):
+    result = _run("charrnn_jax.sample", f"--workdir={tmp_path / 'none'}")
+    assert result.returncode == 1 and "does not exist" in result.stderr
+
+
+def test_unknown_config_key_is_a_clear_error(tmp_path):
+    result = _run("charrnn_jax.main", CONFIG, f"--workdir={tmp_path}", "--config.train.foo=1")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "unknown config key 'train.foo'" in result.stderr
+
+
+def test_wrong_type_override_is_a_clear_error(tmp_path):
+    result = _run(
+        "charrnn_jax.main", CONFIG, f"--workdir={tmp_path}", "--config.train.num_steps=lots"
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "--config.train.num_steps=lots" in result.stderr
+
+
+def test_user_errors_exit_1_with_one_line(tmp_path):
+    result = _run(
+        "charrnn_jax.main",
+        CONFIG,
+        f"--workdir={tmp_path}",
+        "--config.data.path=/nonexistent/file.txt",
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: Data file not found: /nonexistent/file.txt"
+    )
+
+
+def test_distributed_autodetection():
+    detect = distributed.should_initialize_distributed
+    assert not detect("auto", {})
+    assert detect("auto", {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "8"})
+    assert not detect("auto", {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"})
+    assert detect("auto", {"TPU_WORKER_HOSTNAMES": "a,b"})
+    assert detect("on", {}) and not detect("off", {"TPU_WORKER_HOSTNAMES": "a,b"})
