@@ -17,7 +17,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from charrnn_jax.models import lru, min_rnn
+from charrnn_jax.models import lru, min_rnn, rglru
 
 
 def _zeros(batch_size: int, hidden_size: int):
@@ -64,4 +64,5 @@ CELLS: dict[str, Cell] = {
     "mingru": Cell(min_rnn.MinGRU, residual_block=True),
     "minlstm": Cell(min_rnn.MinLSTM, residual_block=True),
     "lru": Cell(lru.LRU, residual_block=True, zero_state=lru.zero_state),
+    "rglru": Cell(rglru.RGLRU, residual_block=True),
 }

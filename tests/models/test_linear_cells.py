@@ -9,7 +9,7 @@ from conftest import load_experiment, tiny_config
 
 from charrnn_jax import models
 from charrnn_jax.inference import sampler
-from charrnn_jax.models import lru, registry
+from charrnn_jax.models import lru, registry, rglru
 from charrnn_jax.store import metric_logging
 from charrnn_jax.training import loop
 
@@ -178,6 +178,19 @@ def test_lru_starts_on_the_ring_with_normalised_inputs():
     np.testing.assert_allclose(np.exp(params["gamma_log"]), np.sqrt(1 - modulus**2), rtol=1e-5)
     phase = np.exp(params["theta_log"])
     assert phase.min() >= 0 and phase.max() <= lru.LRU_MAX_PHASE
+
+
+def test_rglru_starts_on_the_ring_and_its_gates_stay_in_bounds():
+    params = _params("rglru")["blocks"]["block_0"]["recurrence"]
+    a = 1 / (1 + np.exp(-np.asarray(params["Lambda"])))  # sigma(Lambda), eq. 3
+    assert a.min() >= rglru.RGLRU_R_MIN - 1e-6 and a.max() <= rglru.RGLRU_R_MAX + 1e-6
+    x = jax.random.normal(jax.random.key(4), (7, 2, 32)) * 10
+    a_t, b_t = rglru.gates(
+        x, params["W_a"], params["b_a"], params["W_x"], params["b_x"], params["Lambda"]
+    )
+    # a_t in (0, 1] (1 in float32 when r_t is near 0) and the input term bounded by |x|:
+    # the state can never blow up.
+    assert np.all((a_t > 0) & (a_t <= 1)) and np.all(np.abs(b_t) <= np.abs(x) + 1e-6)
 
 
 @pytest.mark.parametrize("cell", CELLS)

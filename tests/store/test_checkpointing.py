@@ -60,7 +60,14 @@ def _final_params(workdir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "mode, cell", [("random", "gru"), ("stream", "gru"), ("stream", "mingru"), ("random", "lru")]
+    "mode, cell",
+    [
+        ("random", "gru"),
+        ("stream", "gru"),
+        ("stream", "mingru"),
+        ("random", "lru"),
+        ("stream", "rglru"),
+    ],
 )
 def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path, mode, cell):
     """Stream mode too (the carried state is checkpointed with the params), and the
