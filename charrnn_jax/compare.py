@@ -19,15 +19,22 @@ from ml_collections import config_flags
 from charrnn_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
-_STEPS = flags.DEFINE_integer("steps", None, "Train steps for both (default: the config's).")
+_STEPS = flags.DEFINE_integer(
+    "steps", None, "Train steps for both (default: the config's).", lower_bound=1
+)
 _PARITY = flags.DEFINE_bool("parity", False, "Start both from identical weights.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _OURS = flags.DEFINE_string("ours", None, "Reuse this charrnn_jax workdir instead of training.")
 _KERAS = flags.DEFINE_string("keras", None, "Reuse this Keras workdir instead of training.")
 _LOG_EVERY = flags.DEFINE_integer(
-    "log_every", 0, "Steps between rows (0: a twelfth of the run, so the curve has points)."
+    "log_every",
+    0,
+    "Steps between rows (0: a twelfth of the run, so the curve has points).",
+    lower_bound=0,
 )
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 0, "Steps between val losses (0: a third).")
+_EVAL_EVERY = flags.DEFINE_integer(
+    "eval_every", 0, "Steps between val losses (0: a third).", lower_bound=0
+)
 flags.mark_flags_as_required(["config", "out"])
 
 

@@ -24,7 +24,10 @@ _STEP = flags.DEFINE_string(
     "step", None, "Checkpoint: a step number, 'latest' (default) or 'best' (lowest val loss)."
 )
 _STREAMS = flags.DEFINE_integer(
-    "streams", 0, "Contiguous streams scored in parallel (0: the run's eval.streams or batch)."
+    "streams",
+    0,
+    "Contiguous streams scored in parallel (0: the run's eval.streams or batch).",
+    lower_bound=0,
 )
 _METRIC = flags.DEFINE_enum(
     "metric",

@@ -23,8 +23,10 @@ from charrnn_jax.runtime import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "Output directory (must not hold a run already).")
-_EPOCHS = flags.DEFINE_integer("epochs", 20, "The tutorial's epochs.")
-_BUDGET = flags.DEFINE_float("budget_s", 0.0, "Stop at this wall-clock in seconds (0: none).")
+_EPOCHS = flags.DEFINE_integer("epochs", 20, "The tutorial's epochs.", lower_bound=1)
+_BUDGET = flags.DEFINE_float(
+    "budget_s", 0.0, "Stop at this wall-clock in seconds (0: none).", lower_bound=0.0
+)
 flags.mark_flags_as_required(["config", "out"])
 
 

@@ -46,6 +46,13 @@ _RESTART = flags.DEFINE_bool(
     "Train from step 0 although the workdir holds checkpoints or metrics: they are moved to "
     "<workdir>/replaced-<time>/ (kept). Without it, a run never starts over silently.",
 )
+_ALLOW_CHANGE = flags.DEFINE_list(
+    "allow_config_change",
+    [],
+    "Resume although these config keys changed (e.g. train.learning_rate,data.seq_len; "
+    "'data' for a changed corpus). Without it a resume that would mix two runs is refused; "
+    "accepted changes are recorded in <workdir>/config_history.jsonl.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -81,7 +88,11 @@ def main(argv):
         cli.exit_on_user_error(_vmapped_sweep, config, _WORKDIR.value)
         return
     summary = cli.exit_on_user_error(
-        loop.train_and_evaluate, config, _WORKDIR.value, restart=_RESTART.value
+        loop.train_and_evaluate,
+        config,
+        _WORKDIR.value,
+        restart=_RESTART.value,
+        allow_config_change=frozenset(_ALLOW_CHANGE.value),
     )
     if summary["preempted"]:
         print(

@@ -17,14 +17,19 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt; repeat for several prompts.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A file whose bytes are one prompt.")
 _LENGTH = flags.DEFINE_integer(
-    "length", 1000, "Bytes (not characters: UTF-8 may take several) to generate per sample."
+    "length",
+    1000,
+    "Bytes (not characters: UTF-8 may take several) to generate per sample.",
+    lower_bound=0,
 )
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "0 = greedy argmax; higher = more random.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample only from the k likeliest bytes; 0 = all.")
+_TOP_K = flags.DEFINE_integer(
+    "top_k", 0, "Sample only from the k likeliest bytes; 0 = all.", lower_bound=0, upper_bound=256
+)
 _TOP_P = flags.DEFINE_float(
     "top_p", 1.0, "Nucleus sampling: only the likeliest bytes whose mass reaches p; 1 = all."
 )
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Samples per prompt.", lower_bound=1)
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed; the same seed gives the same text.")
 _STEP = flags.DEFINE_string(
     "step", None, "Checkpoint: a step number, 'latest' (default) or 'best' (lowest val loss)."
@@ -37,6 +42,7 @@ _WINDOW = flags.DEFINE_integer(
     None,
     "Condition each byte only on the last N bytes (re-primes the carry "
     "from zero over them every step; N model steps per byte).",
+    lower_bound=1,
 )
 _DTYPE = flags.DEFINE_enum(
     "dtype",

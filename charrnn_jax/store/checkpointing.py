@@ -33,6 +33,8 @@ from charrnn_jax.store.workdir import Workdir
 
 ITEMS = ("params", "opt_state", "window", "carry")  # carry: data.mode='stream' only.
 OPTIONAL_ITEMS = ("window",)  # Absent from checkpoints written before it existed.
+META = "meta"  # JSON beside the arrays: the metrics row at the step, the best's val loss.
+JSON_ITEMS = (integrity.CHECKSUMS, META)
 
 
 class Checkpointer:
@@ -54,7 +56,7 @@ class Checkpointer:
         if self.directory.exists() and not self.directory.is_dir():
             raise UserError(f"Checkpoint path {self.directory} exists but is not a directory.")
         handlers = {item: ocp.StandardCheckpointHandler() for item in ITEMS}
-        handlers[integrity.CHECKSUMS] = ocp.JsonCheckpointHandler()
+        handlers.update({item: ocp.JsonCheckpointHandler() for item in JSON_ITEMS})
         try:
             self.manager = ocp.CheckpointManager(
                 self.directory,
@@ -89,8 +91,9 @@ class Checkpointer:
         """
         return jax.process_count() > 1 and self.manager.reached_preemption(step)
 
-    def save(self, step: int, items: dict) -> None:
-        """Starts an async save of `items` (see ITEMS) with their checksums.
+    def save(self, step: int, items: dict, meta: dict | None = None) -> None:
+        """Starts an async save of `items` (see ITEMS) with their checksums, and `meta`
+        (JSON: the metrics row written at this step, or the best's val loss) beside them.
 
         Every process must call this (never only process 0). A failed write (a full disk,
         say) becomes a UserError naming the step; the steps already on disk stay valid.
@@ -98,6 +101,8 @@ class Checkpointer:
         sums = {item: integrity.checksums(tree) for item, tree in items.items()}
         args = {item: ocp.args.StandardSave(tree) for item, tree in items.items()}
         args[integrity.CHECKSUMS] = ocp.args.JsonSave(sums)
+        if meta:
+            args[META] = ocp.args.JsonSave(meta)
         if step in self.all_steps():  # A resumed run redoing a step it had saved (best/).
             self.manager.delete(step)
         # Orbax's save first waits for the previous one, which is then committed: seal it.
@@ -105,6 +110,21 @@ class Checkpointer:
             step, lambda: self.manager.save(step, args=ocp.args.Composite(**args), force=True)
         )
         self._seal_committed()
+
+    def read_meta(self, step: int) -> dict:
+        """The step's `meta` JSON, or {} where it has none (older steps) or it is unreadable."""
+        if not (self.directory / str(step) / META).exists():
+            return {}
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )
+        except Exception as e:  # noqa: BLE001 - meta is a convenience: never fatal.
+            logging.warning(
+                "Checkpoint step %d's %s is unreadable (%s); ignoring it.", step, META, e
+            )
+            return {}
+        return dict(restored[META] or {})
 
     def wait_until_finished(self, step: int | None = None) -> None:
         self._guarded(step, self.manager.wait_until_finished)
@@ -154,6 +174,18 @@ class Checkpointer:
             raise integrity.CorruptCheckpoint(f"metadata: {type(e).__name__}: {e}") from None
         return {item: tree for item, tree in metadata.items() if tree is not None}
 
+    def _check_items(self, step: int, saved: set, wanted: set, exact: bool) -> None:
+        """A checkpoint with other items than the config needs (a carry, say, saved in
+        stream mode) belongs to another config: an error naming them, never corruption.
+        Inference asks for a subset (params), so only a trainer's restore is `exact`."""
+        if not wanted <= saved or (exact and saved != wanted):
+            raise UserError(
+                f"Checkpoint step {step} in {self.directory} does not match the config: it "
+                f"holds {sorted(saved)}, the config needs {sorted(wanted)} (data.mode="
+                f"'stream' saves the carry). Use the run's own config, another workdir, or "
+                f"--restart."
+            )
+
     def _check_matches(self, step: int, item: str, saved, target) -> None:
         """Raises a UserError naming the difference if the checkpoint's tree is not the model's."""
         saved, wanted = _by_key(saved), _by_key(target)
@@ -178,7 +210,7 @@ class Checkpointer:
         if not self.workdir.is_remote:
             integrity.verify_files(pathlib.Path(self.directory / str(step)))
 
-    def _read(self, step: int, abstract_items: dict) -> dict:
+    def _read(self, step: int, abstract_items: dict, exact: bool) -> dict:
         """One step's items, checked against the model and verified against its checksums."""
         self._verify_files(step)
         saved = self._saved_items(step)
@@ -187,9 +219,8 @@ class Checkpointer:
             for item, target in abstract_items.items()
             if item in saved or item not in OPTIONAL_ITEMS
         }
+        self._check_items(step, set(saved) - set(JSON_ITEMS), set(wanted), exact)
         for item, target in wanted.items():
-            if item not in saved:
-                raise integrity.CorruptCheckpoint(f"item {item!r} is missing")
             self._check_matches(step, item, saved[item], target)
         args = {item: ocp.args.StandardRestore(target) for item, target in wanted.items()}
         verified = (self.directory / str(step) / integrity.CHECKSUMS).exists()
@@ -216,7 +247,7 @@ class Checkpointer:
             logging.warning("Checkpoint step %d has no checksums (older format).", step)
         return items
 
-    def restore(self, abstract_items: dict, step: int | None = None):
+    def restore(self, abstract_items: dict, step: int | None = None, *, exact: bool = False):
         """Restores the requested items onto their (sharded) abstract targets.
 
         Args:
@@ -225,6 +256,8 @@ class Checkpointer:
             of the result.
           step: a specific step, or None for the newest one that reads back and verifies.
             A newer corrupt step is moved aside with a warning.
+          exact: the step must hold exactly these items (a trainer's restore): one saved
+            with another data mode is a config error, not corruption.
 
         Returns:
           (step, {item: restored tree}), or (None, None) if there is no checkpoint.
@@ -240,7 +273,7 @@ class Checkpointer:
         candidates = [step] if step is not None else self.all_steps()[::-1]
         for candidate in candidates:
             try:
-                return candidate, self._read(candidate, abstract_items)
+                return candidate, self._read(candidate, abstract_items, exact)
             except integrity.CorruptCheckpoint as e:
                 if step is not None:
                     raise UserError(

@@ -51,23 +51,35 @@ def bits_per_byte(nats: float | None) -> float | None:
 
 
 def read_jsonl(path) -> list[dict]:
-    """All records of a metrics file (an empty list if it does not exist).
+    """The good records of a metrics file (an empty list if it does not exist).
 
-    A last line cut short (a full disk, a kill mid-write) is skipped with a warning: the
-    trainer rewrites every row past its checkpoint anyway.
+    A line that is not a JSON object with a step (a cut last line after a kill or a full
+    disk, a damaged line anywhere) is skipped with a warning naming the file and line;
+    the trainer rewrites the rows past its checkpoint anyway (JsonlWriter).
     """
+    return _read_rows(path)[0]
+
+
+def _read_rows(path) -> tuple[list[dict], list[int]]:
+    """(good records, numbers of the bad lines)."""
     if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    records = []
-    for number, line in enumerate(lines, start=1):
+        return [], []
+    records, bad = [], []
+    for number, line in enumerate(
+        path.read_bytes().decode("utf-8", "replace").splitlines(), start=1
+    ):
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            if number < len(lines):
-                raise
-            logging.warning("Skipping the incomplete last line of %s.", path)
-    return records
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+        else:
+            bad.append(number)
+            logging.warning("%s:%d is not a metrics row; skipping it.", path, number)
+    return records, bad
 
 
 class JsonlWriter:
@@ -77,9 +89,25 @@ class JsonlWriter:
     interrupted, and `wall_time` continues from the last kept record.
     """
 
-    def __init__(self, path, resume_step: int):
+    def __init__(self, path, resume_step: int, restored_row: dict | None = None):
         self.path = path
-        kept = [r for r in read_jsonl(path) if r["step"] <= resume_step]
+        rows, bad = _read_rows(path)
+        cut_last = (
+            bad == [len(path.read_bytes().decode("utf-8", "replace").splitlines())]
+            if bad
+            else False
+        )
+        if bad and not cut_last:  # Damage beyond a cut last line: kept as found, beside.
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+            aside.write_text(path.read_bytes().decode("utf-8", "replace"))
+            logging.warning(
+                "%s had damaged lines %s; the original is kept as %s.", path, bad, aside
+            )
+        kept = [r for r in rows if r["step"] <= resume_step]
+        at_step = bool(restored_row) and restored_row.get("step") == resume_step
+        if at_step and (not kept or kept[-1]["step"] != resume_step):  # Cut or lost.
+            logging.warning("Rewrote the row at step %d from its checkpoint.", resume_step)
+            kept.append(restored_row)
         self.wall_time_offset = kept[-1]["wall_time"] if kept else 0.0
         self._lines = [json.dumps(r) + "\n" for r in kept]
         self._rewrite()
@@ -91,14 +119,17 @@ class JsonlWriter:
         tmp.write_text("".join(self._lines))
         tmp.replace(self.path)
 
-    def write(self, record: dict) -> None:
-        line = json.dumps({k: record.get(k) for k in FIELDS}) + "\n"
+    def write(self, record: dict) -> dict:
+        """Appends a row of FIELDS; returns it as written."""
+        row = {k: record.get(k) for k in FIELDS}
+        line = json.dumps(row) + "\n"
         self._lines.append(line)
         if self._file is None:
             self._rewrite()
         else:
             self._file.write(line)
             self._file.flush()
+        return row
 
     def close(self) -> None:
         if self._file is not None:
@@ -166,9 +197,17 @@ class MetricWriter:
     MetricWriter. Our trainer and the Keras baseline both write through it.
     """
 
-    def __init__(self, workdir, *, resume_step: int, tensorboard: bool = True, wandb_config=None):
+    def __init__(
+        self,
+        workdir,
+        *,
+        resume_step: int,
+        tensorboard: bool = True,
+        wandb_config=None,
+        restored_row: dict | None = None,
+    ):
         workdir = Workdir(workdir)
-        self._jsonl = JsonlWriter(workdir.metrics_file, resume_step)
+        self._jsonl = JsonlWriter(workdir.metrics_file, resume_step, restored_row)
         self._tb = TensorBoardWriter(workdir.tensorboard_dir) if tensorboard else None
         self._wandb = None
         if wandb_config is not None and wandb_config.get("enable"):
@@ -187,10 +226,12 @@ class MetricWriter:
     def _streams(self):
         return [w for w in (self._tb, self._wandb) if w is not None]
 
-    def write_scalars(self, step: int, record: dict) -> None:
-        self._jsonl.write({"step": step, **record})
+    def write_scalars(self, step: int, record: dict) -> dict:
+        """Writes one row to every stream; returns the JSONL row as written."""
+        row = self._jsonl.write({"step": step, **record})
         for writer in self._streams():
             writer.write({"step": step, **record})
+        return row
 
     def write_texts(self, step: int, texts: dict[str, str]) -> None:
         for tag, text in texts.items():

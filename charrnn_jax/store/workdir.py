@@ -23,6 +23,8 @@ from etils import epath
 
 from charrnn_jax.errors import UserError
 
+PARTIAL = ".partial"  # Suffix of a --restart's folder while it is being filled.
+
 
 def workdir_path(workdir) -> epath.Path:
     """A local path (with ~ expanded) or a bucket URL, kept a URL (pathlib would not)."""
@@ -109,10 +111,10 @@ class Workdir:
         return Workdir(self.path / name)
 
     def has_checkpoints(self) -> bool:
-        """Any checkpoint, readable or quarantined: a reason never to start from zero."""
+        """Any checkpoint, best, readable or quarantined: a reason never to start from zero."""
         return any(
             d.is_dir() and any(child.name.isdigit() for child in d.iterdir())
-            for d in (self.checkpoint_dir, self.quarantine_dir)
+            for d in (self.checkpoint_dir, self.best_checkpoint_dir, self.quarantine_dir)
         )
 
     def prepare(self) -> bool:
@@ -127,26 +129,53 @@ class Workdir:
             raise UserError(f"Workdir {self.path} is not writable: {e.strerror or e}.") from None
         return created
 
-    def set_aside(self, reason: str) -> epath.Path | None:
-        """Moves a previous run's outputs into `replaced-<time>/` (--restart): kept, not lost."""
-        outputs = [
-            p
-            for p in (
-                self.checkpoint_dir,
-                self.best_checkpoint_dir,
-                self.quarantine_dir,
-                self.metrics_file,
-                self.tensorboard_dir,
-                self.config_file,
-            )
-            if p.exists()
+    def _outputs(self) -> list[epath.Path]:
+        """Everything a run writes into its workdir (the lock aside)."""
+        named = [
+            self.checkpoint_dir,
+            self.best_checkpoint_dir,
+            self.quarantine_dir,
+            self.metrics_file,
+            self.tensorboard_dir,
+            self.config_file,
+            self.path / "config_history.jsonl",
+            self.path / "data.json",
         ]
-        if not outputs:
+        damaged = list(self.path.glob("metrics.jsonl.damaged-*")) if self.path.exists() else []
+        return [p for p in named + damaged if p.exists()]
+
+    def half_restart(self) -> epath.Path | None:
+        """The `replaced-*.partial/` folder of a --restart that was interrupted, if any."""
+        if not self.path.exists():
             return None
-        target = self.path / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
-        target.mkdir(parents=True, exist_ok=True)
+        return next(iter(sorted(self.path.glob(f"replaced-*{PARTIAL}"))), None)
+
+    def check_no_half_restart(self) -> None:
+        """A plain rerun after an interrupted --restart would mix the two runs: refuse."""
+        if (partial := self.half_restart()) is not None:
+            raise UserError(
+                f"A --restart of {self.path} was interrupted ({partial.name} holds part of the "
+                f"old run); rerun with --restart to finish moving it aside, or move it back."
+            )
+
+    def set_aside(self, reason: str) -> epath.Path | None:
+        """Moves a previous run's outputs into `replaced-<time>/` (--restart): kept, not lost.
+
+        The moves go into `replaced-<time>.partial/`, renamed once all are in: a kill at
+        any point leaves either that journal folder (a plain rerun refuses; --restart
+        finishes the move) or the whole old run in `replaced-<time>/`.
+        """
+        partial = self.half_restart()
+        outputs = self._outputs()
+        if not outputs and partial is None:
+            return None
+        if partial is None:
+            partial = self.path / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}{PARTIAL}"
+            partial.mkdir(parents=True, exist_ok=True)
         for p in outputs:
-            p.rename(target / p.name)
+            p.rename(partial / p.name)
+        target = partial.parent / partial.name.removesuffix(PARTIAL)
+        partial.rename(target)
         logging.warning("%s: moved the previous run's outputs to %s.", reason, target)
         return target
 

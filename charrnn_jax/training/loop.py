@@ -24,19 +24,34 @@ from charrnn_jax.errors import NonFiniteLossError
 from charrnn_jax.inference import scoring
 from charrnn_jax.runtime import parallel
 from charrnn_jax.store import checkpointing, metric_logging
-from charrnn_jax.training import optim, pacing, runs, steps, variants
+from charrnn_jax.store.workdir import Workdir
+from charrnn_jax.training import identity, optim, pacing, runs, steps, variants
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir, *, devices=None, restart: bool = False
+    config: ml_collections.ConfigDict,
+    workdir,
+    *,
+    devices=None,
+    restart: bool = False,
+    allow_config_change: frozenset = frozenset(),
 ) -> dict:
     """Trains until config.train.num_steps, resuming from the workdir's latest checkpoint.
 
     Returns a summary: final step, last train/val loss, the step resumed from, whether
     the run stopped early on a preemption signal, and the final state and model. With
     `restart`, a previous run's outputs are moved aside and training starts at step 0.
+    A resume whose config or data differ from the workdir's is refused (identity.py),
+    except for keys named in `allow_config_change` (or "data" for the corpus).
     """
-    return _train([config], [workdir], variants.Single, devices=devices, restart=restart)[0]
+    return _train(
+        [config],
+        [workdir],
+        variants.Single,
+        devices=devices,
+        restart=restart,
+        allow=frozenset(allow_config_change),
+    )[0]
 
 
 def train_vmapped(configs, workdirs, *, devices=None, restart: bool = False) -> list[dict]:
@@ -68,9 +83,19 @@ def load_data(configs) -> list:
     return [pipelines[c.seed] for c in configs]
 
 
-def _train(configs, workdirs, group_type, *, devices, restart: bool) -> list[dict]:
+def _train(
+    configs, workdirs, group_type, *, devices, restart: bool, allow=frozenset()
+) -> list[dict]:
     for config in configs:
         config_lib.validate(config)
+    # Before any data loads or anything is created: a resume must mean the same run.
+    if not restart:
+        for w in workdirs:
+            Workdir(w).check_no_half_restart()
+    changes = [
+        None if restart else identity.check_resume(c, w, allowed=allow)
+        for c, w in zip(configs, workdirs, strict=True)
+    ]
     config, t = configs[0], configs[0].train
     datas = load_data(configs)  # Every data error before anything is created or compiled.
     mesh = parallel.make_mesh(devices)
@@ -79,8 +104,8 @@ def _train(configs, workdirs, group_type, *, devices, restart: bool) -> list[dic
     is_main = jax.process_index() == 0
     opened = []
     try:
-        for c, w in zip(configs, workdirs, strict=True):
-            opened.append(runs.Run(c, w, is_main=is_main).open(restart=restart))
+        for c, w, change in zip(configs, workdirs, changes, strict=True):
+            opened.append(runs.Run(c, w, is_main=is_main, changes=change).open(restart=restart))
         setup = _setup(config, group, opened, datas)
     except BaseException:
         for run in opened:
@@ -175,7 +200,7 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
             stopping = due.eval and all(run.patience_exhausted(done) for _, run in live)
             if due.save or stopping:
                 for i, run in live:
-                    run.ckpt.save(done, _items(group, state, i))
+                    run.ckpt.save(done, _items(group, state, i), meta=run.meta_for(done))
             progress.resume()
             if stopping:
                 _stop_early(run_list, done)

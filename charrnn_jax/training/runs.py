@@ -10,19 +10,20 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from charrnn_jax import config_lib
 from charrnn_jax.data import corpora, pipeline
 from charrnn_jax.errors import NonFiniteLossError, UserError
 from charrnn_jax.inference import sampler
 from charrnn_jax.store import checkpointing, metric_logging
 from charrnn_jax.store.workdir import Workdir, WorkdirLock
+from charrnn_jax.training import identity
 
 
 class Run:
     """Opens (creates, locks) a workdir, and owns what the trainer writes into it."""
 
-    def __init__(self, config, workdir, *, is_main: bool):
+    def __init__(self, config, workdir, *, is_main: bool, changes: dict | None = None):
         self.config = config
+        self.changes = changes  # What a resume changed in the config (identity.py).
         self.workdir = Workdir(workdir)
         self.is_main = is_main
         self.failed: str | None = None  # Set when a vmapped variant diverges.
@@ -38,6 +39,7 @@ class Run:
         self.writer = None
         self.wall_offset = 0.0
         self.best = (float("inf"), 0)  # (val loss, step) of checkpoints_best/.
+        self.last_row: dict | None = None  # The metrics row last written.
         self._created = False
         self._lock = WorkdirLock(self.workdir)
         self.ckpt = self.best_ckpt = None
@@ -70,21 +72,47 @@ class Run:
             )
 
     def start_logs(self, start_step: int) -> None:
-        # Every process reads the best val so far (rows up to the restored step) so that
-        # all of them make the same best-checkpoint and early-stopping decisions.
-        rows = metric_logging.read_jsonl(self.workdir.metrics_file) if start_step else []
-        vals = [(r["val_loss"], r["step"]) for r in rows if r["step"] <= start_step]
-        vals = [v for v in vals if v[0] is not None]
-        self.best = min(vals, default=(float("inf"), 0))
+        # Every process reads the best val so far so that all of them make the same
+        # best-checkpoint and early-stopping decisions.
+        self.best = self._best_so_far(start_step)
         if not self.is_main:
             return
-        config_lib.save(self.config, self.workdir.config_file)
+        identity.record_start(self.config, self.workdir, step=start_step, changes=self.changes)
         self.writer = metric_logging.MetricWriter(
             self.workdir,
             resume_step=start_step,
             wandb_config={**self.config.wandb, "run_config": self.config.to_dict()},
+            restored_row=self.ckpt.read_meta(start_step).get("row") if start_step else None,
         )
         self.wall_offset = self.writer.wall_time_offset
+
+    def _best_so_far(self, start_step: int) -> tuple[float, int]:
+        """(val loss, step) of checkpoints_best/, from the metric stored inside it, so a
+        lost or cut metrics.jsonl can never let a worse model replace it; rows up to the
+        restored step fill in for best checkpoints written before the metric was stored.
+        """
+        best = (float("inf"), 0)
+        best_step = self.best_ckpt.latest_step()
+        if best_step is not None:
+            stored = self.best_ckpt.read_meta(best_step).get("val_loss")
+            if stored is not None:
+                best = (float(stored), best_step)
+        if start_step:
+            rows = metric_logging.read_jsonl(self.workdir.metrics_file)
+            vals = [(r["val_loss"], r["step"]) for r in rows if r["step"] <= start_step]
+            best = min([best] + [v for v in vals if v[0] is not None])
+        if best_step is not None and best[1] != best_step and best[0] == float("inf"):
+            logging.warning(
+                "%s holds step %d with no stored val loss and no row for it: it is kept until "
+                "a val loss is measured, and replaced by the first one.",
+                self.workdir.best_checkpoint_dir,
+                best_step,
+            )
+        return best
+
+    def meta_for(self, step: int) -> dict:
+        """What a checkpoint at `step` keeps beside the arrays: the row written at it."""
+        return {"row": self.last_row} if self.last_row and self.last_row["step"] == step else {}
 
     def last_good(self) -> str:
         latest = self.ckpt.latest_step()
@@ -104,7 +132,7 @@ class Run:
         """Saves params to checkpoints_best/ when val loss improves (every process calls)."""
         if val_loss < self.best[0]:
             self.best = (val_loss, step)
-            self.best_ckpt.save(step, {"params": params})
+            self.best_ckpt.save(step, {"params": params}, meta={"val_loss": val_loss})
 
     def patience_exhausted(self, step: int) -> bool:
         """train.early_stop_patience evals in a row without a better val loss (0: never)."""
@@ -117,8 +145,10 @@ class Run:
         for key in ("val_loss", "val_accuracy"):
             if key in record:
                 self.summary[key] = record[key]
+        # Every process keeps the row, so all save the same checkpoint items (meta_for).
+        self.last_row = {k: {"step": step, **record}.get(k) for k in metric_logging.FIELDS}
         if self.writer:
-            self.writer.write_scalars(step, record)
+            self.last_row = self.writer.write_scalars(step, record)
 
     def close(self) -> None:
         try:

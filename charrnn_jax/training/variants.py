@@ -209,7 +209,7 @@ def _zeros_like(abstract_tree, sharding):
 
 def _restore_all(checkpointers, abstract_items):
     """Every run restored at one common step: (step or None, [restored items per run])."""
-    restored = [ckpt.restore(abstract_items) for ckpt in checkpointers]
+    restored = [ckpt.restore(abstract_items, exact=True) for ckpt in checkpointers]
     found = [step for step, _ in restored]
     if len(set(found)) == 1:
         return found[0], [items for _, items in restored]
@@ -222,6 +222,6 @@ def _restore_all(checkpointers, abstract_items):
     common = min(found)
     logging.warning("Variants are at different steps %s; resuming all from %d.", found, common)
     return common, [
-        items if step == common else ckpt.restore(abstract_items, step=common)[1]
+        items if step == common else ckpt.restore(abstract_items, step=common, exact=True)[1]
         for ckpt, (step, items) in zip(checkpointers, restored, strict=True)
     ]

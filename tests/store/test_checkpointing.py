@@ -149,8 +149,13 @@ def test_sigterm_during_saves_leaves_readable_checkpoints(tmp_path):
     assert step == stopped_at
 
 
-def _run(tmp_path, **overrides):
-    return loop.train_and_evaluate(tiny_config(**overrides), tmp_path, devices=jax.devices()[:2])
+def _run(tmp_path, allow=(), **overrides):
+    return loop.train_and_evaluate(
+        tiny_config(**overrides),
+        tmp_path,
+        devices=jax.devices()[:2],
+        allow_config_change=frozenset(allow),
+    )
 
 
 @pytest.mark.slow
@@ -164,11 +169,14 @@ def test_raising_num_steps_on_resume_trains_longer(tmp_path):
 
 def test_checkpoint_from_another_shape_names_both_shapes(tmp_path):
     _run(tmp_path)
+    # The run's identity refuses first, naming the key; allowed, the checkpoint still does.
+    with pytest.raises(UserError, match=r"model.hidden_size: 32 -> 48"):
+        _run(tmp_path, **{"model.hidden_size": 48})
     with pytest.raises(
         UserError,
         match=r"params/head/kernel has shape \(32, 256\) in the checkpoint but \(48, 256\)",
     ):
-        _run(tmp_path, **{"model.hidden_size": 48})
+        _run(tmp_path, allow=["model.hidden_size"], **{"model.hidden_size": 48})
 
 
 @pytest.mark.slow

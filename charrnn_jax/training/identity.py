@@ -1,0 +1,147 @@
+"""A run's identity: the config and the data it started with, checked on every resume.
+
+The workdir is the run's identity only if the command that resumes it means the same
+run. At the first start the workdir records `config.json` and `data.json` (each corpus
+file's size and sha256); a resume compares the new config and the files with them
+before anything loads or compiles. A changed key that alters the run's meaning (model,
+data, optimizer, seed, dtype, batch) is one `error:` line naming each key with both
+values, and nothing in the workdir is touched. Keys in RESUMABLE_KEYS may change (the
+run's length and its cadences); any other change must be asked for by name
+(`--allow_config_change=key,...`). Every start appends its config and what changed to
+`config_history.jsonl`, so a mixed run says so afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import time
+
+from absl import logging
+
+from charrnn_jax import config_lib
+from charrnn_jax.data import corpora
+from charrnn_jax.errors import UserError
+from charrnn_jax.store.workdir import Workdir
+
+# May change on resume: how long the run goes on and how often it logs, evaluates, saves
+# and samples, none of which changes a step's batch, update or metric. (train.num_steps
+# also moves a cosine schedule's end: the change is recorded, and logged as a warning.)
+RESUMABLE_KEYS = frozenset(
+    {
+        "train.num_steps",
+        "train.log_every",
+        "train.eval_every",
+        "train.checkpoint_every",
+        "train.max_to_keep",
+        "train.early_stop_patience",
+        "train.init_from",  # Read only at step 0.
+        "sample.prompt",
+        "sample.length",
+        "sample.temperature",
+        "wandb.enable",
+        "wandb.project",
+        "wandb.mode",
+        "sweep.vmap",
+        "sweep.name",
+    }
+)
+DATA_FILE = "data.json"
+HISTORY_FILE = "config_history.jsonl"
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def data_fingerprint(config) -> dict:
+    """{path: {'bytes', 'sha256'}} of the corpus the config reads (a folder: its file list)."""
+    path = corpora.resolve_path(config.data.name, config.data.path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        files = [path] if path.is_file() else []
+    return {str(f): {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in files}
+
+
+def changed_keys(recorded, config) -> dict[str, tuple]:
+    """{dotted key: (recorded value, new value)} for every key whose value differs."""
+    old, new = config_lib.flatten(recorded), config_lib.flatten(config)
+    keys = sorted(set(old) | set(new))
+    return {k: (old.get(k), new.get(k)) for k in keys if old.get(k) != new.get(k)}
+
+
+def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict | None:
+    """Compares a resume's config and data with what the workdir recorded.
+
+    Returns None for a fresh workdir, else the accepted changes {key: (old, new)}.
+    Raises a UserError naming every change that would mix two runs.
+    """
+    workdir = Workdir(workdir)
+    if not workdir.config_file.exists():
+        return None
+    recorded = config_lib.load(workdir.config_file)
+    changes = changed_keys(recorded, config)
+    refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS | allowed}
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
+        raise UserError(
+            f"{workdir.path} holds a run with another config ({listed}). Resuming would mix "
+            f"two runs: use a new workdir, --restart, or --allow_config_change="
+            f"{','.join(refused)} to change it deliberately (recorded in {HISTORY_FILE})."
+        )
+    _check_data(workdir, config, allowed)
+    if "train.num_steps" in changes and config.train.schedule == "cosine":
+        logging.warning(
+            "train.num_steps changed %s -> %s under a cosine schedule: the learning rate "
+            "follows the new schedule from here on (recorded in %s).",
+            *changes["train.num_steps"],
+            HISTORY_FILE,
+        )
+    return changes
+
+
+def _check_data(workdir: Workdir, config, allowed) -> None:
+    recorded_file = workdir.path / DATA_FILE
+    if not recorded_file.exists() or "data" in allowed:  # Older workdirs recorded none.
+        return
+    try:
+        recorded = json.loads(recorded_file.read_text())
+    except ValueError:
+        raise UserError(f"{recorded_file} is not valid JSON; restore it or delete it.") from None
+    now = data_fingerprint(config)
+    if recorded != now:
+        describe = ", ".join(
+            f"{path} ({info['bytes']:,} bytes)" for path, info in (recorded or {}).items()
+        )
+        raise UserError(
+            f"The corpus changed since {workdir.path} started (it recorded {describe}; the "
+            f"files now differ in size or sha256). Resuming would move the splits under the "
+            f"run: restore the data, use a new workdir, or --allow_config_change=data."
+        )
+
+
+def record_start(config, workdir, *, step: int, changes: dict | None) -> None:
+    """Writes config.json (and data.json at the first start); appends to the history."""
+    workdir = Workdir(workdir)
+    if changes is None or not (workdir.path / DATA_FILE).exists():
+        fingerprint = json.dumps(data_fingerprint(config), indent=2)
+        (workdir.path / DATA_FILE).write_text(fingerprint)
+    config_lib.save(config, workdir.config_file)
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "step": step,
+        "changes": {k: list(v) for k, v in (changes or {}).items()},
+        "config": config.to_dict(),
+    }
+    history = workdir.path / HISTORY_FILE
+    before = history.read_text() if history.exists() else ""
+    # Rewritten whole (buckets cannot append); a temp file and a rename keep it whole.
+    tmp = workdir.path / f".{HISTORY_FILE}.tmp"
+    tmp.write_text(before + json.dumps(entry) + "\n")
+    tmp.replace(history)
