@@ -101,6 +101,7 @@ def _validate_train(t) -> None:
         t.early_stop_patience >= 0,
         f"train.early_stop_patience must be >= 0 (0 = off), got {t.early_stop_patience}.",
     )
+    _require(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}.")
     _one_of(t.optimizer, OPTIMIZERS, "train.optimizer")
     _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
     _one_of(t.schedule, SCHEDULES, "train.schedule")
@@ -169,6 +170,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.grad_clip_norm = 0.0  # Clip by global norm; 0 turns clipping off.
     config.train.adam_eps = 1e-7  # Keras's Adam epsilon (optax's default is 1e-8).
     config.train.weight_decay = 0.0  # Decoupled (AdamW) decay of the weight matrices.
+    # > 0: also keep an exponential moving average of the params (Polyak averaging, with a
+    # warm-up); val, the best checkpoint, samples, evaluate and sample use the average.
+    config.train.ema_decay = 0.0
     config.train.log_every = 50  # Steps between progress lines / JSONL records.
     config.train.eval_every = 500  # Steps between val evaluations (and samples).
     config.train.eval_batches = 16  # Val batches per evaluation in eval.mode='windows'.

@@ -31,7 +31,8 @@ from charrnn_jax.errors import UserError
 from charrnn_jax.store import integrity
 from charrnn_jax.store.workdir import Workdir
 
-ITEMS = ("params", "opt_state", "window", "carry")  # carry: data.mode='stream' only.
+# carry: data.mode='stream' only; ema: train.ema_decay > 0 only.
+ITEMS = ("params", "opt_state", "window", "carry", "ema")
 OPTIONAL_ITEMS = ("window",)  # Absent from checkpoints written before it existed.
 META = "meta"  # JSON beside the arrays: the metrics row at the step, the best's val loss.
 JSON_ITEMS = (integrity.CHECKSUMS, META)
@@ -166,6 +167,13 @@ class Checkpointer:
         multihost_utils.sync_global_devices(f"charrnn_quarantine_{step}")
         self.manager.reload()
         return target
+
+    def items_at(self, step: int) -> set[str]:
+        """The array items a step holds (empty if its metadata does not read)."""
+        try:
+            return set(self._saved_items(step)) - set(JSON_ITEMS)
+        except integrity.CorruptCheckpoint:
+            return set()
 
     def _saved_items(self, step: int) -> dict:
         try:
@@ -333,18 +341,24 @@ def load_params(source: str, abstract_params):
 
 
 def restore_params(workdir: Workdir, abstract_params, step):
-    """(step, params) of a step number, the latest (None) or the best ('best') checkpoint."""
+    """(step, params) of a step number, the latest (None) or the best ('best') checkpoint.
+
+    A run with train.ema_decay serves its averaged weights (the 'ema' item; the best
+    checkpoint holds them as its params already).
+    """
     best = step == "best"
     directory = workdir.best_checkpoint_dir if best else workdir.checkpoint_dir
     if not directory.is_dir():
         raise UserError(f"No {'best ' if best else ''}checkpoints in {workdir.path}: train first.")
     ckpt = Checkpointer(workdir, read_only=True, async_save=False, best=best)
     try:
+        wanted = ckpt.latest_step() if best or step is None else step
+        item = "ema" if wanted is not None and "ema" in ckpt.items_at(wanted) else "params"
         found, items = ckpt.restore(
-            {"params": abstract_params}, step=ckpt.latest_step() if best else step
+            {item: abstract_params}, step=ckpt.latest_step() if best else step
         )
     finally:
         ckpt.close()
     if found is None:
         raise UserError(f"No checkpoints in {directory}: train first.")
-    return found, items["params"]
+    return found, items[item]

@@ -38,6 +38,8 @@ FIELDS = (
     "train_bpb",
     "val_loss",
     "val_bpb",
+    "val_loss_raw",  # With train.ema_decay: val of the raw params (val_* is the average's).
+    "val_bpb_raw",
     "tokens_per_sec",
     "grad_norm",
     "learning_rate",

@@ -130,6 +130,7 @@ def _setup(config, group, run_list, datas):
         tx=tx,
         seq_len=config.data.seq_len,
         carry_rows=config.train.batch_size if pipeline.MODES[config.data.mode].carries_state else 0,
+        ema_decay=config.train.ema_decay,
     )
     state, state_sharding, start = group.restore_or_init([r.ckpt for r in run_list], init)
     if start is None:
@@ -236,7 +237,7 @@ def _after_eval(group, live, state, records, done, model, sample_rngs) -> None:
     """Keeps each run's best params (checkpoints_best/) and logs a sample."""
     sample = not model.num_classes and live[0][1].config.sample.length and live[0][1].is_main
     for i, run in live:
-        params = group.select(state.params, i)  # Once per variant, for both uses.
+        params = group.select(steps.eval_params(state), i)  # Once per variant, for both uses.
         run.keep_if_best(done, params, records[i]["val_loss"])
         if sample:
             rng = jax.random.fold_in(sample_rngs[i], done)
@@ -294,15 +295,24 @@ def _records(group, live, windows, evaluation) -> dict:
     }
     if evaluation:
         eval_fn, state, eval_data = evaluation
-        sums = jax.device_get(  # One host fetch for every batch.
-            jax.tree.map(
-                lambda *x: jnp.sum(jnp.stack(x), axis=0),
-                *[eval_fn(state.params, batch) for batch in eval_data],
-            )
-        )
+        sums = _evaluate(eval_fn, steps.eval_params(state), eval_data)
+        raw = None if state.ema is None else _evaluate(eval_fn, state.params, eval_data)
         for i, _ in live:
             records[i].update(_val_record(group.host_row(sums, i)))
+            if raw is not None:  # The averaged weights' gain, visible beside them.
+                raw_loss = _val_record(group.host_row(raw, i))["val_loss"]
+                records[i]["val_loss_raw"] = raw_loss
+                records[i]["val_bpb_raw"] = metric_logging.bits_per_byte(raw_loss)
     return records
+
+
+def _evaluate(eval_fn, params, eval_data) -> dict:
+    """The summed eval sums of `params` over every eval batch, fetched once."""
+    return jax.device_get(
+        jax.tree.map(
+            lambda *x: jnp.sum(jnp.stack(x), axis=0), *[eval_fn(params, b) for b in eval_data]
+        )
+    )
 
 
 def _val_record(sums: dict) -> dict:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 
 from charrnn_jax import models
@@ -26,6 +27,29 @@ from charrnn_jax.training import optim
 class TrainState(train_state.TrainState):
     window: Any = None  # See empty_window.
     carry: Any = None  # data.mode='stream': the recurrent state carried to the next step.
+    ema: Any = None  # train.ema_decay > 0: the exponential moving average of the params.
+    ema_decay: float = struct.field(pytree_node=False, default=0.0)
+
+
+def ema_decay_at(decay: float, updates) -> jax.Array:
+    """The decay for the next update after `updates` of them: min(decay, (1+n)/(10+n)).
+
+    Polyak averaging (Polyak and Juditsky 1992) as an exponential moving average, with
+    TensorFlow's ExponentialMovingAverage warm-up so that early evaluations are not
+    dominated by the random initial weights.
+    """
+    n = jnp.asarray(updates, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
+
+
+def update_ema(ema, params, decay):
+    """ema + (1 - decay) (params - ema): a constant stays exactly constant."""
+    return jax.tree.map(lambda e, p: e + (1.0 - decay) * (p - e), ema, params)
+
+
+def eval_params(state: TrainState):
+    """What evaluation, the best checkpoint and samples use: the averaged weights if any."""
+    return state.params if state.ema is None else state.ema
 
 
 def empty_window() -> dict:
@@ -65,13 +89,21 @@ def window_record(window: dict, *, classifier: bool) -> dict:
 
 
 def create_train_state(
-    rng, *, model: models.CharRNN, tx, seq_len: int, carry_rows: int = 0
+    rng, *, model: models.CharRNN, tx, seq_len: int, carry_rows: int = 0, ema_decay: float = 0.0
 ) -> TrainState:
-    """A fresh state; carry_rows > 0 (stream mode) adds a zero carry of that many rows."""
+    """A fresh state; carry_rows > 0 (stream mode) adds a zero carry of that many rows;
+    ema_decay > 0 adds an average of the params, starting at the params."""
     params = model.init(rng, jnp.zeros((1, seq_len), jnp.int32))["params"]
     carry = model.initialize_carry(carry_rows) if carry_rows else None
+    ema = jax.tree.map(jnp.copy, params) if ema_decay > 0 else None
     state = TrainState.create(
-        apply_fn=model.apply, params=params, tx=tx, window=empty_window(), carry=carry
+        apply_fn=model.apply,
+        params=params,
+        tx=tx,
+        window=empty_window(),
+        carry=carry,
+        ema=ema,
+        ema_decay=ema_decay,
     )
     # An explicit int32 step: restored states then have the identical type.
     return state.replace(step=jnp.zeros([], jnp.int32))
@@ -152,6 +184,9 @@ def windowed_train_step(state: TrainState, batch, dropout_rng, *, schedule):
         "steps": w["steps"] + 1,
         "bad_step": jnp.where((w["bad_step"] == 0) & ~finite, done, w["bad_step"]),
     }
+    if state.ema is not None:
+        decay = ema_decay_at(state.ema_decay, state.step)
+        new_state = new_state.replace(ema=update_ema(state.ema, new_state.params, decay))
     return new_state.replace(window=window)
 
 

@@ -60,19 +60,21 @@ def _final_params(workdir):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "mode, cell",
+    "mode, cell, ema_decay",
     [
-        ("random", "gru"),
-        ("stream", "gru"),
-        ("stream", "mingru"),
-        ("random", "lru"),
-        ("stream", "rglru"),
+        ("random", "gru", 0.0),
+        ("stream", "gru", 0.0),
+        ("stream", "mingru", 0.0),
+        ("random", "lru", 0.0),
+        ("stream", "rglru", 0.0),
+        ("random", "gru", 0.95),
     ],
 )
-def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path, mode, cell):
-    """Stream mode too (the carried state is checkpointed with the params), and the
-    linear recurrences (the LRU's carry is two arrays per layer)."""
-    run = {**RESUME_RUN, "data.mode": mode, "model.cell": cell}
+def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path, mode, cell, ema_decay):
+    """Stream mode too (the carried state is checkpointed with the params), the linear
+    recurrences (the LRU's carry is two arrays per layer), and averaged weights (the EMA
+    is checkpointed; the params compared are the ones served, i.e. the average)."""
+    run = {**RESUME_RUN, "data.mode": mode, "model.cell": cell, "train.ema_decay": ema_decay}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(
         _main_cmd(straight, **run), env=_env(), check=True, capture_output=True, timeout=300
@@ -104,7 +106,7 @@ def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path, mode, cell)
     assert step_a == step_b == 150
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
         np.testing.assert_array_equal(a, b)  # Bitwise: exact equality, no tolerance.
-    keys = ("step", "train_loss", "val_loss", "grad_norm")
+    keys = ("step", "train_loss", "val_loss", "val_loss_raw", "grad_norm")
 
     def curve(w):
         return [{k: r[k] for k in keys} for r in metric_logging.read_jsonl(w / "metrics.jsonl")]  # noqa: E731

@@ -13,7 +13,7 @@ from charrnn_jax.errors import UserError
 from charrnn_jax.inference import loading
 from charrnn_jax.store import checkpointing, metric_logging
 from charrnn_jax.store.workdir import Workdir
-from charrnn_jax.training import loop, sweep_runs, variants
+from charrnn_jax.training import loop, steps, sweep_runs, variants
 from launch import report, sweep
 
 pytestmark = pytest.mark.slow  # Subprocess runs and trainings: not in make test-fast.
@@ -30,13 +30,15 @@ def _series(workdir, key):
     return np.array([np.nan if r[key] is None else r[key] for r in records])
 
 
-def test_each_variant_matches_a_plain_run_also_across_a_resume(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["plain", "ema"])
+def test_each_variant_matches_a_plain_run_also_across_a_resume(tmp_path, ema_decay):
     devices = jax.devices()[:2]
-    configs = [tiny_config(**{**COMMON, **v}) for v in VARIANTS]
+    common = {**COMMON, "train.ema_decay": ema_decay}
+    configs = [tiny_config(**{**common, **v}) for v in VARIANTS]
     workdirs = [tmp_path / f"vmapped{i}" for i in range(len(configs))]
     # Interrupted after 3 of 6 steps, then resumed from the variants' checkpoints.
     first = loop.train_vmapped(
-        [tiny_config(**{**COMMON, **v, "train.num_steps": 3}) for v in VARIANTS],
+        [tiny_config(**{**common, **v, "train.num_steps": 3}) for v in VARIANTS],
         workdirs,
         devices=devices,
     )
@@ -45,23 +47,23 @@ def test_each_variant_matches_a_plain_run_also_across_a_resume(tmp_path):
     assert all(s["resumed_from"] == 3 and not s["failed"] for s in vmapped)
     for i, config in enumerate(configs):
         plain = loop.train_and_evaluate(config, tmp_path / f"plain{i}", devices=devices)
-        for key in ("train_loss", "val_loss", "grad_norm", "learning_rate"):
+        keys = ("train_loss", "val_loss", "grad_norm", "learning_rate")
+        for key in keys + (("val_loss_raw",) if ema_decay else ()):
             ours, ref = _series(workdirs[i], key), _series(tmp_path / f"plain{i}", key)
             assert ours.shape == ref.shape == (6,)
             np.testing.assert_allclose(ours, ref, rtol=1e-5, err_msg=f"variant {i} {key}")
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-            jax.device_get(vmapped[i]["state"].params),
-            jax.device_get(plain["state"].params),
+            jax.device_get(steps.eval_params(vmapped[i]["state"])),
+            jax.device_get(steps.eval_params(plain["state"])),
         )
     # Different seeds and learning rates really give different runs.
     assert not np.allclose(_series(workdirs[0], "train_loss"), _series(workdirs[1], "train_loss"))
     # A variant's workdir is an ordinary run: its checkpoint loads for sampling.
     _, _, params, step = loading.load_for_inference(workdirs[1])
     assert step == 6
-    np.testing.assert_allclose(
-        jax.tree.leaves(params)[0], jax.tree.leaves(jax.device_get(vmapped[1]["state"].params))[0]
-    )
+    served = jax.device_get(steps.eval_params(vmapped[1]["state"]))  # The average, with EMA.
+    np.testing.assert_allclose(jax.tree.leaves(params)[0], jax.tree.leaves(served)[0])
 
 
 def test_a_diverging_variant_fails_alone(tmp_path):
