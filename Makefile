@@ -29,4 +29,4 @@ test-fast: setup  ## The fast tier: everything but the end-to-end runs marked sl
 	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest -m "not slow"
 
 bench: setup
-	$(BIN)/python benchmarks/sampling.py
+	$(BIN)/python -m benchmarks.sampling

@@ -1,6 +1,6 @@
 """Equal parameters, equal wall-clock: GRU, LSTM, minGRU, minLSTM and LRU on tiny Shakespeare.
 
-    python benchmarks/cell_comparison.py --root=/tmp/cells [--sizes=1M,4M]
+    python -m benchmarks.cell_comparison --root=/tmp/cells [--sizes=1M,4M]
         [--cells=gru,lstm,mingru,minlstm,lru] [--minutes=3] [--plot=docs/cell_comparison.png]
 
 For each size, every cell gets two layers (stacked cells, or residual blocks for the
@@ -34,17 +34,16 @@ import time
 import jax
 import jax.numpy as jnp
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-import machine  # noqa: E402
+from benchmarks import common, machine
+from charrnn_jax import models
+from charrnn_jax.data import corpora
+from charrnn_jax.inference import loading, sampler, scoring
+from charrnn_jax.store import metric_logging
+from charrnn_jax.store.workdir import Workdir
 
-from charrnn_jax import models  # noqa: E402
-from charrnn_jax.data import corpora  # noqa: E402
-from charrnn_jax.inference import loading, sampler, scoring  # noqa: E402
-from charrnn_jax.store import metric_logging  # noqa: E402
-from charrnn_jax.store.workdir import Workdir  # noqa: E402
+REPO = common.REPO
 
-SIZES = {"1M": 1_000_000, "4M": 4_000_000}
+PARAM_TARGETS = {"1M": 1_000_000, "4M": 4_000_000}
 CELLS = ("gru", "lstm", "mingru", "minlstm", "lru")
 RECIPE = {
     "model.embed_dim": 64,
@@ -161,12 +160,12 @@ def main():
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--plot", default="")
     parser.add_argument(
-        "--out", default=str(pathlib.Path(__file__).parent / "results" / "cell_comparison.jsonl")
+        "--out", default="", help="The results JSONL (default: ROOT/cell_comparison.jsonl)."
     )
     args = parser.parse_args()
     root = pathlib.Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.out or root / "cell_comparison.jsonl")
     done = {r["run"]: r for r in metric_logging.read_jsonl(out)} if out.exists() else {}
     cpu = machine.summary()
     print(f"# {cpu}; jax {jax.__version__}; {args.minutes:g} minutes per run", flush=True)
@@ -180,7 +179,7 @@ def main():
         for cell in args.cells.split(","):
             run = f"{size}_{cell}_{args.minutes:g}min"
             if run not in done:
-                hidden, params = width_for(cell, SIZES[size])
+                hidden, params = width_for(cell, PARAM_TARGETS[size])
                 trained = root / f"{run}.trained"  # Never train twice: that would resume.
                 if not trained.exists():
                     train_for(root / run, cell, hidden, args.minutes * 60)

@@ -1,6 +1,6 @@
 """Where the fused GRU's time goes, f32 against bf16: the bound on bf16's training gain.
 
-    python benchmarks/gru_profile.py [--sizes=small,tutorial] [--batch=64] [--rounds=5] \
+    python -m benchmarks.gru_profile [--sizes=small,tutorial] [--batch=64] [--rounds=5] \
         [--out=benchmarks/results/gru_profile.jsonl]
 
 The train step at these sizes is mostly the recurrence (models.gru_recurrence: a forward
@@ -29,33 +29,26 @@ import functools
 import json
 import pathlib
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
-import machine  # benchmarks/machine.py: run as `python benchmarks/gru_profile.py`.
 import numpy as np
 
+from benchmarks import common, machine
 from charrnn_jax import models
 
-SIZES = {"small": 256, "tutorial": 1024}  # hidden_size, as benchmarks/throughput.py.
+SIZES = {name: common.SIZES[name].hidden for name in ("small", "tutorial")}  # hidden_size
 SEQ_LEN = 100
 DTYPES = {"f32": jnp.float32, "bf16": jnp.bfloat16}
 
 
 def timed(fn, *args, repeats: int = 3) -> float:
-    """Median seconds of `repeats` calls after one warm-up call.
+    """Median seconds per call of fn(*args) (common.timed over single-call spans).
 
     measure() calls this once per program per round, so every round warms again: the
     programs run interleaved, and each is timed with its own weights back in cache.
     """
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return common.timed(lambda: jax.block_until_ready(fn(*args)), seconds=0.0, repeats=repeats)
 
 
 def programs(hidden: int, batch: int, dtype) -> dict:

@@ -1,7 +1,7 @@
 """Forward+backward time per token against sequence length: the fused GRU layer against the
 minGRU and LRU layers, each in parallel (associative scan) and sequential (lax.scan) form.
 
-    python benchmarks/linear_scaling.py [--seq_lens=100,1000,10000] [--tokens=10000]
+    python -m benchmarks.linear_scaling [--seq_lens=100,1000,10000] [--tokens=10000]
         [--hidden=256] [--rounds=3] [--seconds=1.5]
 
 The claim measured is Feng et al.'s (2024): minGRU's parallel form trains much faster per
@@ -16,21 +16,15 @@ microseconds per token and its ratio to the GRU's. The CPU is printed first.
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 import statistics
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import machine  # noqa: E402
-from throughput import _timed  # noqa: E402
-
-from charrnn_jax import models  # noqa: E402
-from charrnn_jax.models import registry  # noqa: E402
+from benchmarks import common, machine
+from charrnn_jax import models
+from charrnn_jax.models import registry
 
 IMPLS = {  # name: (cell, parallel scan)
     "gru (fused, sequential)": ("gru", False),
@@ -99,9 +93,7 @@ def main():
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.5)
-    parser.add_argument(
-        "--out", default=str(pathlib.Path(__file__).parent / "results" / "linear_scaling.jsonl")
-    )
+    parser.add_argument("--out", default="", help="Append the results to this JSONL file.")
     args = parser.parse_args()
     cpu = machine.summary()
     print(
@@ -119,7 +111,7 @@ def main():
         micros = {name: [] for name in runs}
         for _ in range(args.rounds):
             for name, run in runs.items():
-                seconds = _timed(run, seconds=args.seconds, repeats=1)
+                seconds = common.timed(run, seconds=args.seconds, repeats=1)
                 micros[name].append(1e6 * seconds / (batch * seq_len))
         gru = micros["gru (fused, sequential)"]
         row = {"level": args.level, "seq_len": seq_len, "batch": batch, "hidden": args.hidden}
@@ -130,8 +122,7 @@ def main():
             row[name] = {"us_per_token": statistics.median(values), "vs_gru": ratio}
             cells.append(f"{statistics.median(values):.3f} us ({ratio:.2f}x)")
         print(f"| {seq_len:,} x {batch} | " + " | ".join(cells) + " |", flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        common.append_results(args.out, row)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Sampling throughput: our lax.scan sampler against the per-character loops of our peers.
 
-    python benchmarks/sampling.py [--sizes=small,tutorial] [--batches=1,64,256] \
+    python -m benchmarks.sampling [--sizes=small,tutorial] [--batches=1,64,256] \
         [--dtypes=float32,bfloat16] [--length=1000] [--peers=tf_onestep,torch_loop]
 
 Rows, all on the same model shape (Embed -> GRU -> Dense(256)) in one process tree:
@@ -26,45 +26,28 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import machine
 import numpy as np
 
+from benchmarks import common, machine
 from charrnn_jax import models
 from charrnn_jax.inference import sampler
 
-SIZES = {"small": (64, 256), "tutorial": (256, 1024)}  # (embed_dim, hidden_size)
+SIZES = {name: common.SIZES[name] for name in ("small", "tutorial")}
 PROMPT = "ROMEO: "
-
-
-def timed(fn, *, repeats: int = 3, min_seconds: float = 0.5) -> float:
-    """Median seconds per call of fn() (which must block), after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        calls, start = 0, time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            if time.perf_counter() - start >= min_seconds:
-                break
-        times.append((time.perf_counter() - start) / calls)
-    return statistics.median(times)
 
 
 def matmul_flops_per_sec(n: int = 2048) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
-    return 2 * n**3 / timed(lambda: dot(a, b).block_until_ready())
+    return 2 * n**3 / common.timed(lambda: dot(a, b).block_until_ready())
 
 
 def flops_per_byte(embed_dim: int, hidden: int) -> int:
@@ -131,7 +114,7 @@ def tf_onestep_worker(embed_dim: int, hidden: int, batch: int, length: int) -> f
             byte, states = generate_one_step(byte, states)
         byte.numpy()
 
-    return batch * length / timed(run, repeats=3, min_seconds=0.0)
+    return batch * length / common.timed(run, seconds=0.0, repeats=3)
 
 
 def torch_loop_worker(embed_dim: int, hidden: int, batch: int, length: int) -> float:
@@ -153,7 +136,7 @@ def torch_loop_worker(embed_dim: int, hidden: int, batch: int, length: int) -> f
             byte = torch.multinomial(probs, 1)
         byte.tolist()
 
-    return batch * length / timed(run, repeats=3, min_seconds=0.0)
+    return batch * length / common.timed(run, seconds=0.0, repeats=3)
 
 
 PEERS = {
@@ -167,7 +150,12 @@ def run_peer(peer: str, size: str, batch: int, length: int) -> float | None:
     if importlib.util.find_spec(PEERS[peer][0]) is None:
         return None
     args = ["--worker", peer, size, str(batch), str(length)]
-    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sampling", *args],
+        capture_output=True,
+        text=True,
+        cwd=common.REPO,
+    )
     if out.returncode:
         print(f"{peer} failed: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
@@ -198,7 +186,7 @@ def read_bytes_per_sec(nbytes: int, total_bytes: float = 4e9) -> float:
 
         return jax.lax.fori_loop(0, passes, one_pass, jnp.ones((1024,), jnp.float32))
 
-    return w.nbytes * passes / timed(lambda: stream(w).block_until_ready())
+    return w.nbytes * passes / common.timed(lambda: stream(w).block_until_ready())
 
 
 def ours_sampler(model, params, batch: int, length: int):
@@ -215,7 +203,7 @@ def ours_sampler(model, params, batch: int, length: int):
 
 def measure_size(size: str, args) -> list[dict]:
     """Every row for one model size."""
-    embed_dim, hidden = SIZES[size]
+    embed_dim, hidden = SIZES[size].embed_dim, SIZES[size].hidden
     model = models.CharRNN(embed_dim=embed_dim, hidden_size=hidden)
     params = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
     rows = []
@@ -224,13 +212,13 @@ def measure_size(size: str, args) -> list[dict]:
         if rate is not None:
             rows.append({"impl": peer, "batch": 1, "dtype": "float32", "chars_per_sec": rate})
     loop = python_loop_sampler(model, params, 1, args.length)
-    rate = args.length / timed(loop, repeats=3, min_seconds=0.0)
+    rate = args.length / common.timed(loop, seconds=0.0, repeats=3)
     rows.append({"impl": "jax loop", "batch": 1, "dtype": "float32", "chars_per_sec": rate})
     for dtype in args.dtypes.split(","):
         dtype_model, dtype_params = sampler.with_weight_dtype(model, params, dtype)
         for batch in [int(b) for b in args.batches.split(",")]:
             run = ours_sampler(dtype_model, dtype_params, batch, args.length)
-            rate = batch * args.length / timed(run, repeats=3, min_seconds=0.0)
+            rate = batch * args.length / common.timed(run, seconds=0.0, repeats=3)
             row = {"impl": "charrnn_jax lax.scan", "batch": batch, "dtype": dtype}
             row["chars_per_sec"] = rate
             if batch == 1:
@@ -290,7 +278,7 @@ def main():
     args = parser.parse_args()
     if args.worker:
         peer, size, batch, length = args.worker
-        print(PEERS[peer][1](*SIZES[size], int(batch), int(length)))
+        print(PEERS[peer][1](SIZES[size].embed_dim, SIZES[size].hidden, int(batch), int(length)))
         return
 
     info = machine.describe()
@@ -304,10 +292,8 @@ def main():
     rows = [row for size in args.sizes.split(",") for row in measure_size(size, args)]
     add_ratios(rows, peak)
     print_rows(rows)
-    if args.out:
-        with open(args.out, "a") as f:
-            record = {"time": time.time(), "machine": info, "matmul_flops": peak, "rows": rows}
-            f.write(json.dumps(record) + "\n")
+    record = {"time": time.time(), "machine": info, "matmul_flops": peak, "rows": rows}
+    common.append_results(args.out, record)
 
 
 if __name__ == "__main__":

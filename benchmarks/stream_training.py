@@ -1,6 +1,6 @@
 """Tokens/s of stream-mode (carried state) training against windowed training, one process.
 
-    python benchmarks/stream_training.py [--sizes=small,tutorial] [--batch=64] [--rounds=5]
+    python -m benchmarks.stream_training [--sizes=small,tutorial] [--batch=64] [--rounds=5]
 
 Both sides run the trainer's own jitted step (steps.windowed_train_step), the stream side
 with a [batch, hidden] carry in the state and a per-row reset flag in the batch. Rounds
@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
-import pathlib
 import statistics
-import sys
 
 import jax
 import numpy as np
 import optax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-import machine  # noqa: E402
-from throughput import SEQ_LEN, SIZES, _timed  # noqa: E402
-
-from charrnn_jax import models  # noqa: E402
+from benchmarks import common, machine
+from charrnn_jax import models
 from charrnn_jax.training import steps
+
+SEQ_LEN = common.SIZES["small"].seq_len
 
 
 def _step(embed_dim: int, hidden: int, batch: int, stream: bool):
@@ -43,8 +39,8 @@ def _step(embed_dim: int, hidden: int, batch: int, stream: bool):
         functools.partial(steps.windowed_train_step, schedule=optax.constant_schedule(1e-3)),
         donate_argnums=0,
     )
-    tokens = np.random.default_rng(0).integers(0, 256, (batch, SEQ_LEN + 1)).astype(np.int32)
-    data = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    inputs, targets = common.token_batch(batch, SEQ_LEN)
+    data = {"inputs": inputs, "targets": targets}
     if stream:
         data["reset"] = np.zeros(batch, bool)
     data = jax.device_put(data)
@@ -64,16 +60,14 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=2.0)
-    parser.add_argument(
-        "--out", default=str(pathlib.Path(__file__).parent / "results" / "stream_training.jsonl")
-    )
+    parser.add_argument("--out", default="", help="Append the results to this JSONL file.")
     args = parser.parse_args()
     cpu = machine.summary()
     print(f"# {cpu}")
     print("| size | windowed tok/s | stream tok/s | stream / windowed |")
     print("|---|---|---|---|")
     for size in args.sizes.split(","):
-        embed_dim, hidden = SIZES[size]
+        embed_dim, hidden = common.SIZES[size].embed_dim, common.SIZES[size].hidden
         runs = {
             mode: _step(embed_dim, hidden, args.batch, mode == "stream")
             for mode in ("windowed", "stream")
@@ -81,7 +75,7 @@ def main():
         rates = {mode: [] for mode in runs}
         for _ in range(args.rounds):
             for mode, run in runs.items():
-                seconds = _timed(run, seconds=args.seconds, repeats=1)
+                seconds = common.timed(run, seconds=args.seconds, repeats=1)
                 rates[mode].append(args.batch * SEQ_LEN / seconds)
         ratio = statistics.median(
             s / w for s, w in zip(rates["stream"], rates["windowed"], strict=True)
@@ -97,8 +91,7 @@ def main():
         print(
             f"| {size} | {row['windowed']:,.0f} | {row['stream']:,.0f} | {ratio:.3f}x |", flush=True
         )
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        common.append_results(args.out, row)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training throughput against Keras and PyTorch, measured in one run on identical shapes.
 
-    python benchmarks/throughput.py [--sizes=small,tutorial] [--batches=64,256] \
+    python -m benchmarks.throughput [--sizes=small,tutorial] [--batches=64,256] \
         [--impls=ours_f32,ours_bf16,flax_reference,keras,torch_f32,torch_bf16]
 
 `--impls=ours_f32,ours_f32@2,ours_f32@4` gives the data-parallel scaling rows: the same
@@ -32,136 +32,52 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 
-import machine
+from benchmarks import common, machine
 
-SIZES = {"small": (64, 256), "tutorial": (256, 1024)}  # (embed_dim, hidden_size)
-VOCAB, SEQ_LEN = 256, 100
+SIZES = {name: common.SIZES[name] for name in ("small", "tutorial")}
+SEQ_LEN = 100
 IMPLS = ("ours_f32", "ours_bf16", "flax_reference", "keras", "torch_f32", "torch_bf16")
 
 
-def flops_per_token(embed_dim: int, hidden: int) -> float:
-    return 3 * 2 * (embed_dim * 3 * hidden + hidden * 3 * hidden + hidden * VOCAB)
-
-
-def _timed(step, *, seconds: float, repeats: int = 3) -> float:
-    """Median seconds per step over `repeats`, after one warm-up step."""
-    step()
-    times = []
-    for _ in range(repeats):
-        count, start = 0, time.perf_counter()
-        while count < 2 or time.perf_counter() - start < seconds:
-            step()
-            count += 1
-        times.append((time.perf_counter() - start) / count)
-    return statistics.median(times)
-
-
-def _batch(batch_size: int):
-    import numpy as np
-
-    tokens = np.random.default_rng(0).integers(0, VOCAB, (batch_size, SEQ_LEN + 1))
-    return tokens[:, :-1].astype(np.int32), tokens[:, 1:].astype(np.int32)
-
-
-def _jax_step(impl: str, embed_dim: int, hidden: int, batch_size: int, num_devices: int = 1):
-    import functools
-
-    import jax
-    import optax
-
+def _jax_step(impl: str, size: common.Size, batch_size: int, num_devices: int = 1):
     from charrnn_jax import models
-    from charrnn_jax.runtime import parallel
-    from charrnn_jax.training import steps
 
     model = models.CharRNN(
-        embed_dim=embed_dim,
-        hidden_size=hidden,
+        embed_dim=size.embed_dim,
+        hidden_size=size.hidden,
         dtype=models.DTYPES["bfloat16" if impl == "ours_bf16" else "float32"],
         gru_impl="flax" if impl == "flax_reference" else "fused",
     )
-    tx = optax.adam(1e-3)
-    mesh = parallel.make_mesh(jax.devices()[:num_devices])
-    repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    state = steps.create_train_state(jax.random.key(0), model=model, tx=tx, seq_len=SEQ_LEN)
-    state = jax.device_put(state, repl)
-    step_fn = jax.jit(
-        # The trainer's step: with the on-device metric window.
-        functools.partial(steps.windowed_train_step, schedule=optax.constant_schedule(1e-3)),
-        in_shardings=(repl, data, repl),
-        out_shardings=repl,
-        donate_argnums=0,
-    )
-    inputs, targets = _batch(batch_size)
-    batch = jax.device_put({"inputs": inputs, "targets": targets}, data)
-    rng = jax.random.key(1)
-    holder = {"state": state}
-
-    def step():
-        holder["state"] = step_fn(holder["state"], batch, rng)
-        jax.block_until_ready(holder["state"].window)
-
-    return step
+    return common.jax_train_step(model, batch_size, SEQ_LEN, num_devices=num_devices)
 
 
-def _keras_step(embed_dim: int, hidden: int, batch_size: int):
+def _keras_step(size: common.Size, batch_size: int):
     from charrnn_jax.baselines import keras_tutorial
 
     keras = keras_tutorial.import_keras()
-    model = keras_tutorial.build_model(embed_dim=embed_dim, hidden_size=hidden)
+    model = keras_tutorial.build_model(embed_dim=size.embed_dim, hidden_size=size.hidden)
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
-    inputs, targets = _batch(batch_size)
+    inputs, targets = common.token_batch(batch_size, SEQ_LEN)
     return lambda: float(model.train_on_batch(inputs, targets))
 
 
-def _torch_step(embed_dim: int, hidden: int, batch_size: int, bf16: bool):
-    import torch
-
-    class Model(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = torch.nn.Embedding(VOCAB, embed_dim)
-            self.gru = torch.nn.GRU(embed_dim, hidden, batch_first=True)
-            self.head = torch.nn.Linear(hidden, VOCAB)
-
-        def forward(self, x):
-            return self.head(self.gru(self.embed(x))[0])
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = Model().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inputs, targets = (torch.from_numpy(a).long().to(device) for a in _batch(batch_size))
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(inputs)
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, VOCAB), targets.reshape(-1)
-        )
-        loss.backward()
-        optimizer.step()
-        loss.item()
-
-    return step
-
-
 def worker(impl: str, size: str, batch_size: int, seconds: float) -> dict:
-    embed_dim, hidden = SIZES[size]
+    shape = SIZES[size]
     impl, _, devices = impl.partition("@")  # "ours_f32@4": on 4 (fake CPU) devices.
     if impl.startswith(("ours", "flax")):
-        step = _jax_step(impl, embed_dim, hidden, batch_size, int(devices or 1))
+        step = _jax_step(impl, shape, batch_size, int(devices or 1))
     elif impl == "keras":
-        step = _keras_step(embed_dim, hidden, batch_size)
+        step = _keras_step(shape, batch_size)
     else:
-        step = _torch_step(embed_dim, hidden, batch_size, bf16=impl == "torch_bf16")
-    seconds_per_step = _timed(step, seconds=seconds, repeats=1)  # --rounds gives the median.
+        precision = "bf16" if impl == "torch_bf16" else "f32"
+        step = common.torch_train_step(shape, batch_size, precision=precision)
+    seconds_per_step = common.timed(step, seconds=seconds, repeats=1)  # Rounds: the median.
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"tokens_per_sec": batch_size * SEQ_LEN / seconds_per_step, "peak_rss_mib": rss_mib}
 
@@ -174,7 +90,9 @@ def matmul_worker(n: int = 2048) -> dict:
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
-    seconds = min(_timed(lambda: dot(a, b).block_until_ready(), seconds=0.5) for _ in range(4))
+    seconds = min(
+        common.timed(lambda: dot(a, b).block_until_ready(), seconds=0.5) for _ in range(4)
+    )
     device = jax.devices()[0]
     return {
         "flops_per_sec": 2 * n**3 / seconds,
@@ -196,12 +114,7 @@ def run_worker(args: list[str], huge_pages: bool = False) -> dict:
         env = host_memory.environment_with_huge_pages(env) or env
     if "@" in args[0]:  # Fake CPU devices for the scaling rows (ignored on a GPU).
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args[0].split('@')[1]}"
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env
-    )
-    if out.returncode:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return common.run_worker("benchmarks.throughput", args, env)
 
 
 def _measure_round(impls, size, batch, args) -> dict:
@@ -233,7 +146,7 @@ def _summarize(impl, size, batch, rounds, ceiling_flops) -> dict:
         "tokens_per_sec": rate,
         "rounds": rates,
         "vs_ours": statistics.median(ratios) if ratios else None,
-        "ceiling_fraction": rate * flops_per_token(*SIZES[size]) / ceiling_flops,
+        "ceiling_fraction": rate * SIZES[size].train_flops_per_token() / ceiling_flops,
         "peak_rss_mib": max(r[impl]["peak_rss_mib"] for r in ok),
     }
 
@@ -268,7 +181,7 @@ def main():
         help="Which rows run with glibc's huge-page tunable: 'ours' as `charrnn_jax.main` "
         "runs by default (peers as their users run them), 'all' gives peers the same.",
     )
-    parser.add_argument("--out", default="benchmarks/results/throughput.jsonl")
+    parser.add_argument("--out", default="", help="Append the results to this JSONL file.")
     parser.add_argument("--worker", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
@@ -313,20 +226,16 @@ def main():
     skipped = [impl for impl in args.impls.split(",") if impl not in impls]
     if skipped:
         print(f"not installed: {', '.join(skipped)}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(
-            json.dumps(
-                {
-                    "time": time.time(),
-                    "device": ceiling["device"],
-                    "machine": machine.describe(),
-                    "matmul_flops_per_sec": ceiling["flops_per_sec"],
-                    "rows": rows,
-                }
-            )
-            + "\n"
-        )
+    common.append_results(
+        args.out,
+        {
+            "time": time.time(),
+            "device": ceiling["device"],
+            "machine": machine.describe(),
+            "matmul_flops_per_sec": ceiling["flops_per_sec"],
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Vmapped sweep throughput: K variants in one program against K runs one after another.
 
-    python benchmarks/vmap_sweep.py [--sizes=tiny,small] [--variants=1,4,8] [--batches=4,32]
+    python -m benchmarks.vmap_sweep [--sizes=tiny,small] [--variants=1,4,8] [--batches=4,32]
 
 Both sides use the trainer's own steps (steps.vmapped_train_step and steps.windowed_train_step),
 on one device, with the variants' learning rates all different. "Sequential" is the
@@ -15,22 +15,20 @@ from __future__ import annotations
 import argparse
 import functools
 import itertools
-import json
-import os
 import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
-import machine
 import ml_collections
-from throughput import SEQ_LEN, _batch, _timed
 
+from benchmarks import common, machine
 from charrnn_jax import config_lib, models
 from charrnn_jax.training import optim
 from charrnn_jax.training import steps as trainer_steps
 
-SIZES = {"tiny": (32, 64), "small": (64, 256), "tutorial": (256, 1024)}
+SIZES = common.SIZES
+SEQ_LEN = common.SIZES["small"].seq_len
 
 
 def _train_config() -> ml_collections.ConfigDict:
@@ -41,13 +39,13 @@ def _train_config() -> ml_collections.ConfigDict:
 
 def steps(size: str, num_variants: int, batch_size: int):
     """(sequential_step, vmapped_step): each advances all K variants by one step."""
-    embed_dim, hidden = SIZES[size]
+    embed_dim, hidden = SIZES[size].embed_dim, SIZES[size].hidden
     model = models.CharRNN(embed_dim=embed_dim, hidden_size=hidden)
     config = _train_config()
     tx, schedule = optim.make_optimizer(config)
     init = functools.partial(trainer_steps.create_train_state, model=model, tx=tx, seq_len=SEQ_LEN)
     keys = jax.random.split(jax.random.key(0), num_variants)
-    inputs, targets = _batch(batch_size)
+    inputs, targets = common.token_batch(batch_size, SEQ_LEN)
     batch = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
     rng = jax.random.key(1)
 
@@ -87,7 +85,7 @@ def main():
     parser.add_argument("--variants", default="1,4,8")
     parser.add_argument("--batches", default="4,32")
     parser.add_argument("--seconds", type=float, default=2.0, help="Minimum per repeat.")
-    parser.add_argument("--out", default="benchmarks/results/vmap_sweep.jsonl")
+    parser.add_argument("--out", default="", help="Append the results to this JSONL file.")
     args = parser.parse_args()
     device = jax.devices()[0]
     print(machine.summary())
@@ -105,8 +103,8 @@ def main():
     ):
         sequential_step, vmapped_step = steps(size, num_variants, batch)
         tokens = num_variants * batch * SEQ_LEN
-        sequential = tokens / _timed(sequential_step, seconds=args.seconds)
-        vmapped = tokens / _timed(vmapped_step, seconds=args.seconds)
+        sequential = tokens / common.timed(sequential_step, seconds=args.seconds)
+        vmapped = tokens / common.timed(vmapped_step, seconds=args.seconds)
         print(
             f"{size:9} {batch:5d} {num_variants:3d} {sequential:17,.0f} {vmapped:14,.0f} "
             f"{vmapped / sequential:11.2f}x",
@@ -121,14 +119,12 @@ def main():
                 "vmapped_tokens_per_sec": vmapped,
             }
         )
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "a") as f:
-        record = {
-            "time": time.time(),
-            "device": f"{device.platform} {device.device_kind}",
-            "machine": machine.describe(),
-        }
-        f.write(json.dumps({**record, "rows": rows}) + "\n")
+    record = {
+        "time": time.time(),
+        "device": f"{device.platform} {device.device_kind}",
+        "machine": machine.describe(),
+    }
+    common.append_results(args.out, {**record, "rows": rows})
 
 
 if __name__ == "__main__":
