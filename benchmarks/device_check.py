@@ -1,0 +1,707 @@
+"""The device check: one command that measures what a lent accelerator can tell us.
+
+    python -m benchmarks.device_check --out=DIR [--budget_s=480] [--smoke]
+
+Parts, in order (each writes JSON lines to DIR/device_check.jsonl as it finishes, so a
+run cut short keeps what it measured; DIR/device_check.md is the table):
+1. machine: devices, driver, library versions, the measured bf16 GEMM rate and the copy
+   bandwidth (the ceilings);
+2. correctness on the device: the fused GRU against flax's nn.GRUCell reference (loss and
+   gradients, f32 tight, bf16 within its tolerance), minGRU and LRU parallel ==
+   sequential, the same seed giving the same sample, and the first train steps' losses
+   on the device against the host CPU's in the same process;
+3. training tokens/s (T=100 tutorial: embed 256, 1 x GRU 1024; T=128 headline: 2 x GRU
+   768; batches 64/256/1024): ours fused f32 (true float32 dots) and bf16, flax's
+   nn.scan reference, minGRU and LRU with both scans, against PyTorch's nn.GRU (cuDNN) in
+   f32, TF32 and bf16 autocast; JAX and PyTorch each in their own process, rounds
+   interleaved, ratios within a round (as benchmarks/throughput.py does);
+4. sampling chars/s at batch 1, 64 and 1024 against a PyTorch step loop;
+5. in the minutes left, the headline config trained by the real trainer until the budget
+   ends, then its full-split val.
+
+--smoke runs every part at toy sizes on the CPU in well under a minute (the test suite
+runs it, so the script cannot rot before a device comes); peers that are not installed
+are skipped and named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from benchmarks import common, machine
+
+FULL = {
+    "sizes": {"tutorial": common.SIZES["tutorial"], "headline": common.SIZES["headline"]},
+    "batches": (64, 256, 1024),
+    "sample_batches": (1, 64, 1024),
+    "sample_length": 500,
+    "seconds": 1.0,
+    "rounds": 2,
+    "gemm": 8192,
+    "copy_bytes": 2**31,
+    "check_size": common.Size(32, 64, layers=2, seq_len=32),
+}
+SMOKE = {
+    "sizes": {"tiny": common.Size(16, 32, layers=2, seq_len=16)},
+    "batches": (4,),
+    "sample_batches": (1, 4),
+    "sample_length": 16,
+    "seconds": 0.05,
+    "rounds": 1,
+    "gemm": 256,
+    "copy_bytes": 2**22,
+    "check_size": common.Size(16, 32, layers=1, seq_len=16),
+}
+OURS = (
+    "ours_f32",
+    "ours_bf16",
+    "flax_reference",
+    "mingru_parallel",
+    "mingru_sequential",
+    "lru_parallel",
+    "lru_sequential",
+)
+TORCH = ("torch_f32", "torch_tf32", "torch_bf16")
+
+
+class Report:
+    """JSON lines as they come (a cut run keeps them) and the Markdown table at the end."""
+
+    def __init__(self, out: pathlib.Path):
+        out.mkdir(parents=True, exist_ok=True)
+        self.jsonl, self.markdown = out / "device_check.jsonl", out / "device_check.md"
+        self.jsonl.write_text("")
+        self.lines: list[str] = []
+        self.started = time.perf_counter()
+
+    def add(self, part: str, record: dict) -> None:
+        stamped = {"part": part, **record, "at_s": round(time.perf_counter() - self.started, 1)}
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(stamped) + "\n")
+
+    def table(self, title: str, header: list[str], rows: list[list]) -> None:
+        self.lines += [f"## {title}", "", "| " + " | ".join(header) + " |"]
+        self.lines.append("|" + "---|" * len(header))
+        self.lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        self.lines.append("")
+        self.markdown.write_text("\n".join(self.lines))
+        print("\n".join(self.lines[-len(rows) - 4 :]), flush=True)
+
+
+# -- 1. The machine -------------------------------------------------------------------------
+
+
+def _nvidia_smi() -> str:
+    if shutil.which("nvidia-smi") is None:
+        return "no nvidia-smi"
+    query = "--query-gpu=name,driver_version,memory.total,clocks.max.sm"
+    out = subprocess.run(["nvidia-smi", query, "--format=csv,noheader"], capture_output=True)
+    return out.stdout.decode().strip() or out.stderr.decode().strip()
+
+
+def ceilings(settings) -> dict:
+    """The measured bf16 GEMM rate and device copy bandwidth (read + write bytes)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = settings["gemm"]
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    gemm_s = common.timed(lambda: dot(a, b).block_until_ready(), seconds=settings["seconds"])
+    x = jnp.ones((settings["copy_bytes"] // 4,), jnp.float32)
+    copy = jax.jit(lambda x: x * 1.0000001)
+    copy_s = common.timed(lambda: copy(x).block_until_ready(), seconds=settings["seconds"])
+    device = jax.devices()[0]
+    return {
+        "device": f"{device.platform} {device.device_kind}",
+        "devices": jax.device_count(),
+        "nvidia_smi": _nvidia_smi(),
+        "bf16_gemm_tflops": 2 * n**3 / gemm_s / 1e12,
+        "copy_gb_per_s": 2 * x.nbytes / copy_s / 1e9,
+        "machine": machine.describe(),
+    }
+
+
+# -- 2. Correctness on the device -------------------------------------------------------------
+
+
+def _relative_error(a, b) -> float:
+    import numpy as np
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def fused_gru_against_flax(size: common.Size, dtype: str) -> dict:
+    """Loss and every gradient of the fused GRU against nn.scan(nn.GRUCell), same params."""
+    import jax
+
+    from charrnn_jax import models
+    from charrnn_jax.inference import scoring
+
+    tokens = jax.random.randint(jax.random.key(3), (8, size.seq_len + 1), 0, common.VOCAB)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+
+    def model(impl):
+        return models.CharRNN(
+            size.embed_dim,
+            size.hidden,
+            size.layers,
+            dtype=models.DTYPES[dtype],
+            gru_impl=impl,
+        )
+
+    params = model("flax").init(jax.random.key(0), inputs)["params"]
+
+    def loss(p, impl):
+        logits, _ = model(impl).apply({"params": p}, inputs)
+        return scoring.cross_entropy(logits, targets)
+
+    with jax.default_matmul_precision("highest" if dtype == "float32" else "default"):
+        fused = jax.jit(jax.value_and_grad(functools.partial(loss, impl="fused")))(params)
+        reference = jax.jit(jax.value_and_grad(functools.partial(loss, impl="flax")))(params)
+    grad_error = max(
+        _relative_error(a, b)
+        for a, b in zip(jax.tree.leaves(fused[1]), jax.tree.leaves(reference[1]), strict=True)
+    )
+    tolerance = 1e-5 if dtype == "float32" else 3e-2
+    loss_error = _relative_error(fused[0], reference[0])
+    return {
+        "check": f"fused GRU vs nn.GRUCell ({dtype})",
+        "loss_rel_error": loss_error,
+        "grad_rel_error": grad_error,
+        "tolerance": tolerance,
+        "ok": loss_error < tolerance and grad_error < tolerance,
+    }
+
+
+def parallel_equals_sequential(cell: str, size: common.Size) -> dict:
+    import jax
+
+    from charrnn_jax import models
+
+    tokens = jax.random.randint(jax.random.key(4), (4, 4 * size.seq_len), 0, common.VOCAB)
+
+    def run(parallel):
+        model = models.CharRNN(
+            size.embed_dim, size.hidden, size.layers, cell_type=cell, parallel_scan=parallel
+        )
+        params = model.init(jax.random.key(0), tokens[:, :8])
+        with jax.default_matmul_precision("highest"):
+            return jax.jit(model.apply)(params, tokens)[0]
+
+    error = _relative_error(run(True), run(False))
+    return {"check": f"{cell} parallel == sequential", "rel_error": error, "ok": error < 1e-4}
+
+
+def same_seed_same_sample(size: common.Size) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from charrnn_jax import models
+    from charrnn_jax.inference import sampler
+
+    model = models.CharRNN(size.embed_dim, size.hidden, size.layers)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+
+    def draw(seed):
+        return sampler.sample(
+            params, model, ["ROMEO:"] * 3, length=64, temperature=1.0, rng=jax.random.key(seed)
+        )[0]
+
+    a, b, c = draw(7), draw(7), draw(8)
+    ok = (a == b).all() and not (a == c).all()
+    return {"check": "same seed, same sample (another seed differs)", "ok": bool(ok)}
+
+
+def train_steps_against_cpu(size: common.Size, steps: int = 5) -> dict:
+    """The trainer's first steps on the default device and on the host CPU, one process."""
+    import jax
+    import numpy as np
+    import optax
+
+    from charrnn_jax import models
+    from charrnn_jax.training import steps as train_steps
+
+    model = models.CharRNN(size.embed_dim, size.hidden, size.layers)
+    inputs, targets = common.token_batch(16, size.seq_len)
+    schedule = optax.constant_schedule(2e-3)
+    step = jax.jit(functools.partial(train_steps.train_step, schedule=schedule))
+
+    def losses(device):
+        with jax.default_device(device), jax.default_matmul_precision("highest"):
+            state = train_steps.create_train_state(
+                jax.random.key(0), model=model, tx=optax.adam(schedule), seq_len=size.seq_len
+            )
+            batch = jax.device_put({"inputs": inputs, "targets": targets}, device)
+            out = []
+            for _ in range(steps):
+                state, metrics = step(state, batch, jax.random.key(1))
+                out.append(float(metrics["loss"]))
+            return out
+
+    device, cpu = losses(jax.devices()[0]), losses(jax.devices("cpu")[0])
+    error = float(np.max(np.abs(np.array(device) - np.array(cpu))))
+    return {
+        "check": f"first {steps} train losses, device vs host CPU",
+        "device_losses": device,
+        "cpu_losses": cpu,
+        "max_abs_diff": error,
+        "ok": error < 1e-3,
+    }
+
+
+def correctness(settings) -> list[dict]:
+    size = next(iter(settings["sizes"].values()))
+    small = settings["check_size"]
+    return [
+        fused_gru_against_flax(small, "float32"),
+        fused_gru_against_flax(small, "bfloat16"),
+        parallel_equals_sequential("mingru", small),
+        parallel_equals_sequential("lru", small),
+        same_seed_same_sample(size),
+        train_steps_against_cpu(small),
+    ]
+
+
+# -- 2b. What runs per time step --------------------------------------------------------------
+
+NOT_KERNELS = {"get-tuple-element", "constant", "parameter", "tuple", "bitcast"}
+
+
+def loop_bodies(compiled_text: str) -> list[dict]:
+    """Each while loop's body in a compiled HLO module: the ops that launch work per time
+    step (fusions, custom calls such as cuBLAS GEMMs, copies), by kind."""
+    import collections
+    import re
+
+    computations = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"\n(?:ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", compiled_text, re.S)
+    }
+    rows = []
+    for body in re.findall(r"while\(.*?body=%?([\w.\-]+)", compiled_text):
+        kinds = collections.Counter(
+            m.group(1)
+            for line in computations.get(body, "").splitlines()
+            if (m := re.search(r"= [^ ]+ ([\w\-]+)\(", line)) and m.group(1) not in NOT_KERNELS
+        )
+        rows.append({"body": body, "ops_per_step": sum(kinds.values()), "kinds": dict(kinds)})
+    return rows
+
+
+def step_program(settings, out: pathlib.Path) -> list[dict]:
+    """The compiled train step of the first size (fused GRU, f32): its loop bodies, and
+    the whole compiled module written to OUT for reading."""
+    import jax
+    import optax
+
+    from charrnn_jax.training import steps
+
+    size = next(iter(settings["sizes"].values()))
+    model = _our_model("ours_f32", size)
+    state = steps.create_train_state(
+        jax.random.key(0), model=model, tx=optax.adam(1e-3), seq_len=size.seq_len
+    )
+    inputs, targets = common.token_batch(settings["batches"][0], size.seq_len)
+    step = jax.jit(
+        functools.partial(steps.windowed_train_step, schedule=optax.constant_schedule(1e-3))
+    )
+    text = step.lower(state, {"inputs": inputs, "targets": targets}, jax.random.key(1))
+    text = text.compile().as_text()
+    (out / "train_step_compiled.hlo.txt").write_text(text)
+    return loop_bodies(text)
+
+
+# -- 3. Training tokens/s -----------------------------------------------------------------
+
+
+def _our_model(impl: str, size: common.Size):
+    from charrnn_jax import models
+
+    cell, _, scan = impl.partition("_")
+    if cell in ("mingru", "lru"):
+        return models.CharRNN(
+            size.embed_dim,
+            size.hidden,
+            size.layers,
+            cell_type=cell,
+            parallel_scan=scan == "parallel",
+        )
+    return models.CharRNN(
+        size.embed_dim,
+        size.hidden,
+        size.layers,
+        dtype=models.DTYPES["bfloat16" if impl == "ours_bf16" else "float32"],
+        gru_impl="flax" if impl == "flax_reference" else "fused",
+    )
+
+
+def _train_jobs(settings) -> list[tuple[str, str, int]]:
+    """(impl, size, batch): the primary rows at every batch, the others at the middle one
+    (--smoke: one row of each kind, so that every code path runs)."""
+    batches = settings["batches"]
+    if settings is SMOKE:
+        size = next(iter(settings["sizes"]))
+        impls = ("ours_f32", "ours_bf16", "mingru_parallel", "torch_f32")
+        return [(impl, size, batches[0]) for impl in impls]
+    jobs = []
+    for size in settings["sizes"]:
+        for batch in batches:
+            primary = batch == batches[len(batches) // 2]
+            impls = [*OURS, *TORCH] if primary else ["ours_f32", "ours_bf16", *TORCH]
+            jobs += [(impl, size, batch) for impl in impls]
+    return jobs
+
+
+def train_worker(family: str, jobs: list, settings) -> list[dict]:
+    """Tokens/s of every job of one family ('jax' or 'torch') in this process."""
+    out = []
+    for impl, size_name, batch in jobs:
+        size = settings["sizes"][size_name]
+        started = time.perf_counter()
+        try:
+            if family == "jax":
+                import jax
+
+                # "f32" means float32 dots: JAX would use TF32 on recent GPUs by default.
+                precision = "highest" if impl != "ours_bf16" else "default"
+                with jax.default_matmul_precision(precision):
+                    step = common.jax_train_step(_our_model(impl, size), batch, size.seq_len)
+                    seconds = common.timed(step, seconds=settings["seconds"], repeats=1)
+            else:
+                precision = impl.split("_")[1]
+                step = common.torch_train_step(size, batch, precision=precision)
+                seconds = common.timed(step, seconds=settings["seconds"], repeats=1)
+        except Exception as e:  # noqa: BLE001 - one failing row must not lose the others.
+            out.append({"impl": impl, "size": size_name, "batch": batch, "error": str(e)[:200]})
+            continue
+        out.append(
+            {
+                "impl": impl,
+                "size": size_name,
+                "batch": batch,
+                "tokens_per_sec": batch * size.seq_len / seconds,
+                "wall_s": time.perf_counter() - started,  # Compile and warm-up included.
+            }
+        )
+    return out
+
+
+def training(settings, args, report: Report) -> list[dict]:
+    jobs = _train_jobs(settings)
+    families = {"jax": [j for j in jobs if j[0] not in TORCH]}
+    if importlib.util.find_spec("torch") is not None:
+        families["torch"] = [j for j in jobs if j[0] in TORCH]
+    else:
+        report.add("training", {"skipped": "torch is not installed"})
+    rounds = []
+    for index in range(settings["rounds"]):
+        results = {}
+        for family, family_jobs in families.items():
+            spec = json.dumps({"family": family, "jobs": family_jobs, "smoke": args.smoke})
+            got = common.run_worker("benchmarks.device_check", [spec], env=_worker_env())
+            for row in got.get("rows", []) if isinstance(got, dict) else []:
+                results[(row["impl"], row["size"], row["batch"])] = row
+            if "error" in got:
+                report.add("training", {"round": index, "family": family, "error": got["error"]})
+        rounds.append(results)
+        report.add("training_round", {"round": index, "rows": list(results.values())})
+    return _training_rows(jobs, rounds)
+
+
+def _training_rows(jobs, rounds) -> list[dict]:
+    import statistics
+
+    rows = []
+    for impl, size, batch in jobs:
+        rates = [
+            r[(impl, size, batch)]["tokens_per_sec"]
+            for r in rounds
+            if "tokens_per_sec" in r.get((impl, size, batch), {})
+        ]
+        ratios = [
+            r[(impl, size, batch)]["tokens_per_sec"]
+            / r[("torch_f32", size, batch)]["tokens_per_sec"]
+            for r in rounds
+            if "tokens_per_sec" in r.get((impl, size, batch), {})
+            and "tokens_per_sec" in r.get(("torch_f32", size, batch), {})
+        ]
+        row = {"impl": impl, "size": size, "batch": batch}
+        if rates:
+            row["tokens_per_sec"] = statistics.median(rates)
+            row["vs_torch_f32"] = statistics.median(ratios) if ratios else None
+        rows.append(row)
+    return rows
+
+
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/charrnn_device_check_cache")
+    return env
+
+
+# -- 4. Sampling chars/s ----------------------------------------------------------------------
+
+
+def sampling_worker(family: str, settings) -> list[dict]:
+    size = next(iter(settings["sizes"].values()))
+    length, rows = settings["sample_length"], []
+    for batch in settings["sample_batches"]:
+        if family == "jax":
+            run = _jax_sampler(size, batch, length)
+        else:
+            run = _torch_sampler(size, batch, length)
+        seconds = common.timed(run, seconds=settings["seconds"], repeats=1)
+        rows.append({"impl": family, "batch": batch, "chars_per_sec": batch * length / seconds})
+    return rows
+
+
+def _jax_sampler(size: common.Size, batch: int, length: int):
+    import jax
+    import jax.numpy as jnp
+
+    from charrnn_jax import models
+    from charrnn_jax.inference import sampler
+
+    model = models.CharRNN(size.embed_dim, size.hidden, size.layers)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    prompts = ["ROMEO: "] * batch
+
+    def run():
+        sampler.sample(
+            params, model, prompts, length=length, temperature=1.0, rng=jax.random.key(1)
+        )
+
+    return run
+
+
+def _torch_sampler(size: common.Size, batch: int, length: int):
+    """PyTorch's idiomatic loop: one cuDNN GRU step and a multinomial draw per byte."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = common.torch_gru_model(size, device).eval()
+    prompt = torch.randint(0, common.VOCAB, (batch, 7), device=device)
+
+    @torch.inference_mode()
+    def run():
+        logits, state = model(prompt)
+        byte = torch.multinomial(torch.softmax(logits[:, -1], -1), 1)
+        for _ in range(length - 1):
+            logits, state = model(byte, state)
+            byte = torch.multinomial(torch.softmax(logits[:, -1], -1), 1)
+        byte.tolist()
+
+    return run
+
+
+def sampling(settings, args, report: Report) -> list[dict]:
+    rows = []
+    for family in ("jax", "torch"):
+        if family == "torch" and importlib.util.find_spec("torch") is None:
+            report.add("sampling", {"skipped": "torch is not installed"})
+            continue
+        spec = json.dumps({"family": f"sample_{family}", "smoke": args.smoke})
+        got = common.run_worker("benchmarks.device_check", [spec], env=_worker_env())
+        rows += got.get("rows", [{"impl": family, "error": got.get("error")}])
+    return rows
+
+
+# -- 5. The headline config on the device -----------------------------------------------------
+
+
+def headline(args, seconds: float, report: Report) -> dict:
+    """The real trainer on the headline config until `seconds` run out (SIGTERM: it saves
+    and exits), then the full-split val of what it reached."""
+    workdir = pathlib.Path(args.out) / "headline_run"
+    config = "experiments/shakespeare_headline.py"
+    overrides = []
+    if args.smoke:  # A toy of it: seconds on a CPU.
+        overrides = [
+            "--config.model.hidden_size=32",
+            "--config.model.embed_dim=16",
+            "--config.data.seq_len=32",
+            "--config.train.batch_size=8",
+            "--config.train.eval_every=4",
+            "--config.train.checkpoint_every=4",
+            "--config.train.log_every=2",
+            "--config.train.num_steps=8",
+            "--config.train.warmup_steps=2",
+            "--config.sample.length=0",
+        ]
+    command = [
+        sys.executable,
+        "-m",
+        "charrnn_jax.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        "--nohuge_pages",
+        *overrides,
+    ]
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=common.REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=max(seconds, 1.0))
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # Saves the step it reached, then exits.
+        _, err = proc.communicate(timeout=300)
+    train_s = time.perf_counter() - started
+    rows = _read_rows(workdir / "metrics.jsonl")
+    result = {
+        "train_seconds": train_s,
+        "steps": rows[-1]["step"] if rows else 0,
+        "returncode": proc.returncode,
+    }
+    if proc.returncode:
+        result["error"] = (err or "").strip().splitlines()[-1:]
+    evaluation = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "charrnn_jax.evaluate",
+            f"--workdir={workdir}",
+            "--json",
+            "--nohuge_pages",
+        ],
+        cwd=common.REPO,
+        capture_output=True,
+        text=True,
+    )
+    if evaluation.returncode == 0:
+        scored = json.loads(evaluation.stdout.strip().splitlines()[-1])
+        result.update(val_loss=scored["loss"], val_bpb=scored["bpb"], val_step=scored["step"])
+    report.add("headline", result)
+    return result
+
+
+def _read_rows(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+# -- The command ------------------------------------------------------------------------------
+
+
+def _worker(spec: str) -> None:
+    """One worker process: train or sample rows of one family, as JSON on the last line."""
+    spec = json.loads(spec)
+    settings = SMOKE if spec["smoke"] else FULL
+    family = spec["family"]
+    if family.startswith("sample_"):
+        rows = sampling_worker(family.removeprefix("sample_"), settings)
+    else:
+        rows = train_worker(family, [tuple(j) for j in spec["jobs"]], settings)
+    print(json.dumps({"rows": rows}))
+
+
+def _fmt(value, spec=",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def run(args) -> dict:
+    settings = SMOKE if args.smoke else FULL
+    if args.smoke:
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    report, started = Report(pathlib.Path(args.out)), time.perf_counter()
+    machine_row = ceilings(settings)
+    report.add("machine", machine_row)
+    report.table(
+        "Machine",
+        ["device", "bf16 GEMM TFLOP/s", "copy GB/s", "nvidia-smi"],
+        [
+            [
+                machine_row["device"],
+                f"{machine_row['bf16_gemm_tflops']:.1f}",
+                f"{machine_row['copy_gb_per_s']:.0f}",
+                machine_row["nvidia_smi"],
+            ]
+        ],
+    )
+    checks = correctness(settings)
+    for check in checks:
+        report.add("correctness", check)
+    report.table(
+        "Correctness on the device",
+        ["check", "ok", "detail"],
+        [
+            [c["check"], c["ok"], {k: v for k, v in c.items() if k not in ("check", "ok")}]
+            for c in checks
+        ],
+    )
+    bodies = step_program(settings, pathlib.Path(args.out))
+    for body in bodies:
+        report.add("loop_body", body)
+    report.table(
+        "Per time step in the compiled train step (fused GRU, f32; forward, then backward)",
+        ["while body", "ops launched per step", "by kind"],
+        [[b["body"], b["ops_per_step"], b["kinds"]] for b in bodies],
+    )
+    train_rows = training(settings, args, report)
+    report.table(
+        "Training tokens/s (median of rounds; ratio to PyTorch nn.GRU f32 within a round)",
+        ["size", "batch", "implementation", "tokens/s", "vs torch f32"],
+        [
+            [
+                r["size"],
+                r["batch"],
+                r["impl"],
+                _fmt(r.get("tokens_per_sec")),
+                _fmt(r.get("vs_torch_f32"), ".2f"),
+            ]
+            for r in train_rows
+        ],
+    )
+    for row in train_rows:
+        report.add("training", row)
+    sample_rows = sampling(settings, args, report)
+    report.table(
+        "Sampling chars/s",
+        ["implementation", "batch", "chars/s"],
+        [[r["impl"], r.get("batch", "-"), _fmt(r.get("chars_per_sec"))] for r in sample_rows],
+    )
+    for row in sample_rows:
+        report.add("sampling", row)
+    left = args.budget_s - (time.perf_counter() - started) - args.margin_s
+    result = headline(args, left, report) if left > 5 else {"skipped": "no time left"}
+    report.table(
+        "The headline config trained on this device", list(result), [list(result.values())]
+    )
+    summary = {
+        "seconds": time.perf_counter() - started,
+        "all_checks_ok": all(c["ok"] for c in checks),
+    }
+    report.add("summary", summary)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="Folder for device_check.jsonl and device_check.md.")
+    parser.add_argument("--smoke", action="store_true", help="Toy sizes on the CPU (< 1 min).")
+    parser.add_argument("--budget_s", type=float, default=480.0, help="Wall-clock for it all.")
+    parser.add_argument("--margin_s", type=float, default=30.0, help="Kept back at the end.")
+    parser.add_argument("--worker", nargs=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker[0])
+        return
+    if not args.out:
+        parser.error("--out is required")
+    print(json.dumps(run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The device check's --smoke: every part runs at toy sizes on this CPU, so the command
+prepared for a lent GPU cannot rot before one comes (benchmarks/device_check.py)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO, subprocess_env
+
+pytestmark = pytest.mark.slow  # A few subprocesses with jax; not in make test-fast.
+
+
+def test_the_smoke_run_covers_every_part(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.device_check", "--smoke", f"--out={tmp_path}"],
+        cwd=REPO,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [
+        json.loads(line) for line in (tmp_path / "device_check.jsonl").read_text().splitlines()
+    ]
+    parts = {r["part"] for r in records}
+    assert {"machine", "correctness", "loop_body", "training", "sampling", "headline"} <= parts
+    bodies = [r for r in records if r["part"] == "loop_body"]
+    assert len(bodies) >= 2 and all(b["ops_per_step"] > 0 for b in bodies)  # Forward, backward.
+    checks = [r for r in records if r["part"] == "correctness"]
+    assert len(checks) == 6 and all(c["ok"] for c in checks), checks
+    trained = {r["impl"]: r for r in records if r["part"] == "training" and "impl" in r}
+    for impl in ("ours_f32", "ours_bf16", "mingru_parallel"):
+        assert trained[impl]["tokens_per_sec"] > 0, trained[impl]
+    has_torch = importlib.util.find_spec("torch") is not None
+    skipped = [r for r in records if r.get("skipped") == "torch is not installed"]
+    assert bool(skipped) != has_torch  # A missing peer is named, never silently dropped.
+    headline = next(r for r in records if r["part"] == "headline")
+    assert headline["steps"] == 8 and 0 < headline["val_loss"] < 6, headline
+    table = (tmp_path / "device_check.md").read_text()
+    assert "## Training tokens/s" in table and "## Sampling chars/s" in table
