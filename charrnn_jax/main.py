@@ -37,8 +37,8 @@ _CPU_DEVICES = flags.DEFINE_integer(
     0,
     "CPU hosts: split each batch over this many XLA CPU devices (0: JAX's default, one). "
     "Each device runs its share on its own thread. On 2 cores it loses to one device "
-    "(0.61-0.74x; README 'Performance'); it may pay where XLA's intra-op threads leave "
-    "many cores idle. No effect on GPU/TPU devices.",
+    "(0.61-0.74x; benchmarks/README.md, 'Training throughput'); it may pay where XLA's "
+    "intra-op threads leave many cores idle. No effect on GPU/TPU devices.",
 )
 _RESTART = flags.DEFINE_bool(
     "restart",

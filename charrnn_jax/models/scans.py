@@ -16,7 +16,7 @@ SCAN_MODES = ("parallel", "sequential")
 def default_scan_mode(backend: str) -> str:
     """The faster form per backend.
 
-    CPU: sequential, measured (benchmarks/linear_scaling.py, README table): XLA:CPU runs
+    CPU: sequential, measured (benchmarks/linear_scaling.py, docs/results.md): XLA:CPU runs
     an elementwise `lax.scan` step in about a microsecond, while the associative scan does
     about twice the arithmetic in log2(T) passes over the whole sequence, and two cores
     leave no parallelism for it to use; minGRU's parallel form was 1.7-1.9x slower than its

@@ -6,8 +6,8 @@ every step faults it back in 4 KiB at a time: a quarter of the step's CPU time w
 kernel. With `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` (glibc >= 2.35) malloc asks for
 transparent huge pages on such blocks, where the kernel grants them on request ("madvise",
 the usual default): 2 MiB faults, fewer TLB misses, 1.1-1.3x training tokens/s on CPU
-(README "Performance"), and memory still goes back to the OS on free. The tunable is read
-once at process start, hence the re-exec.
+(benchmarks/README.md, "Huge pages on CPU"), and memory still goes back to the OS on
+free. The tunable is read once at process start, hence the re-exec.
 """
 
 from __future__ import annotations
