@@ -23,9 +23,7 @@ _LENGTH = flags.DEFINE_integer(
     lower_bound=0,
 )
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "0 = greedy argmax; higher = more random.")
-_TOP_K = flags.DEFINE_integer(
-    "top_k", 0, "Sample only from the k likeliest bytes; 0 = all.", lower_bound=0, upper_bound=256
-)
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample only from the k likeliest bytes; 0 = all.")
 _TOP_P = flags.DEFINE_float(
     "top_p", 1.0, "Nucleus sampling: only the likeliest bytes whose mass reaches p; 1 = all."
 )

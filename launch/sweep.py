@@ -11,7 +11,7 @@ runs are skipped and unfinished ones resume from their checkpoints.
   CUDA_VISIBLE_DEVICES); a failing run is recorded and the others go on.
 - vmap: one process here trains the runs `--vmap` at a time in one vmapped program
   (runs that differ only in seed, learning rate or clipping share a program; see
-  charrnn_jax.sweeps). Same workdirs, so the report and sampler treat them alike.
+  charrnn_jax.training.sweep_runs). Same workdirs, so the report and sampler treat them alike.
 - slurm: writes an sbatch array script (one task per run, `srun` over its nodes; the
   trainer initialises jax.distributed from SLURM) and submits it unless --dry_run.
 - tpu_vm: writes one `gcloud compute tpus tpu-vm ssh --worker=all` command per run.

@@ -108,8 +108,13 @@ def test_metrics_are_exact_after_an_interruption_between_rows(tmp_path, referenc
     assert _rows(tmp_path) == _rows(reference_run)  # Every row, every value but timings.
 
 
-def _tiny(tmp_path, **overrides):
-    return loop.train_and_evaluate(tiny_config(**overrides), tmp_path, devices=jax.devices()[:2])
+def _tiny(tmp_path, allow=(), **overrides):
+    return loop.train_and_evaluate(
+        tiny_config(**overrides),
+        tmp_path,
+        devices=jax.devices()[:2],
+        allow_config_change=frozenset(allow),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -181,8 +186,11 @@ def test_checksums_match_what_restores(saved_run):
 @pytest.mark.slow
 def test_a_config_that_does_not_match_moves_nothing(tmp_path, saved_run, override, message):
     shutil.copytree(saved_run, tmp_path / "run")
-    with pytest.raises(UserError, match=message):
+    (key,) = override
+    with pytest.raises(UserError, match=f"another config \\({key}: "):  # The run's identity.
         _tiny(tmp_path / "run", **{**override, "train.num_steps": 8})
+    with pytest.raises(UserError, match=message):  # Allowed, the checkpoint still refuses.
+        _tiny(tmp_path / "run", allow=[key], **{**override, "train.num_steps": 8})
     assert not (tmp_path / "run" / "checkpoints_unreadable").exists()
     summary = _tiny(tmp_path / "run", **{"train.num_steps": 8})  # The right command resumes.
     assert summary["resumed_from"] == 6 and summary["final_step"] == 8
@@ -259,7 +267,7 @@ def test_a_killed_trainers_lock_is_taken_over(tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from charrnn_jax.workdir import Workdir, WorkdirLock; "
+            "import sys, time; from charrnn_jax.store.workdir import Workdir, WorkdirLock; "
             "w = Workdir(sys.argv[1]); w.prepare(); lock = WorkdirLock(w).acquire(); "
             "print('locked', flush=True); time.sleep(600)",
             str(tmp_path),
