@@ -132,74 +132,102 @@ def base_config() -> ml_collections.ConfigDict:
     """
     config = ml_collections.ConfigDict()
     config.seed = 0  # Seeds init, the batch order and dropout.
+    config.data = _data_defaults()
+    config.model = _model_defaults()
+    config.train = _train_defaults()
+    config.eval = _eval_defaults()
+    config.sample = _sample_defaults()
+    config.wandb = _wandb_defaults()
+    config.sweep = _sweep_defaults()
+    return config
 
-    config.data = ml_collections.ConfigDict()
-    config.data.name = ""  # Registered dataset (see corpora.REGISTRY).
-    config.data.path = ""  # Any local file; overrides data.name when set.
-    config.data.val_fraction = 0.1  # The val split: this fraction, before the test split.
-    config.data.test_fraction = 0.0  # The test split: the file's last part (0 = none).
+
+def _data_defaults() -> ml_collections.ConfigDict:
+    data = ml_collections.ConfigDict()
+    data.name = ""  # Registered dataset (see corpora.REGISTRY).
+    data.path = ""  # Any local file; overrides data.name when set.
+    data.val_fraction = 0.1  # The val split: this fraction, before the test split.
+    data.test_fraction = 0.0  # The test split: the file's last part (0 = none).
     # 'random' or 'epoch' windows, 'stream' (state carried across steps), 'lines', 'labelled'.
-    config.data.mode = "random"
-    config.data.seq_len = 100  # Bytes per training window (inputs; targets are shifted by 1).
+    data.mode = "random"
+    data.seq_len = 100  # Bytes per training window (inputs; targets are shifted by 1).
+    return data
 
-    config.model = ml_collections.ConfigDict()
+
+def _model_defaults() -> ml_collections.ConfigDict:
+    model = ml_collections.ConfigDict()
     # A name in the cell registry (charrnn_jax/models/registry.py); GRU is the default.
-    config.model.cell = "gru"
-    config.model.embed_dim = 256  # Byte embedding size.
-    config.model.hidden_size = 1024  # Units per recurrent layer.
-    config.model.num_layers = 1  # Stacked recurrent layers.
-    config.model.dropout = 0.0  # Dropout on each recurrent layer's output while training.
-    config.model.input_dropout = 0.0  # Dropout on the byte embeddings while training.
-    config.model.recurrent_dropout = 0.0  # Fused GRU: DropConnect on the recurrent kernel.
-    config.model.variational_dropout = False  # One mask per sequence for all time steps.
-    config.model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
-    config.model.gru_impl = "fused"  # 'fused' (fast path) or 'flax' (nn.scan(GRUCell)).
-    config.model.num_classes = 0  # 0 = language model; >= 2 = many-to-one classifier.
+    model.cell = "gru"
+    model.embed_dim = 256  # Byte embedding size.
+    model.hidden_size = 1024  # Units per recurrent layer.
+    model.num_layers = 1  # Stacked recurrent layers.
+    model.dropout = 0.0  # Dropout on each recurrent layer's output while training.
+    model.input_dropout = 0.0  # Dropout on the byte embeddings while training.
+    model.recurrent_dropout = 0.0  # Fused GRU: DropConnect on the recurrent kernel.
+    model.variational_dropout = False  # One mask per sequence for all time steps.
+    model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
+    model.gru_impl = "fused"  # 'fused' (fast path) or 'flax' (nn.scan(GRUCell)).
+    model.num_classes = 0  # 0 = language model; >= 2 = many-to-one classifier.
     # Residual blocks only: 'parallel' (associative scan), 'sequential' (lax.scan) or
     # 'auto' (the faster one on this backend: sequential on CPU, parallel elsewhere).
-    config.model.scan = "auto"
-    config.model.mlp_ratio = 2  # Residual blocks only: gated MLP width / hidden_size.
+    model.scan = "auto"
+    model.mlp_ratio = 2  # Residual blocks only: gated MLP width / hidden_size.
+    return model
 
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 64  # Global batch, split over all devices.
-    config.train.num_steps = 3440  # Total steps; may be raised when resuming.
-    config.train.optimizer = "adam"  # 'adam' (optax) or 'keras_adam' (Keras's eps placement).
-    config.train.learning_rate = 1e-3  # Adam's peak learning rate (Keras default).
-    config.train.schedule = "constant"  # 'constant', or 'cosine' decay to 0 after warmup.
-    config.train.warmup_steps = 0  # Linear warmup steps.
-    config.train.grad_clip_norm = 0.0  # Clip by global norm; 0 turns clipping off.
-    config.train.adam_eps = 1e-7  # Keras's Adam epsilon (optax's default is 1e-8).
-    config.train.weight_decay = 0.0  # Decoupled (AdamW) decay of the weight matrices.
+
+def _train_defaults() -> ml_collections.ConfigDict:
+    train = ml_collections.ConfigDict()
+    train.batch_size = 64  # Global batch, split over all devices.
+    train.num_steps = 3440  # Total steps; may be raised when resuming.
+    train.optimizer = "adam"  # 'adam' (optax) or 'keras_adam' (Keras's eps placement).
+    train.learning_rate = 1e-3  # Adam's peak learning rate (Keras default).
+    train.schedule = "constant"  # 'constant', or 'cosine' decay to 0 after warmup.
+    train.warmup_steps = 0  # Linear warmup steps.
+    train.grad_clip_norm = 0.0  # Clip by global norm; 0 turns clipping off.
+    train.adam_eps = 1e-7  # Keras's Adam epsilon (optax's default is 1e-8).
+    train.weight_decay = 0.0  # Decoupled (AdamW) decay of the weight matrices.
     # > 0: also keep an exponential moving average of the params (Polyak averaging, with a
     # warm-up); val, the best checkpoint, samples, evaluate and sample use the average.
-    config.train.ema_decay = 0.0
-    config.train.log_every = 50  # Steps between progress lines / JSONL records.
-    config.train.eval_every = 500  # Steps between val evaluations (and samples).
-    config.train.eval_batches = 16  # Val batches per evaluation in eval.mode='windows'.
-    config.train.checkpoint_every = 500  # Steps between checkpoints (also saved at the end).
-    config.train.max_to_keep = 3  # Checkpoints kept on disk (plus the best, checkpoints_best/).
-    config.train.early_stop_patience = 0  # Stop after this many evals without a better val.
-    config.train.init_from = ""  # Fine-tune: start from WORKDIR[:STEP|best]'s params.
+    train.ema_decay = 0.0
+    train.log_every = 50  # Steps between progress lines / JSONL records.
+    train.eval_every = 500  # Steps between val evaluations (and samples).
+    train.eval_batches = 16  # Val batches per evaluation in eval.mode='windows'.
+    train.checkpoint_every = 500  # Steps between checkpoints (also saved at the end).
+    train.max_to_keep = 3  # Checkpoints kept on disk (plus the best, checkpoints_best/).
+    train.early_stop_patience = 0  # Stop after this many evals without a better val.
+    train.init_from = ""  # Fine-tune: start from WORKDIR[:STEP|best]'s params.
+    return train
 
-    config.eval = ml_collections.ConfigDict()
-    config.eval.mode = "full"  # Byte data: 'full' scores every val byte once, carry kept;
+
+def _eval_defaults() -> ml_collections.ConfigDict:
+    eval = ml_collections.ConfigDict()
+    eval.mode = "full"  # Byte data: 'full' scores every val byte once, carry kept;
     # 'windows' is the old cheap metric (eval_batches fixed windows from a zero carry).
-    config.eval.streams = 0  # Full eval: contiguous streams scored in parallel (0 = batch_size).
+    eval.streams = 0  # Full eval: contiguous streams scored in parallel (0 = batch_size).
+    return eval
 
-    config.sample = ml_collections.ConfigDict()
-    config.sample.prompt = ""  # Prompt of the samples logged while training ('' = a newline).
-    config.sample.length = 200  # Bytes per logged sample; 0 turns samples off.
-    config.sample.temperature = 0.8  # Sampling temperature for logged samples.
 
-    config.wandb = ml_collections.ConfigDict()
-    config.wandb.enable = False  # Also log rows to Weights & Biases (`pip install .[wandb]`).
-    config.wandb.project = "charrnn_jax"  # The W&B project; the run is named after the workdir.
-    config.wandb.mode = "online"  # 'online', 'offline' (sync later with `wandb sync`), 'disabled'.
+def _sample_defaults() -> ml_collections.ConfigDict:
+    sample = ml_collections.ConfigDict()
+    sample.prompt = ""  # Prompt of the samples logged while training ('' = a newline).
+    sample.length = 200  # Bytes per logged sample; 0 turns samples off.
+    sample.temperature = 0.8  # Sampling temperature for logged samples.
+    return sample
 
-    config.sweep = ml_collections.ConfigDict()
-    config.sweep.vmap = 0  # K > 0: train sweep() K variants per vmapped program (README).
-    config.sweep.name = "sweep"  # The sweep function in this file (none: K seeds).
-    return config
+
+def _wandb_defaults() -> ml_collections.ConfigDict:
+    wandb = ml_collections.ConfigDict()
+    wandb.enable = False  # Also log rows to Weights & Biases (`pip install .[wandb]`).
+    wandb.project = "charrnn_jax"  # The W&B project; the run is named after the workdir.
+    wandb.mode = "online"  # 'online', 'offline' (sync later with `wandb sync`), 'disabled'.
+    return wandb
+
+
+def _sweep_defaults() -> ml_collections.ConfigDict:
+    sweep = ml_collections.ConfigDict()
+    sweep.vmap = 0  # K > 0: train sweep() K variants per vmapped program (README).
+    sweep.name = "sweep"  # The sweep function in this file (none: K seeds).
+    return sweep
 
 
 def flatten(config: ml_collections.ConfigDict) -> dict:

@@ -18,6 +18,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from charrnn_jax.data import corpora  # numpy only: safe before the huge-page restart.
 from charrnn_jax.errors import UserError
 from charrnn_jax.runtime import cli
 
@@ -58,18 +59,24 @@ def described_config(config, recipe):
     return described
 
 
+def tutorial_splits(config):
+    """(train, val) bytes for the Keras side, from the one split path (data.corpora): the
+    test split (data.test_fraction) stays out of both."""
+    parts = corpora.load_splits(config.data)
+    return parts["train"], parts["val"]
+
+
 def run() -> dict:
     # These import jax and keras: after cli.run's huge-page restart.
     from charrnn_jax import config_lib, models
     from charrnn_jax.baselines import keras_fit
-    from charrnn_jax.data import corpora, pipeline
+    from charrnn_jax.data import pipeline
     from charrnn_jax.inference import scoring
 
     config, out = cli.config_value(_CONFIG), pathlib.Path(_OUT.value)
     check_args(config, out, pipeline.MODES)
     d = config.data
-    parts = corpora.load_splits(d)  # The test split stays out of both (data.test_fraction).
-    train_tokens, val_tokens = parts["train"], parts["val"]
+    train_tokens, val_tokens = tutorial_splits(config)
     recipe = keras_fit.TutorialRecipe(epochs=_EPOCHS.value)
     model = models.CharRNN(embed_dim=recipe.embed_dim, hidden_size=recipe.hidden_size)
     streams = scoring.eval_streams(config) or config.train.batch_size

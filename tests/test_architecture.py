@@ -186,3 +186,14 @@ def test_the_architecture_page_names_every_module_and_no_ghosts():
     documented = _documented_modules()
     assert actual - documented == set(), "modules missing from docs/architecture.md"
     assert documented - actual == set(), "docs/architecture.md names modules that do not exist"
+
+
+def test_no_function_is_longer_than_sixty_lines():
+    long = [
+        f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines"
+        for name, (_, tree) in _modules().items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long, long

@@ -133,6 +133,27 @@ def check_supported(config) -> None:
         raise UserError("The Keras baseline uses a constant learning rate (as the tutorial).")
 
 
+def _compiled_model(keras, config, initial_weights: dict | None):
+    """The tutorial's model at our sizes, compiled with Keras's Adam at our settings."""
+    model = build_model(
+        embed_dim=config.model.embed_dim,
+        hidden_size=config.model.hidden_size,
+        num_layers=config.model.num_layers,
+    )
+    if initial_weights is not None:
+        set_weights(model, initial_weights)
+    t = config.train
+    model.compile(
+        optimizer=keras.optimizers.Adam(
+            learning_rate=t.learning_rate,
+            epsilon=t.adam_eps,
+            global_clipnorm=t.grad_clip_norm or None,
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
 def train(config, workdir, *, initial_weights: dict | None = None) -> dict:
     """Trains the Keras model on exactly our batches; writes <workdir>/metrics.jsonl.
 
@@ -152,21 +173,7 @@ def train(config, workdir, *, initial_weights: dict | None = None) -> dict:
         d, seed=config.seed, global_batch=t.batch_size, num_eval_batches=t.eval_batches
     )
     eval_data = data.eval_batches()
-    model = build_model(
-        embed_dim=config.model.embed_dim,
-        hidden_size=config.model.hidden_size,
-        num_layers=config.model.num_layers,
-    )
-    if initial_weights is not None:
-        set_weights(model, initial_weights)
-    model.compile(
-        optimizer=keras.optimizers.Adam(
-            learning_rate=t.learning_rate,
-            epsilon=t.adam_eps,
-            global_clipnorm=t.grad_clip_norm or None,
-        ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
+    model = _compiled_model(keras, config, initial_weights)
     writer = metric_logging.MetricWriter(workdir, resume_step=0)
     progress = metric_logging.Progress(
         start_step=0, num_steps=t.num_steps, tokens_per_step=t.batch_size * d.seq_len

@@ -122,17 +122,8 @@ class CharRNN(nn.Module):
         drop_inputs = train and self.input_dropout > 0
         cell = registry.CELLS[self.cell_type]
         if cell.residual_block:
-            x, new_carry = blocks.BlockStack(
-                self.cell_type,
-                self.hidden_size,
-                self.num_layers,
-                self.mlp_ratio,
-                self.dropout_rate,
-                self.dtype,
-                self.parallel_scan,
-                dense_dot_general(self.dtype),
-                name="blocks",
-            )(carry, self._drop_inputs(embed(tokens_tm), drop_dims, train), valid_tm, train=train)
+            x = self._drop_inputs(embed(tokens_tm), drop_dims, train)
+            x, new_carry = self._residual_blocks(carry, x, valid_tm, train)
             return self._outputs(x, blocks.last_valid(x, valid_tm), new_carry, time_major_logits)
         fused = cell.fused and self.gru_impl == "fused"
         # Folding the embedding into the first projection pays once there are more
@@ -142,15 +133,42 @@ class CharRNN(nn.Module):
         x = embed(jnp.arange(VOCAB_SIZE)) if fold else embed(tokens_tm)
         if not fold:
             x = self._drop_inputs(x, drop_dims, train)
+        x, new_carry = self._stacked_layers(
+            x, carry, valid_tm, tokens_tm if fold else None, fused, drop_dims, train
+        )
+        last = cell.hidden_of(new_carry[-1])
+        if self.num_classes and self.dropout_rate > 0:
+            last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
+        return self._outputs(x, last, new_carry, time_major_logits)
+
+    def _residual_blocks(self, carry, x, valid_tm, train):
+        """num_layers pre-norm residual blocks around the registered linear recurrence."""
+        return blocks.BlockStack(
+            self.cell_type,
+            self.hidden_size,
+            self.num_layers,
+            self.mlp_ratio,
+            self.dropout_rate,
+            self.dtype,
+            self.parallel_scan,
+            dense_dot_general(self.dtype),
+            name="blocks",
+        )(carry, x, valid_tm, train=train)
+
+    def _stacked_layers(self, x, carry, valid_tm, folded_tokens, fused, drop_dims, train):
+        """num_layers recurrent layers (fused GRUs or scanned cells), dropout after each.
+
+        folded_tokens: with the embedding folded into the first layer's projection, the
+        [time, batch] bytes whose rows of the [256, 3H] table that layer gathers.
+        """
         new_carry = []
         for i in range(self.num_layers):
             if fused:
                 layer = FusedGRULayer(
                     self.hidden_size, self.dtype, self.recurrent_dropout, name=f"rnn_{i}"
                 )
-                layer_carry, x = layer(
-                    carry[i], x, valid_tm, tokens_tm if (fold and i == 0) else None, train=train
-                )
+                tokens = folded_tokens if i == 0 else None
+                layer_carry, x = layer(carry[i], x, valid_tm, tokens, train=train)
             else:
                 layer_carry, x = RecurrentLayer(
                     self.cell_type, self.hidden_size, self.dtype, name=f"rnn_{i}"
@@ -158,10 +176,7 @@ class CharRNN(nn.Module):
             new_carry.append(layer_carry)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, drop_dims, deterministic=not train)(x)
-        last = cell.hidden_of(new_carry[-1])
-        if self.num_classes and self.dropout_rate > 0:
-            last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
-        return self._outputs(x, last, new_carry, time_major_logits)
+        return x, new_carry
 
     def _drop_inputs(self, x, drop_dims, train):
         if not (train and self.input_dropout > 0):
