@@ -18,7 +18,6 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from charrnn_jax.data import corpora  # numpy only: safe before the huge-page restart.
 from charrnn_jax.errors import UserError
 from charrnn_jax.runtime import cli
 
@@ -59,13 +58,6 @@ def described_config(config, recipe):
     return described
 
 
-def tutorial_splits(config):
-    """(train, val) bytes for the Keras side, from the one split path (data.corpora): the
-    test split (data.test_fraction) stays out of both."""
-    parts = corpora.load_splits(config.data)
-    return parts["train"], parts["val"]
-
-
 def run() -> dict:
     # These import jax and keras: after cli.run's huge-page restart.
     from charrnn_jax import config_lib, models
@@ -76,7 +68,7 @@ def run() -> dict:
     config, out = cli.config_value(_CONFIG), pathlib.Path(_OUT.value)
     check_args(config, out, pipeline.MODES)
     d = config.data
-    train_tokens, val_tokens = tutorial_splits(config)
+    train_tokens, val_tokens = keras_fit.tutorial_splits(config)
     recipe = keras_fit.TutorialRecipe(epochs=_EPOCHS.value)
     model = models.CharRNN(embed_dim=recipe.embed_dim, hidden_size=recipe.hidden_size)
     streams = scoring.eval_streams(config) or config.train.batch_size

@@ -26,6 +26,7 @@ import numpy as np
 from absl import logging
 
 from charrnn_jax.baselines import keras_tutorial
+from charrnn_jax.data import corpora
 from charrnn_jax.store import metric_logging
 
 
@@ -39,6 +40,13 @@ class TutorialRecipe:
     batch_size: int = 64
     epochs: int = 20
     learning_rate: float = 1e-3  # tf.keras.optimizers.Adam() default.
+
+
+def tutorial_splits(config):
+    """(train, val) bytes for the Keras side, from the one split path (data.corpora): the
+    test split (data.test_fraction) stays out of both."""
+    parts = corpora.load_splits(config.data)
+    return parts["train"], parts["val"]
 
 
 def tutorial_windows(tokens: np.ndarray, seq_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -100,14 +100,12 @@ def test_the_keras_side_never_sees_test_bytes(tmp_path):
     (experiments/hutter.py's 90/5/5), the file's tail is in neither of its splits."""
     from conftest import tiny_config
 
-    from charrnn_jax import fit_tutorial
-
     corpus = tmp_path / "corpus.txt"
     body, tail = b"abcdefgh" * 2000, b"Z" * 2000  # The last 1/9 of the file: the test split.
     corpus.write_bytes(body + tail)
     config = tiny_config(
         **{"data.path": str(corpus), "data.val_fraction": 0.1, "data.test_fraction": 1 / 9}
     )
-    train, val = fit_tutorial.tutorial_splits(config)
+    train, val = keras_fit.tutorial_splits(config)
     assert len(train) + len(val) == len(body)
     assert b"Z" not in train.tobytes() + val.tobytes()
