@@ -28,7 +28,6 @@ import pathlib
 import signal
 import statistics
 import subprocess
-import sys
 import time
 
 import jax
@@ -38,6 +37,7 @@ from benchmarks import common, machine
 from charrnn_jax import models
 from charrnn_jax.data import corpora
 from charrnn_jax.inference import loading, sampler, scoring
+from charrnn_jax.runtime import cli
 from charrnn_jax.store import metric_logging
 from charrnn_jax.store.workdir import Workdir
 
@@ -76,14 +76,7 @@ def width_for(cell: str, target: int) -> tuple[int, int]:
 
 def train_for(workdir: pathlib.Path, cell: str, hidden: int, seconds: float) -> None:
     overrides = {**RECIPE, "model.cell": cell, "model.hidden_size": hidden}
-    command = [
-        sys.executable,
-        "-m",
-        "charrnn_jax.main",
-        f"--config={REPO / 'experiments' / 'shakespeare.py'}",
-        f"--workdir={workdir}",
-        *(f"--config.{k}={v}" for k, v in overrides.items()),
-    ]
+    command = cli.trainer_command(REPO / "experiments" / "shakespeare.py", workdir, overrides)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     with open(workdir.parent / f"{workdir.name}.log", "w") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -39,6 +39,7 @@ import sys
 import time
 
 from benchmarks import common, machine
+from charrnn_jax.runtime import cli
 
 FULL = {
     "sizes": {"tutorial": common.SIZES["tutorial"], "headline": common.SIZES["headline"]},
@@ -541,15 +542,7 @@ def headline(args, seconds: float, report: Report) -> dict:
             "--config.train.warmup_steps=2",
             "--config.sample.length=0",
         ]
-    command = [
-        sys.executable,
-        "-m",
-        "charrnn_jax.main",
-        f"--config={config}",
-        f"--workdir={workdir}",
-        "--nohuge_pages",
-        *overrides,
-    ]
+    command = cli.trainer_command(config, workdir, None, "--nohuge_pages", *overrides)
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=common.REPO, stderr=subprocess.PIPE, text=True)
     try:

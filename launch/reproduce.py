@@ -46,7 +46,7 @@ def rerun(main_flags: list[str], workdir: pathlib.Path, until: int, xla_flags: s
     """Trains until `until` (then SIGTERM); returns the trainer's exit status."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
-    command = [sys.executable, "-m", "charrnn_jax.main", *main_flags, f"--workdir={workdir}"]
+    command = cli.trainer_argv(*main_flags, f"--workdir={workdir}")
     proc = subprocess.Popen(command, env=env, stdout=sys.stderr)  # Our stdout: the verdict.
     metrics = workdir / "metrics.jsonl"
     while proc.poll() is None:

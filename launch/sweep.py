@@ -32,6 +32,7 @@ import time
 from absl import app, flags
 
 from charrnn_jax.errors import UserError
+from charrnn_jax.runtime import cli
 from charrnn_jax.store.workdir import Workdir, is_remote
 from charrnn_jax.training import sweep_runs
 
@@ -44,26 +45,12 @@ expand = sweep_runs.expand
 
 
 def train_command(config_arg: str, workdir: str, overrides: dict, python="python") -> list[str]:
-    return [
-        python,
-        "-m",
-        "charrnn_jax.main",
-        f"--config={config_arg}",
-        f"--workdir={workdir}",
-        *(f"--config.{key}={value}" for key, value in overrides.items()),
-    ]
+    return cli.trainer_command(config_arg, workdir, overrides, python=python)
 
 
 def vmap_command(config_arg: str, root: str, sweep_name: str, size: int, python="python"):
-    return [
-        python,
-        "-m",
-        "charrnn_jax.main",
-        f"--config={config_arg}",
-        f"--workdir={root}",
-        f"--config.sweep.vmap={size}",
-        f"--config.sweep.name={sweep_name}",
-    ]
+    vmapped = {"sweep.vmap": size, "sweep.name": sweep_name}
+    return cli.trainer_command(config_arg, root, vmapped, python=python)
 
 
 def read_status(workdir) -> dict:

@@ -107,14 +107,8 @@ def subprocess_env(**extra) -> dict:
 
 def main_command(workdir, *extra, **overrides) -> list[str]:
     """`python -m charrnn_jax.main` on the tiny settings, as a subprocess argv."""
-    import sys
 
-    return [
-        sys.executable,
-        "-m",
-        "charrnn_jax.main",
-        f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny",
-        f"--workdir={workdir}",
-        *tiny_overrides(**overrides),
-        *extra,
-    ]
+    from charrnn_jax.runtime import cli
+
+    config = f"{REPO / 'experiments' / 'shakespeare.py'}:tiny"
+    return cli.trainer_command(config, workdir, None, *tiny_overrides(**overrides), *extra)

@@ -146,3 +146,22 @@ def exit_on_user_error(fn, *args, **kwargs):
             raise
         print(f"error: {line}", file=sys.stderr)
         sys.exit(1)
+
+
+def trainer_command(
+    config_arg: str, workdir, overrides: dict | None = None, *extra: str, python: str = ""
+) -> list[str]:
+    """`python -m charrnn_jax.main` as an argv: the one way launchers, benchmarks and tests
+    start the real trainer in a subprocess. `overrides` become --config.KEY=VALUE flags."""
+    return trainer_argv(
+        f"--config={config_arg}",
+        f"--workdir={workdir}",
+        *(f"--config.{key}={value}" for key, value in (overrides or {}).items()),
+        *extra,
+        python=python,
+    )
+
+
+def trainer_argv(*flags: str, python: str = "") -> list[str]:
+    """`python -m charrnn_jax.main FLAGS...` (see trainer_command)."""
+    return [python or sys.executable, "-m", "charrnn_jax.main", *flags]
