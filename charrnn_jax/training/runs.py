@@ -145,10 +145,11 @@ class Run:
         for key in ("val_loss", "val_accuracy"):
             if key in record:
                 self.summary[key] = record[key]
-        # Every process keeps the row, so all save the same checkpoint items (meta_for).
+        # Every process keeps the row (as the JSONL holds it), so all save the same
+        # checkpoint items (meta_for); only process 0 has a writer.
         self.last_row = {k: {"step": step, **record}.get(k) for k in metric_logging.FIELDS}
         if self.writer:
-            self.last_row = self.writer.write_scalars(step, record)
+            self.writer.write_scalars(step, record)
 
     def close(self) -> None:
         try:
