@@ -52,6 +52,10 @@ def _validate_data(config) -> None:
     )
     _one_of(config.eval.mode, EVAL_MODES, "eval.mode")
     _require(config.eval.streams >= 0, f"eval.streams must be >= 0, got {config.eval.streams}.")
+    _require(
+        config.eval.bytes_per_call >= 0,
+        f"eval.bytes_per_call must be >= 0, got {config.eval.bytes_per_call}.",
+    )
     _require(bool(d.name or d.path), "Set data.name (a registered dataset) or data.path.")
 
 
@@ -204,6 +208,9 @@ def _eval_defaults() -> ml_collections.ConfigDict:
     eval.mode = "full"  # Byte data: 'full' scores every val byte once, carry kept;
     # 'windows' is the old cheap metric (eval_batches fixed windows from a zero carry).
     eval.streams = 0  # Full eval: contiguous streams scored in parallel (0 = batch_size).
+    # Full eval: val bytes per device call at most (0 = one call). A SIGTERM is honoured
+    # between calls, so this bounds how long a preemption waits for an evaluation.
+    eval.bytes_per_call = 1 << 18
     return eval
 
 

@@ -31,6 +31,8 @@ class _ExamplePipeline:
     (id -1 is a padding row of weight 0) and `_size(split)`.
     """
 
+    eval_carried = False  # Each eval batch stands alone (no carry between them).
+
     def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
         ids = _example_ids(self.seed, step, self._size(self.train), self.global_batch)
         rows = local_rows(self.global_batch, process_index, process_count)

@@ -14,7 +14,15 @@ from charrnn_jax.data import corpora, examples, windows
 from charrnn_jax.data.corpora import DataError
 
 
-def _byte_pipeline(d, *, seed: int, global_batch: int, num_eval_batches: int, eval_streams: int):
+def _byte_pipeline(
+    d,
+    *,
+    seed: int,
+    global_batch: int,
+    num_eval_batches: int,
+    eval_streams: int,
+    eval_bytes_per_call: int,
+):
     """'random', 'epoch' or 'stream': windows of one long byte stream."""
     parts = corpora.load_splits(d)
     train, val = parts["train"], parts["val"]
@@ -23,7 +31,15 @@ def _byte_pipeline(d, *, seed: int, global_batch: int, num_eval_batches: int, ev
     if d.mode == "stream":
         windows.stream_layout(len(train), global_batch=global_batch, seq_len=d.seq_len)
     return windows.BytePipeline(
-        train, val, d.seq_len, d.mode, seed, global_batch, num_eval_batches, eval_streams
+        train,
+        val,
+        d.seq_len,
+        d.mode,
+        seed,
+        global_batch,
+        num_eval_batches,
+        eval_streams,
+        eval_bytes_per_call,
     )
 
 
@@ -55,7 +71,8 @@ class Mode:
     """One data mode.
 
     Attributes:
-      build: (data config, seed=, global_batch=, num_eval_batches=, eval_streams=) -> pipeline.
+      build: (data config, seed=, global_batch=, num_eval_batches=, eval_streams=,
+        eval_bytes_per_call=) -> pipeline.
       byte_stream: windows of one long byte stream (so the full-split val metric applies).
       carries_state: the recurrent state flows from step to step (truncated BPTT).
       labelled: (text, label) examples for a many-to-one classifier.
@@ -80,11 +97,18 @@ MODES: dict[str, Mode] = {
 
 
 def build(
-    data_config, *, seed: int, global_batch: int, num_eval_batches: int, eval_streams: int = 0
+    data_config,
+    *,
+    seed: int,
+    global_batch: int,
+    num_eval_batches: int,
+    eval_streams: int = 0,
+    eval_bytes_per_call: int = 0,
 ):
     """The pipeline for data_config.mode, with every data check done up front.
 
-    eval_streams > 0 scores the whole val split in that many streams (byte data only).
+    eval_streams > 0 scores the whole val split in that many streams (byte data only),
+    eval_bytes_per_call bytes per device call at most (0: one call).
     """
     data_config = corpora.DataConfig.of(data_config)
     mode = MODES.get(data_config.mode)
@@ -97,6 +121,7 @@ def build(
         global_batch=global_batch,
         num_eval_batches=num_eval_batches,
         eval_streams=eval_streams,
+        eval_bytes_per_call=eval_bytes_per_call,
     )
 
 

@@ -91,16 +91,19 @@ def stream_window_starts(
     return starts, np.full(global_batch, index == 0)
 
 
-def stream_eval_batch(tokens: np.ndarray, *, streams: int, chunk: int) -> dict[str, np.ndarray]:
+def stream_eval_batch(
+    tokens: np.ndarray, *, streams: int, chunk: int, length: int = 0
+) -> dict[str, np.ndarray]:
     """Every byte of `tokens` but the first as a target exactly once, in `streams`
-    contiguous streams padded (weight 0) to a whole number of `chunk`-byte steps.
+    contiguous streams padded (weight 0) to a whole number of `chunk`-byte steps (or to
+    `length`, a longer multiple of chunk).
 
     Returns:
       {'inputs', 'targets': [streams, length] int32, 'weights': [streams, length] float32}
       where length = the stream length; row b predicts bytes b*length+1 .. (b+1)*length.
     """
     predictions = len(tokens) - 1
-    length = -(-predictions // (streams * chunk)) * chunk
+    length = max(length, -(-predictions // (streams * chunk)) * chunk)
     padded = np.zeros(streams * length + 1, np.int32)
     padded[: len(tokens)] = tokens
     weights = np.zeros(streams * length, np.float32)
@@ -110,6 +113,26 @@ def stream_eval_batch(tokens: np.ndarray, *, streams: int, chunk: int) -> dict[s
         "targets": padded[1:].reshape(streams, length),
         "weights": weights.reshape(streams, length),
     }
+
+
+def stream_eval_segments(
+    tokens: np.ndarray, *, streams: int, chunk: int, bytes_per_call: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """stream_eval_batch cut along time into consecutive segments of one shape, each of at
+    most `bytes_per_call` bytes (0: one segment) where the split allows a chunk per call.
+
+    Scored in turn with the carry passed on (inference.scoring.eval_segment), they give
+    the whole batch's sums; the padding grows by less than one chunk per segment.
+    """
+    chunks = -(-(len(tokens) - 1) // (streams * chunk))
+    most = max(1, bytes_per_call // (streams * chunk)) if bytes_per_call else chunks
+    calls = -(-chunks // most)
+    per_call = -(-chunks // calls) * chunk
+    batch = stream_eval_batch(tokens, streams=streams, chunk=chunk, length=calls * per_call)
+    return [
+        {key: value[:, i * per_call : (i + 1) * per_call] for key, value in batch.items()}
+        for i in range(calls)
+    ]
 
 
 def train_batch(
@@ -164,7 +187,8 @@ class BytePipeline:
     """A byte stream: windows of seq_len + 1 ('random', 'epoch' or 'stream' order).
 
     Eval is the whole val split in `eval_streams` contiguous streams (eval_streams > 0,
-    the default 'full' metric), or num_eval_batches batches of fixed windows.
+    the default 'full' metric) cut along time into calls of at most eval_bytes_per_call
+    bytes, or num_eval_batches batches of fixed windows.
     """
 
     train: np.ndarray
@@ -175,6 +199,7 @@ class BytePipeline:
     global_batch: int
     num_eval_batches: int
     eval_streams: int = 0
+    eval_bytes_per_call: int = 0
 
     def train_batch(self, step: int, process_index: int = 0, process_count: int = 1):
         return train_batch(
@@ -188,11 +213,21 @@ class BytePipeline:
             process_count=process_count,
         )
 
+    @property
+    def eval_carried(self) -> bool:
+        """Whether eval_batches are time segments of the same streams (carry passed on)."""
+        return bool(self.eval_streams)
+
     def eval_batches(self, process_index: int = 0, process_count: int = 1):
         if self.eval_streams:
-            batch = stream_eval_batch(self.val, streams=self.eval_streams, chunk=self.seq_len)
+            segments = stream_eval_segments(
+                self.val,
+                streams=self.eval_streams,
+                chunk=self.seq_len,
+                bytes_per_call=self.eval_bytes_per_call,
+            )
             rows = local_rows(self.eval_streams, process_index, process_count)
-            return [{key: value[rows] for key, value in batch.items()}]
+            return [{key: value[rows] for key, value in s.items()} for s in segments]
         return eval_batches(
             self.val,
             global_batch=self.global_batch,

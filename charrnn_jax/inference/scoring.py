@@ -73,6 +73,19 @@ def eval_step(params, batch, *, apply_fn, chunk: int):
     if "targets" not in batch or length <= chunk:
         logits, scored, _ = logits_and_labels(apply_fn, params, batch)
         return loss_sums(logits, scored)
+    zero = zero_carry(params, batch, apply_fn=apply_fn, chunk=chunk)
+    return eval_segment(params, batch, zero, apply_fn=apply_fn, chunk=chunk)[0]
+
+
+def eval_segment(params, batch, carry, *, apply_fn, chunk: int):
+    """(sums, carry at its end) of one time segment of contiguous streams, from `carry`.
+
+    Consecutive segments of the same streams (data.windows.stream_eval_segments), each
+    started from the carry the one before ended with, score exactly what one eval_step
+    over the whole streams does; the trainer scores a long val split this way so that
+    it can honour a SIGTERM between device calls (training/validation.py).
+    """
+    length = batch["inputs"].shape[1]
     chunks = jax.tree.map(
         lambda x: x.reshape(x.shape[0], length // chunk, chunk).swapaxes(0, 1), batch
     )
@@ -81,11 +94,15 @@ def eval_step(params, batch, *, apply_fn, chunk: int):
         logits, scored, carry = logits_and_labels(apply_fn, params, piece, carry)
         return carry, loss_sums(logits, scored)
 
-    first = jax.tree.map(lambda x: x[0], chunks)
+    carry, sums = jax.lax.scan(score, carry, chunks)
+    return jax.tree.map(lambda x: x.sum(axis=0), sums), carry
+
+
+def zero_carry(params, batch, *, apply_fn, chunk: int):
+    """The zero carry of `batch`'s streams: where every stream's scoring starts."""
+    first = jax.tree.map(lambda x: x[:, :chunk], batch)
     shapes = jax.eval_shape(lambda: logits_and_labels(apply_fn, params, first)[2])
-    zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-    _, sums = jax.lax.scan(score, zero, chunks)
-    return jax.tree.map(lambda x: x.sum(axis=0), sums)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def eval_streams(config) -> int:
@@ -108,7 +125,7 @@ def score_bytes(params, model, tokens: np.ndarray, *, streams: int, chunk: int, 
       {'bytes': scored bytes (n - 1), 'loss': nats/byte, 'bpb': bits/byte}.
     """
     mesh = mesh or parallel.make_mesh(jax.local_devices()[:1])
-    parallel.check_batch_divides(streams, mesh)
+    parallel.check_batch_divides(streams, mesh, name="streams")
     batch = windows.stream_eval_batch(tokens, streams=streams, chunk=chunk)
     sharded = parallel.global_batch(batch, mesh)
     repl = parallel.replicated(mesh)

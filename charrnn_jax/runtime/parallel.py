@@ -40,10 +40,11 @@ def data_sharded(mesh: Mesh, *, variant_axis: bool = False) -> NamedSharding:
     )
 
 
-def check_batch_divides(global_batch: int, mesh: Mesh) -> None:
+def check_batch_divides(global_batch: int, mesh: Mesh, name: str = "train.batch_size") -> None:
+    """Rows of a batch (`name`) split evenly over the mesh, or one error line."""
     if global_batch % mesh.size:
         raise UserError(
-            f"train.batch_size={global_batch} does not divide over {mesh.size} devices; use a "
+            f"{name}={global_batch} does not divide over {mesh.size} devices; use a "
             f"multiple of {mesh.size}."
         )
 

@@ -37,6 +37,7 @@ RESUMABLE_KEYS = frozenset(
         "train.max_to_keep",
         "train.early_stop_patience",
         "train.init_from",  # Read only at step 0.
+        "eval.bytes_per_call",  # Only the order in which the val sums are added.
         "sample.prompt",
         "sample.length",
         "sample.temperature",

@@ -13,7 +13,6 @@ import functools
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -25,7 +24,7 @@ from charrnn_jax.inference import scoring
 from charrnn_jax.runtime import parallel
 from charrnn_jax.store import checkpointing, metric_logging
 from charrnn_jax.store.workdir import Workdir
-from charrnn_jax.training import identity, optim, pacing, runs, steps, variants
+from charrnn_jax.training import identity, optim, pacing, runs, steps, validation, variants
 
 
 def train_and_evaluate(
@@ -79,6 +78,7 @@ def load_data(configs) -> list:
                 global_batch=c.train.batch_size,
                 num_eval_batches=c.train.eval_batches,
                 eval_streams=scoring.eval_streams(c),
+                eval_bytes_per_call=c.eval.bytes_per_call,
             )
     return [pipelines[c.seed] for c in configs]
 
@@ -100,6 +100,8 @@ def _train(
     datas = load_data(configs)  # Every data error before anything is created or compiled.
     mesh = parallel.make_mesh(devices)
     parallel.check_batch_divides(t.batch_size, mesh)
+    if scoring.eval_streams(config):
+        parallel.check_batch_divides(scoring.eval_streams(config), mesh, name="eval.streams")
     group = group_type(configs, mesh)
     is_main = jax.process_index() == 0
     opened = []
@@ -159,78 +161,174 @@ def _setup(config, group, run_list, datas):
 
 def _loop(config, group, run_list, datas, state, model, fns, start):
     t = config.train
-    reset_fn = fns[2]
-    if start and all(run.patience_exhausted(start) for run in run_list):
+    pending = any(run.pending for run in run_list)
+    if start and not pending and all(run.patience_exhausted(start) for run in run_list):
         _stop_early(run_list, start)  # Stopped early before: rerunning trains no further.
         return state
     process, processes = jax.process_index(), jax.process_count()
     dropout_rngs = group.keys(1)
-    sample_rngs = [jax.random.fold_in(jax.random.key(c.seed), 2) for c in group.configs]
-    step_fn, eval_fn, eval_data = _compile_for_loop(group, datas, state, fns, start, dropout_rngs)
-    tokens_per_step = group.size * t.batch_size * config.data.seq_len
-    progress = metric_logging.Progress(
-        start_step=start, num_steps=t.num_steps, tokens_per_step=tokens_per_step
-    )
-    run_start, stop = time.perf_counter(), pacing.StopFlag().install()
-    in_flight = pacing.InFlight()
+    step_fn, val = _compile_for_loop(group, datas, state, fns, start, dropout_rngs, pending)
+    stop = pacing.StopFlag().install()
+    after = _AfterSteps(group, run_list, model, fns.reset, val, stop, start)
     try:
+        if pending and after.complete_pending(state, start):
+            return state
         for step in range(start, t.num_steps):
             local = [d.train_batch(step, process, processes) for d in datas]
             state = step_fn(state, group.global_batch(local), dropout_rngs)
-            in_flight.add(state.step + 0)  # A copy: the state itself is donated next step.
+            after.in_flight.add(state.step + 0)  # A copy: the state itself is donated next step.
             done = step + 1
             preempted = stop.is_set() or run_list[0].ckpt.reached_preemption(done)
             due = pacing.due(t, done, preempted=preempted)
-            if not due:
-                continue
-            windows = jax.device_get(state.window)  # Tiny: the only fetch between rows.
-            live = _check_windows(group, run_list, windows)
-            if not live:
-                logging.error("Every variant diverged; stopping at step %d.", done)
-                break
-            progress.pause()
-            if due.log:
-                records = _records(group, live, windows, due.eval and (eval_fn, state, eval_data))
-                state = reset_fn(state)
-            progress.resume()
-            if due.log:  # Rows before the save: a kill between the two then costs no row.
-                _write_rows(group, live, records, done, progress.update(done), run_start)
-            progress.pause()
-            if due.eval:
-                _after_eval(group, live, state, records, done, model, sample_rngs)
-            stopping = due.eval and all(run.patience_exhausted(done) for _, run in live)
-            if due.save or stopping:
-                for i, run in live:
-                    run.ckpt.save(done, _items(group, state, i), meta=run.meta_for(done))
-            progress.resume()
-            if stopping:
-                _stop_early(run_list, done)
-                break
-            if preempted:
-                logging.warning(
-                    "Preemption signal: saved step %d; exiting cleanly (rerun to resume).", done
-                )
-                for run in run_list:
-                    run.summary["preempted"] = True
-                break
+            if due:
+                state, finished = after.step(state, done, due, preempted)
+                if finished:
+                    break
     finally:
         stop.uninstall()
     return state
 
 
-def _compile_for_loop(group, datas, state, fns, start, dropout_rngs):
-    """The eval batches, and the train and eval steps compiled for them ahead of the loop."""
-    step_fn, eval_fn, _ = fns
+def _compile_for_loop(group, datas, state, fns, start, dropout_rngs, pending: bool):
+    """The train step and the val pass, compiled for their batches ahead of the loop."""
     process, processes = jax.process_index(), jax.process_count()
     eval_data = [
         group.global_batch(batches)
         for batches in zip(*[d.eval_batches(process, processes) for d in datas], strict=True)
     ]
+    val = validation.Validation(
+        fns, eval_data, carried=datas[0].eval_carried, stoppable=processes == 1
+    )
+    step_fn = fns.train
     if start < group.configs[0].train.num_steps:
         first = group.global_batch([d.train_batch(start, process, processes) for d in datas])
-        step_fn = _compiled("train step", step_fn, state, first, dropout_rngs)
-        eval_fn = _compiled("evaluation", eval_fn, state.params, eval_data[0])
-    return step_fn, eval_fn, eval_data
+        step_fn = validation.compile_ahead("train step", fns.train, state, first, dropout_rngs)
+    if start < group.configs[0].train.num_steps or pending:
+        val.compile(state.params)
+    return step_fn, val
+
+
+class _AfterSteps:
+    """What follows a step when something is due: rows, the val pass, the best params, a
+    sample, early stopping and saves; and, after a resume, an evaluation left pending."""
+
+    def __init__(self, group, run_list, model, reset_fn, val, stop, start: int):
+        self.group, self.run_list, self.model = group, run_list, model
+        self.reset_fn, self.validation, self.stop = reset_fn, val, stop
+        self.sample_rngs = [jax.random.fold_in(jax.random.key(c.seed), 2) for c in group.configs]
+        config = group.configs[0]
+        self.progress = metric_logging.Progress(
+            start_step=start,
+            num_steps=config.train.num_steps,
+            tokens_per_step=group.size * config.train.batch_size * config.data.seq_len,
+        )
+        self.in_flight = pacing.InFlight()
+        self.run_start = time.perf_counter()
+
+    def step(self, state, done: int, due, preempted: bool):
+        """(state, whether training stops here) after step `done`."""
+        windows = jax.device_get(state.window)  # Tiny: the only fetch between rows.
+        live = _check_windows(self.group, self.run_list, windows)
+        if not live:
+            logging.error("Every variant diverged; stopping at step %d.", done)
+            return state, True
+        rates = self.progress.update(done) if due.log else None
+        self.progress.pause()  # Eval, save and sample time is not training throughput.
+        records = None
+        if due.log:
+            records = _window_records(self.group, live, windows)
+            evaluated = not due.eval or self._add_val(records, live, state, done)
+            state = self.reset_fn(state)
+            if not evaluated:
+                self._save_pending(state, live, records, done, rates)
+                return state, True
+            self._write_rows(live, records, done, rates)  # Rows before the save: a kill
+            # between the two then costs no row.
+        finished = self._after_row(state, live, records, done, due.eval, save=due.save)
+        self.progress.resume()
+        if preempted and not finished:
+            _mark_preempted(self.run_list, done)
+            finished = True
+        return state, finished
+
+    def complete_pending(self, state, start: int) -> bool:
+        """Completes the val pass a SIGTERM interrupted at `start`: its row, best params,
+        sample and patience, as an uninterrupted run did them. True when training stops."""
+        live = [(i, run) for i, run in enumerate(self.run_list) if run.pending]
+        records = {i: dict(run.pending["record"]) for i, run in live}
+        logging.info("Completing the evaluation of step %d, interrupted before.", start)
+        if not self._add_val(records, live, state, start):
+            _mark_preempted(self.run_list, start, during_eval=True)
+            return True
+        self._write_rows(live, records, start, live[0][1].pending["rates"])
+        return self._after_row(state, live, records, start, True, save=False)
+
+    def _add_val(self, records, live, state, done: int) -> bool:
+        """Adds the val loss (and the raw params' beside an average) to each live run's
+        record; False when a stop signal interrupted the pass."""
+        calls = len(self.validation.batches)
+        if calls > 1:
+            logging.info("Evaluating step %d in %d device calls.", done, calls)
+        sums = self.validation.run(steps.eval_params(state), self.stop)
+        raw = None
+        if sums is not None and state.ema is not None:
+            raw = self.validation.run(state.params, self.stop)
+            if raw is None:
+                return False
+        if sums is None:
+            return False
+        for i, _ in live:
+            records[i].update(_val_record(self.group.host_row(sums, i)))
+            if raw is not None:  # The averaged weights' gain, visible beside them.
+                raw_loss = _val_record(self.group.host_row(raw, i))["val_loss"]
+                records[i]["val_loss_raw"] = raw_loss
+                records[i]["val_bpb_raw"] = metric_logging.bits_per_byte(raw_loss)
+        return True
+
+    def _save_pending(self, state, live, records, done: int, rates: dict) -> None:
+        """Saves step `done` with its unfinished row, for the resumed run to complete."""
+        wall_time = time.perf_counter() - self.run_start
+        for i, run in live:
+            pending = {
+                "record": records[i],
+                "rates": rates,
+                "wall_time": run.wall_offset + wall_time,
+            }
+            run.ckpt.save(done, _items(self.group, state, i), meta={"pending": pending})
+        _mark_preempted(self.run_list, done, during_eval=True)
+
+    def _after_row(self, state, live, records, done: int, evaluated: bool, *, save: bool) -> bool:
+        """Best params and a sample, patience, and the save; True when training stops early."""
+        if evaluated:
+            _after_eval(self.group, live, state, records, done, self.model, self.sample_rngs)
+        stopping = evaluated and all(run.patience_exhausted(done) for _, run in live)
+        if save or stopping:
+            for i, run in live:
+                run.ckpt.save(done, _items(self.group, state, i), meta=run.meta_for(done))
+        if stopping:
+            _stop_early(self.run_list, done)
+        return stopping
+
+    def _write_rows(self, live, records, done: int, rates: dict) -> None:
+        for i, run in live:
+            record = records[i]
+            record["tokens_per_sec"] = rates["tokens_per_sec"] / self.group.size
+            record["wall_time"] = run.wall_offset + time.perf_counter() - self.run_start
+            run.write(done, record)
+            if run.is_main:
+                line = metric_logging.progress_line(done, run.config.train.num_steps, record, rates)
+                logging.info("%s%s", line, _tag(run, self.group))
+
+
+def _mark_preempted(run_list, done: int, *, during_eval: bool = False) -> None:
+    logging.warning(
+        "Preemption signal%s: saved step %d; exiting cleanly (rerun to resume%s).",
+        " during the evaluation" if during_eval else "",
+        done,
+        " and complete it" if during_eval else "",
+    )
+    for run in run_list:
+        run.summary["preempted"] = True
 
 
 def _after_eval(group, live, state, records, done, model, sample_rngs) -> None:
@@ -258,15 +356,6 @@ def _stop_early(run_list, done: int) -> None:
         )
 
 
-def _compiled(name: str, jitted, *args):
-    """`jitted` compiled ahead of the loop, saying so: it takes seconds to minutes."""
-    logging.info("Compiling the %s...", name)
-    started = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    logging.info("Compiled the %s in %.1f s.", name, time.perf_counter() - started)
-    return compiled
-
-
 def _check_windows(group, run_list, windows) -> list:
     """The runs still live; a diverged plain run raises, a diverged variant is marked failed."""
     live = []
@@ -285,34 +374,14 @@ def _check_windows(group, run_list, windows) -> list:
     return live
 
 
-def _records(group, live, windows, evaluation) -> dict:
-    """Each live run's row: its train window and, given (eval_fn, state, batches), the val loss."""
-    records = {
+def _window_records(group, live, windows) -> dict:
+    """Each live run's row so far: its train window."""
+    return {
         i: steps.window_record(
             group.host_row(windows, i), classifier=run.config.model.num_classes > 0
         )
         for i, run in live
     }
-    if evaluation:
-        eval_fn, state, eval_data = evaluation
-        sums = _evaluate(eval_fn, steps.eval_params(state), eval_data)
-        raw = None if state.ema is None else _evaluate(eval_fn, state.params, eval_data)
-        for i, _ in live:
-            records[i].update(_val_record(group.host_row(sums, i)))
-            if raw is not None:  # The averaged weights' gain, visible beside them.
-                raw_loss = _val_record(group.host_row(raw, i))["val_loss"]
-                records[i]["val_loss_raw"] = raw_loss
-                records[i]["val_bpb_raw"] = metric_logging.bits_per_byte(raw_loss)
-    return records
-
-
-def _evaluate(eval_fn, params, eval_data) -> dict:
-    """The summed eval sums of `params` over every eval batch, fetched once."""
-    return jax.device_get(
-        jax.tree.map(
-            lambda *x: jnp.sum(jnp.stack(x), axis=0), *[eval_fn(params, b) for b in eval_data]
-        )
-    )
 
 
 def _val_record(sums: dict) -> dict:
@@ -321,17 +390,6 @@ def _val_record(sums: dict) -> dict:
     if "correct" in sums:
         out["val_accuracy"] = float(sums["correct"] / sums["weight"])
     return out
-
-
-def _write_rows(group, live, records, done, rates, run_start) -> None:
-    for i, run in live:
-        record = records[i]
-        record["tokens_per_sec"] = rates["tokens_per_sec"] / group.size
-        record["wall_time"] = run.wall_offset + time.perf_counter() - run_start
-        run.write(done, record)
-        if run.is_main:
-            line = metric_logging.progress_line(done, run.config.train.num_steps, record, rates)
-            logging.info("%s%s", line, _tag(run, group))
 
 
 def _items(group, state, i) -> dict:

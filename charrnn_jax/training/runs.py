@@ -40,6 +40,7 @@ class Run:
         self.wall_offset = 0.0
         self.best = (float("inf"), 0)  # (val loss, step) of checkpoints_best/.
         self.last_row: dict | None = None  # The metrics row last written.
+        self.pending: dict | None = None  # The restored step's interrupted val pass.
         self._created = False
         self._lock = WorkdirLock(self.workdir)
         self.ckpt = self.best_ckpt = None
@@ -72,6 +73,9 @@ class Run:
             )
 
     def start_logs(self, start_step: int) -> None:
+        meta = self.ckpt.read_meta(start_step) if start_step else {}
+        # A val pass a SIGTERM interrupted at the restored step: its row is made anew.
+        self.pending = meta.get("pending")
         # Every process reads the best val so far so that all of them make the same
         # best-checkpoint and early-stopping decisions.
         self.best = self._best_so_far(start_step)
@@ -80,11 +84,13 @@ class Run:
         identity.record_start(self.config, self.workdir, step=start_step, changes=self.changes)
         self.writer = metric_logging.MetricWriter(
             self.workdir,
-            resume_step=start_step,
+            resume_step=start_step - 1 if self.pending else start_step,
             wandb_config={**self.config.wandb, "run_config": self.config.to_dict()},
-            restored_row=self.ckpt.read_meta(start_step).get("row") if start_step else None,
+            restored_row=meta.get("row"),
         )
         self.wall_offset = self.writer.wall_time_offset
+        if self.pending:
+            self.wall_offset = self.pending["wall_time"]
 
     def _best_so_far(self, start_step: int) -> tuple[float, int]:
         """(val loss, step) of checkpoints_best/, from the metric stored inside it, so a
@@ -99,7 +105,8 @@ class Run:
                 best = (float(stored), best_step)
         if start_step:
             rows = metric_logging.read_jsonl(self.workdir.metrics_file)
-            vals = [(r["val_loss"], r["step"]) for r in rows if r["step"] <= start_step]
+            last = start_step - 1 if self.pending else start_step
+            vals = [(r["val_loss"], r["step"]) for r in rows if r["step"] <= last]
             best = min([best] + [v for v in vals if v[0] is not None])
         if best_step is not None and best[1] != best_step and best[0] == float("inf"):
             logging.warning(

@@ -9,6 +9,8 @@ no branches on which it is.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +23,16 @@ from charrnn_jax.inference import scoring
 from charrnn_jax.runtime import parallel
 from charrnn_jax.store import checkpointing
 from charrnn_jax.training import steps
+
+
+class Programs(NamedTuple):
+    """A group's jitted programs (compiled on first use, or ahead by the loop)."""
+
+    train: Callable  # (state, batch, dropout keys) -> state; donates the state.
+    eval: Callable  # (params, batch) -> sums of one stand-alone eval batch.
+    eval_segment: Callable  # (params, segment, carry) -> (sums, carry); donates the carry.
+    zero_carry: Callable  # (params, segment) -> the carry the first segment starts from.
+    reset: Callable  # state -> state with an empty metric window; donates the state.
 
 
 def check_vmappable(configs) -> None:
@@ -81,26 +93,39 @@ class Single:
     def train_fn(self, schedule):
         return functools.partial(steps.windowed_train_step, schedule=schedule)
 
-    def compile(self, model, schedule, state_sharding, *, chunk: int):
-        """The jitted train step (donating the state), eval step and window reset."""
-        step_fn = jax.jit(
-            self.train_fn(schedule),
-            in_shardings=(state_sharding, self.data_sharding, self.repl),
-            out_shardings=state_sharding,
-            donate_argnums=0,
+    def compile(self, model, schedule, state_sharding, *, chunk: int) -> Programs:
+        """The jitted train step (donating the state), eval steps and window reset."""
+        params_sharding = state_sharding.params
+        score = functools.partial(scoring.eval_step, apply_fn=model.apply, chunk=chunk)
+        segment = functools.partial(scoring.eval_segment, apply_fn=model.apply, chunk=chunk)
+        zero = functools.partial(scoring.zero_carry, apply_fn=model.apply, chunk=chunk)
+        data = self.data_sharding
+        return Programs(
+            train=jax.jit(
+                self.train_fn(schedule),
+                in_shardings=(state_sharding, data, self.repl),
+                out_shardings=state_sharding,
+                donate_argnums=0,
+            ),
+            eval=jax.jit(
+                self.lift(score), in_shardings=(params_sharding, data), out_shardings=self.repl
+            ),
+            eval_segment=jax.jit(
+                self.lift(segment),
+                in_shardings=(params_sharding, data, data),
+                out_shardings=(self.repl, data),
+                donate_argnums=2,
+            ),
+            zero_carry=jax.jit(
+                self.lift(zero), in_shardings=(params_sharding, data), out_shardings=data
+            ),
+            reset=jax.jit(
+                steps.reset_window,
+                in_shardings=(state_sharding,),
+                out_shardings=state_sharding,
+                donate_argnums=0,
+            ),
         )
-        eval_fn = jax.jit(
-            self.lift(functools.partial(scoring.eval_step, apply_fn=model.apply, chunk=chunk)),
-            in_shardings=(state_sharding.params, self.data_sharding),
-            out_shardings=self.repl,
-        )
-        reset_fn = jax.jit(
-            steps.reset_window,
-            in_shardings=(state_sharding,),
-            out_shardings=state_sharding,
-            donate_argnums=0,
-        )
-        return step_fn, eval_fn, reset_fn
 
     def sharding(self, abstract_state, field: str):
         """Shardings of one state field: the carry split like the batch, the rest replicated."""

@@ -1,5 +1,6 @@
 """Full-split evaluation, stream-mode training, the evaluate CLI and the zipped corpora."""
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -30,6 +31,45 @@ def test_stream_eval_batch_scores_every_byte_but_the_first_once():
     assert scored.sum() == 1000
     np.testing.assert_array_equal(batch["targets"].reshape(-1)[scored], tokens[1:])
     np.testing.assert_array_equal(batch["inputs"].reshape(-1)[scored], tokens[:-1])
+
+
+@pytest.mark.parametrize("bytes_per_call, calls", [(0, 1), (1 << 20, 1), (128, 8), (1, 16)])
+def test_eval_segments_are_the_batch_cut_along_time(bytes_per_call, calls):
+    tokens = np.random.default_rng(0).integers(0, 256, 1001).astype(np.uint8)
+    segments = windows.stream_eval_segments(
+        tokens, streams=4, chunk=16, bytes_per_call=bytes_per_call
+    )
+    assert len(segments) == calls
+    assert len({s["inputs"].shape for s in segments}) == 1  # One program for every call.
+    if bytes_per_call >= 4 * 16:
+        assert segments[0]["inputs"].size <= bytes_per_call
+    joined = {k: np.concatenate([s[k] for s in segments], axis=1) for k in segments[0]}
+    whole = windows.stream_eval_batch(tokens, streams=4, chunk=16)
+    for key, value in whole.items():  # The same streams, padded the same way.
+        np.testing.assert_array_equal(joined[key], value)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])  # A single and a tuple carry.
+def test_segments_scored_in_turn_with_the_carry_equal_one_call(shakespeare_path, cell):
+    model = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=2, cell_type=cell)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    tokens = np.fromfile(shakespeare_path, np.uint8)[:2049]
+    kw = {"apply_fn": model.apply, "chunk": 16}
+    step = jax.jit(functools.partial(scoring.eval_step, **kw))
+    segment = jax.jit(functools.partial(scoring.eval_segment, **kw))
+    zero = jax.jit(functools.partial(scoring.zero_carry, **kw))
+    whole = step(params, windows.stream_eval_batch(tokens, streams=4, chunk=16))
+    segments = windows.stream_eval_segments(tokens, streams=4, chunk=16, bytes_per_call=256)
+    assert len(segments) == 8
+    carry, total, ends = zero(params, segments[0]), {"loss_sum": 0.0, "weight": 0.0}, []
+    for piece in segments:
+        sums, carry = segment(params, piece, carry)
+        total = {k: total[k] + float(sums[k]) for k in total}
+        ends.append(float(sums["loss_sum"]))
+    assert total["weight"] == float(whole["weight"]) == 2048
+    assert total["loss_sum"] == pytest.approx(float(whole["loss_sum"]), rel=1e-6)
+    cold = float(step(params, segments[1])["loss_sum"])  # Without the carry: another number.
+    assert abs(cold - ends[1]) > 1e-3
 
 
 def _reference_loss(model, params, tokens, streams, chunk):
@@ -98,9 +138,8 @@ def test_stream_mode_carries_the_state_between_steps(tmp_path):
 
 @pytest.mark.slow
 def test_vmapped_sweep_in_stream_mode_matches_plain_runs(tmp_path):
-    configs = [
-        tiny_config(**{"data.mode": "stream", "train.log_every": 1, "seed": s}) for s in (0, 1)
-    ]
+    run = {"data.mode": "stream", "train.log_every": 1, "eval.bytes_per_call": 8192}
+    configs = [tiny_config(**run, seed=s) for s in (0, 1)]  # Val in carried segments too.
     devices = jax.devices()[:2]
     loop.train_vmapped(configs, [tmp_path / "v0", tmp_path / "v1"], devices=devices)
     for i, config in enumerate(configs):

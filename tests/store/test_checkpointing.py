@@ -143,6 +143,64 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
     assert rerun.returncode == 0 and f"Resumed from checkpoint step {stopped_at}" in rerun.stderr
 
 
+# A val pass of ~870 short device calls (two streams, one chunk each): seconds long, so
+# a SIGTERM sent when it starts lands in it.
+SLOW_EVAL_RUN = {
+    **RESUME_RUN,
+    "train.num_steps": 20,
+    "train.log_every": 5,
+    "train.eval_every": 10,
+    "train.checkpoint_every": 5,
+    "eval.streams": 2,
+    "eval.bytes_per_call": 64,
+}
+
+
+@pytest.mark.slow
+def test_sigterm_during_an_evaluation_stops_it_and_the_resume_completes_it(tmp_path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    subprocess.run(
+        _main_cmd(straight, **SLOW_EVAL_RUN), env=_env(), check=True, capture_output=True
+    )
+    log = tmp_path / "stopped.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            _main_cmd(stopped, **SLOW_EVAL_RUN), env=_env(), stdout=subprocess.PIPE, stderr=stderr
+        )
+        deadline = time.monotonic() + 120
+        while "Evaluating step 10 " not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert b"Preempted at step 10" in out
+    assert "Preemption signal during the evaluation: saved step 10" in log.read_text()
+    ckpt = checkpointing.Checkpointer(stopped, read_only=True)
+    assert ckpt.latest_step() == 10 and "pending" in ckpt.read_meta(10)
+    rows = metric_logging.read_jsonl(stopped / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [5]  # Step 10's row waits for its val loss.
+
+    rerun = subprocess.run(
+        _main_cmd(stopped, **SLOW_EVAL_RUN), env=_env(), capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Completing the evaluation of step 10" in rerun.stderr
+    keys = ("step", "train_loss", "val_loss", "grad_norm", "learning_rate")
+
+    def curve(w):
+        return [{k: r[k] for k in keys} for r in metric_logging.read_jsonl(w / "metrics.jsonl")]
+
+    assert curve(stopped) == curve(straight)  # Exactly the uninterrupted run's rows.
+    best = [checkpointing.Checkpointer(w, read_only=True, best=True) for w in (straight, stopped)]
+    assert best[0].latest_step() == best[1].latest_step()
+    step_a, params_a = _final_params(straight)
+    step_b, params_b = _final_params(stopped)
+    assert step_a == step_b == 20
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.slow
 def test_sigterm_during_saves_leaves_readable_checkpoints(tmp_path):
     overrides = {**RESUME_RUN, "train.checkpoint_every": 1}  # A save is always in flight.

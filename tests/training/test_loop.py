@@ -107,6 +107,8 @@ def test_same_seed_same_curve_other_seed_other_curve(tmp_path):
         ({"model.dropout": 1.0}, "dropout must be in"),
         ({"train.learning_rate": 0.0}, "learning_rate must be positive"),
         ({"train.batch_size": 6}, "does not divide over 4 devices"),
+        ({"eval.streams": 6}, "eval.streams=6 does not divide over 4 devices"),
+        ({"eval.bytes_per_call": -1}, "eval.bytes_per_call must be >= 0"),
         ({"sample.temperature": -1.0}, "temperature must be >= 0"),
     ],
 )
