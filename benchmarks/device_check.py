@@ -67,12 +67,34 @@ OURS = (
     "ours_f32",
     "ours_bf16",
     "flax_reference",
+    "ours_f32_unroll4",  # model.unroll: time steps per loop iteration.
+    "ours_f32_unroll16",
+    "ours_bf16_unroll8",
+    "ours_f32_loop_graphs",  # The time loop inside XLA's command buffers (CUDA graphs).
+    "ours_f32_no_graphs",  # Command buffers off: what they are worth today.
     "mingru_parallel",
     "mingru_sequential",
     "lru_parallel",
     "lru_sequential",
 )
 TORCH = ("torch_f32", "torch_tf32", "torch_bf16")
+OPTIONS = tuple(i for i in OURS if "unroll" in i or i.endswith("graphs"))
+# Rows whose name ends in a key here run in their own worker with these XLA flags (set
+# before JAX starts). XLA's default command buffers hold fusions, GEMMs and custom calls
+# but not WHILE loops, so each time step is still launched from the host.
+_GRAPH_TYPES = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL"
+XLA_FLAG_VARIANTS = {
+    "_loop_graphs": f"--xla_gpu_enable_command_buffer={_GRAPH_TYPES},WHILE",
+    "_no_graphs": "--xla_gpu_enable_command_buffer=",
+}
+
+
+def _family(impl: str) -> str:
+    """The worker a row runs in: 'torch', 'jax', or 'jax' plus an XLA flag variant."""
+    if impl in TORCH:
+        return "torch"
+    suffix = next((s for s in XLA_FLAG_VARIANTS if impl.endswith(s)), "")
+    return "jax" + suffix
 
 
 class Report:
@@ -329,55 +351,63 @@ def step_program(settings, out: pathlib.Path) -> list[dict]:
 
 
 def _our_model(impl: str, size: common.Size):
+    """The model of a row name: a block cell and its scan ('mingru_parallel'), flax's
+    reference, or the fused GRU with its dtype and unroll ('ours_bf16_unroll8')."""
     from charrnn_jax import models
 
-    cell, _, scan = impl.partition("_")
-    if cell in ("mingru", "lru"):
+    parts = impl.split("_")
+    if parts[0] in ("mingru", "lru"):
         return models.CharRNN(
             size.embed_dim,
             size.hidden,
             size.layers,
-            cell_type=cell,
-            parallel_scan=scan == "parallel",
+            cell_type=parts[0],
+            parallel_scan=parts[1] == "parallel",
         )
+    unroll = next((int(p.removeprefix("unroll")) for p in parts if p.startswith("unroll")), 1)
     return models.CharRNN(
         size.embed_dim,
         size.hidden,
         size.layers,
-        dtype=models.DTYPES["bfloat16" if impl == "ours_bf16" else "float32"],
+        dtype=models.DTYPES["bfloat16" if "bf16" in parts else "float32"],
         gru_impl="flax" if impl == "flax_reference" else "fused",
+        unroll=unroll,
     )
 
 
 def _train_jobs(settings) -> list[tuple[str, str, int]]:
-    """(impl, size, batch): the primary rows at every batch, the others at the middle one
-    (--smoke: one row of each kind, so that every code path runs)."""
+    """(impl, size, batch): the primary rows at every batch, the others at the middle one,
+    the GPU options (unroll, command buffers) at the first size only (--smoke: one row of
+    each kind, so that every code path runs)."""
     batches = settings["batches"]
     if settings is SMOKE:
         size = next(iter(settings["sizes"]))
-        impls = ("ours_f32", "ours_bf16", "mingru_parallel", "torch_f32")
+        impls = ("ours_f32", "ours_bf16_unroll8", "ours_f32_loop_graphs", "mingru_parallel")
+        impls += ("torch_f32",)
         return [(impl, size, batches[0]) for impl in impls]
     jobs = []
     for size in settings["sizes"]:
         for batch in batches:
             primary = batch == batches[len(batches) // 2]
             impls = [*OURS, *TORCH] if primary else ["ours_f32", "ours_bf16", *TORCH]
+            if size != next(iter(settings["sizes"])):  # The options: the tutorial size only.
+                impls = [i for i in impls if i not in OPTIONS]
             jobs += [(impl, size, batch) for impl in impls]
     return jobs
 
 
 def train_worker(family: str, jobs: list, settings) -> list[dict]:
-    """Tokens/s of every job of one family ('jax' or 'torch') in this process."""
+    """Tokens/s of every job of one family ('torch', or 'jax' with its flags) here."""
     out = []
     for impl, size_name, batch in jobs:
         size = settings["sizes"][size_name]
         started = time.perf_counter()
         try:
-            if family == "jax":
+            if family.startswith("jax"):
                 import jax
 
                 # "f32" means float32 dots: JAX would use TF32 on recent GPUs by default.
-                precision = "highest" if impl != "ours_bf16" else "default"
+                precision = "default" if "bf16" in impl else "highest"
                 with jax.default_matmul_precision(precision):
                     step = common.jax_train_step(_our_model(impl, size), batch, size.seq_len)
                     seconds = common.timed(step, seconds=settings["seconds"], repeats=1)
@@ -402,17 +432,18 @@ def train_worker(family: str, jobs: list, settings) -> list[dict]:
 
 def training(settings, args, report: Report) -> list[dict]:
     jobs = _train_jobs(settings)
-    families = {"jax": [j for j in jobs if j[0] not in TORCH]}
-    if importlib.util.find_spec("torch") is not None:
-        families["torch"] = [j for j in jobs if j[0] in TORCH]
-    else:
+    families = {}
+    for job in jobs:
+        families.setdefault(_family(job[0]), []).append(job)
+    if importlib.util.find_spec("torch") is None:
+        families.pop("torch", None)
         report.add("training", {"skipped": "torch is not installed"})
     rounds = []
     for index in range(settings["rounds"]):
         results = {}
         for family, family_jobs in families.items():
             spec = json.dumps({"family": family, "jobs": family_jobs, "smoke": args.smoke})
-            got = common.run_worker("benchmarks.device_check", [spec], env=_worker_env())
+            got = common.run_worker("benchmarks.device_check", [spec], env=_worker_env(family))
             for row in got.get("rows", []) if isinstance(got, dict) else []:
                 results[(row["impl"], row["size"], row["batch"])] = row
             if "error" in got:
@@ -447,9 +478,12 @@ def _training_rows(jobs, rounds) -> list[dict]:
     return rows
 
 
-def _worker_env() -> dict:
+def _worker_env(family: str = "jax") -> dict:
     env = dict(os.environ)
     env.setdefault("JAX_COMPILATION_CACHE_DIR", "/tmp/charrnn_device_check_cache")
+    flags = XLA_FLAG_VARIANTS.get(family.removeprefix("jax"), "")
+    if flags:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {flags}".strip()
     return env
 
 

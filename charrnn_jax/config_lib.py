@@ -74,7 +74,7 @@ def _validate_model(m, d) -> None:
     _one_of(m.gru_impl, models.GRU_IMPLS, "model.gru_impl")
     _one_of(m.scan, models.SCAN_MODES, "model.scan")
     _require(m.mlp_ratio > 0, f"model.mlp_ratio must be positive, got {m.mlp_ratio}.")
-    for key in ("embed_dim", "hidden_size", "num_layers"):
+    for key in ("embed_dim", "hidden_size", "num_layers", "unroll"):
         _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}.")
     for key in ("dropout", "input_dropout", "recurrent_dropout"):
         rate = m[key]
@@ -176,6 +176,10 @@ def _model_defaults() -> ml_collections.ConfigDict:
     # 'auto' (the faster one on this backend: sequential on CPU, parallel elsewhere).
     model.scan = "auto"
     model.mlp_ratio = 2  # Residual blocks only: gated MLP width / hidden_size.
+    # Stacked layers: time steps per iteration of the time loop, forward and backward
+    # (lax.scan's unroll): fewer, larger loop bodies; the same function. Measured in
+    # benchmarks/README.md ("Unrolling the time loop").
+    model.unroll = 1
     return model
 
 

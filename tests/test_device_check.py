@@ -32,7 +32,9 @@ def test_the_smoke_run_covers_every_part(tmp_path):
     checks = [r for r in records if r["part"] == "correctness"]
     assert len(checks) == 6 and all(c["ok"] for c in checks), checks
     trained = {r["impl"]: r for r in records if r["part"] == "training" and "impl" in r}
-    for impl in ("ours_f32", "ours_bf16", "mingru_parallel"):
+    # The unrolled bf16 step and the loop in command buffers (an XLA flag in its own
+    # worker: GPU flags parse on the CPU too) run here, so the device run cannot fail on them.
+    for impl in ("ours_f32", "ours_bf16_unroll8", "ours_f32_loop_graphs", "mingru_parallel"):
         assert trained[impl]["tokens_per_sec"] > 0, trained[impl]
     has_torch = importlib.util.find_spec("torch") is not None
     skipped = [r for r in records if r.get("skipped") == "torch is not installed"]

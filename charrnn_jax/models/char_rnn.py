@@ -61,6 +61,8 @@ class CharRNN(nn.Module):
         Recurrent Neural Networks", Section 4), for the input and between-layer dropout.
       parallel_scan: residual blocks only: associative scan over time (True) or lax.scan.
       mlp_ratio: residual blocks only: the gated MLP's width over hidden_size.
+      unroll: stacked layers: time steps per iteration of the time loop (lax.scan's
+        unroll), forward and backward; the same function, fewer and larger loop bodies.
     """
 
     embed_dim: int
@@ -76,6 +78,7 @@ class CharRNN(nn.Module):
     variational_dropout: bool = False
     parallel_scan: bool = False
     mlp_ratio: int = 2
+    unroll: int = 1
 
     def initialize_carry(self, batch_size: int) -> Carry:
         return zero_carry(self.cell_type, self.num_layers, batch_size, self.hidden_size)
@@ -165,13 +168,17 @@ class CharRNN(nn.Module):
         for i in range(self.num_layers):
             if fused:
                 layer = FusedGRULayer(
-                    self.hidden_size, self.dtype, self.recurrent_dropout, name=f"rnn_{i}"
+                    self.hidden_size,
+                    self.dtype,
+                    self.recurrent_dropout,
+                    self.unroll,
+                    name=f"rnn_{i}",
                 )
                 tokens = folded_tokens if i == 0 else None
                 layer_carry, x = layer(carry[i], x, valid_tm, tokens, train=train)
             else:
                 layer_carry, x = RecurrentLayer(
-                    self.cell_type, self.hidden_size, self.dtype, name=f"rnn_{i}"
+                    self.cell_type, self.hidden_size, self.dtype, self.unroll, name=f"rnn_{i}"
                 )(carry[i], x, valid_tm)
             new_carry.append(layer_carry)
             if self.dropout_rate > 0:
@@ -217,6 +224,7 @@ class ModelConfig:
     num_classes: int
     scan: str
     mlp_ratio: int
+    unroll: int
 
     @classmethod
     def of(cls, block) -> ModelConfig:
@@ -243,6 +251,7 @@ def from_config(model_config) -> CharRNN:
         input_dropout=m.input_dropout,
         recurrent_dropout=m.recurrent_dropout,
         variational_dropout=m.variational_dropout,
+        unroll=m.unroll,
     )
 
 

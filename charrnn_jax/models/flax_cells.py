@@ -49,6 +49,7 @@ class RecurrentLayer(nn.Module):
     cell_type: str
     hidden_size: int
     dtype: Any
+    unroll: int = 1  # Time steps per loop iteration (nn.scan's unroll).
 
     @nn.compact
     def __call__(self, carry, inputs, valid=None):
@@ -65,6 +66,7 @@ class RecurrentLayer(nn.Module):
             split_rngs={"params": False},
             in_axes=0,
             out_axes=0,
+            unroll=self.unroll,
         )
         return scan(self.cell_type, self.hidden_size, self.dtype, name="scan")(
             carry, (inputs, valid)

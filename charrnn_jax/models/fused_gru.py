@@ -84,7 +84,7 @@ def _step_inputs(xi, tokens):
     return tokens, lambda token: xi.at[token].get(mode="promise_in_bounds")
 
 
-def _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype):
+def _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype, unroll=1):
     """The recurrence over precomputed input projections; also returns what backward needs."""
     hidden = h0.shape[-1]
     w = w_h.astype(dtype)
@@ -103,11 +103,11 @@ def _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype):
             new = jnp.where(v[:, None], new, h)
         return new, (new, r, z, n, hn)
 
-    h_last, (hs, r, z, n, hn) = jax.lax.scan(step, h0, (xs, valid))
+    h_last, (hs, r, z, n, hn) = jax.lax.scan(step, h0, (xs, valid), unroll=unroll)
     return hs, h_last, (r, z, n, hn)
 
 
-def _gru_backward(dtype, residuals, cotangents):
+def _gru_backward(dtype, unroll, residuals, cotangents):
     """Backward scan that only does dh @ w_h^T per step; dw_h is one GEMM afterwards.
 
     (Autodiff of the forward scan would accumulate T rank-B updates of dw_h inside the
@@ -146,7 +146,11 @@ def _gru_backward(dtype, residuals, cotangents):
 
     d_table = None if tokens is None else jnp.zeros_like(xi)
     (dh0, d_table), (dxi, dhh) = jax.lax.scan(
-        step, (d_h_last, d_table), (d_hs, h_prev, r, z, n, hn, valid, tokens), reverse=True
+        step,
+        (d_h_last, d_table),
+        (d_hs, h_prev, r, z, n, hn, valid, tokens),
+        reverse=True,
+        unroll=unroll,
     )
     # One contraction over time*batch in the arrays' own order (given einsum's two
     # contracted axes, XLA ordered them (batch, time) and transposed dhh to match).
@@ -161,8 +165,8 @@ def _gru_backward(dtype, residuals, cotangents):
     return (dxi if tokens is None else d_table), None, dh0, dw_h, db_hn, None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def gru_recurrence(xi, tokens, h0, w_h, b_hn, valid, dtype=jnp.float32):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def gru_recurrence(xi, tokens, h0, w_h, b_hn, valid, dtype=jnp.float32, unroll=1):
     """GRU over time given the input projections.
 
     Args:
@@ -173,22 +177,24 @@ def gru_recurrence(xi, tokens, h0, w_h, b_hn, valid, dtype=jnp.float32):
       w_h: [H, 3H] recurrent kernel (r, z, n); b_hn: [H] the candidate's recurrent bias.
       valid: None, or [time, batch] bool; steps where False keep the state unchanged.
       dtype: matmul operand dtype (float32 or bfloat16; accumulation is float32).
+      unroll: time steps per loop iteration, forward and backward (lax.scan's unroll):
+        fewer iterations and larger fused bodies; the same function.
 
     Returns:
       hs [time, batch, H] (the state after each step) and the last state [batch, H].
     """
-    hs, h_last, _ = _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype)
+    hs, h_last, _ = _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype, unroll)
     return hs, h_last
 
 
-def _gru_recurrence_fwd(xi, tokens, h0, w_h, b_hn, valid, dtype):
-    hs, h_last, gates = _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype)
+def _gru_recurrence_fwd(xi, tokens, h0, w_h, b_hn, valid, dtype, unroll):
+    hs, h_last, gates = _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype, unroll)
     table = None if tokens is None else xi  # Only the table is small enough to keep.
     return (hs, h_last), (table, tokens, h0, w_h, valid, hs, gates)
 
 
-def _gru_recurrence_bwd(dtype, residuals, cotangents):
-    return _gru_backward(dtype, residuals, cotangents)
+def _gru_recurrence_bwd(dtype, unroll, residuals, cotangents):
+    return _gru_backward(dtype, unroll, residuals, cotangents)
 
 
 gru_recurrence.defvjp(_gru_recurrence_fwd, _gru_recurrence_bwd)
@@ -206,6 +212,7 @@ class FusedGRULayer(nn.Module):
     hidden_size: int
     dtype: Any
     recurrent_dropout: float = 0.0
+    unroll: int = 1
 
     @nn.compact
     def __call__(self, carry, inputs, valid=None, tokens=None, *, train: bool = False):
@@ -218,5 +225,7 @@ class FusedGRULayer(nn.Module):
             # "Regularizing and Optimizing LSTM Language Models", Section 4.1.
             w_h = nn.Dropout(self.recurrent_dropout, deterministic=False)(w_h)
         projected = mixed_matmul(inputs.astype(self.dtype), w_i.astype(self.dtype)) + b_i
-        hs, h_last = gru_recurrence(projected, tokens, carry, w_h, b_hn, valid, self.dtype)
+        hs, h_last = gru_recurrence(
+            projected, tokens, carry, w_h, b_hn, valid, self.dtype, self.unroll
+        )
         return h_last, hs

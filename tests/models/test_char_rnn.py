@@ -163,6 +163,31 @@ def test_fused_gru_matches_nn_gru_cell_forward_and_gradients(num_layers, use_len
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))
 
 
+@pytest.mark.parametrize("cell, gru_impl", [("gru", "fused"), ("lstm", "flax")])
+def test_unrolling_the_time_loop_computes_the_same_function(cell, gru_impl):
+    """model.unroll changes only how many steps one loop iteration holds (70 steps in
+    eights leave a remainder), never the loss or the gradients."""
+    kw = {"embed_dim": 16, "hidden_size": 32, "num_layers": 2, "cell_type": cell}
+    plain = models.CharRNN(**kw, gru_impl=gru_impl)
+    unrolled = models.CharRNN(**kw, gru_impl=gru_impl, unroll=8)
+    tokens = jax.random.randint(jax.random.key(1), (4, 70), 0, 256)
+    params = plain.init(jax.random.key(0), tokens)["params"]
+    lengths = jnp.array([70, 3, 1, 40])
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def loss_and_grad(params, model):
+        def loss(params):
+            logits, carry = model.apply({"params": params}, tokens, lengths=lengths)
+            return (logits**2).mean() + sum((c**3).sum() for c in jax.tree.leaves(carry[-1]))
+
+        return jax.value_and_grad(loss)(params)
+
+    (got, got_grads), (want, want_grads) = (loss_and_grad(params, m) for m in (unrolled, plain))
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))
+
+
 def test_fused_gru_single_step_matches_the_sequence_path():
     model = models.CharRNN(embed_dim=8, hidden_size=16)
     params, tokens = _init(model, batch=2, time=300)  # Folded embedding path.
