@@ -1,7 +1,7 @@
 """What runs on an accelerator lowers for one, from this CPU: the train step, the full-split
 eval step and the sampler export for CUDA and TPU with jax.export (no device needed), for
-the fused GRU in f32 and bf16, a parallel-scan linear cell, stream mode and averaged
-weights."""
+the fused GRU in f32 and bf16 (and unrolled), a parallel-scan linear cell, stream mode
+and averaged weights."""
 
 import functools
 
@@ -27,6 +27,7 @@ CASES = {
         "train.ema_decay": 0.99,
     },
     "gru_dropconnect": {"model.recurrent_dropout": 0.25, "model.dropout": 0.2},
+    "gru_unroll": {"model.unroll": 4},
 }
 
 
@@ -69,10 +70,14 @@ def test_the_full_split_eval_step_lowers_for_gpu_and_tpu():
         "targets": jnp.zeros((streams, length), jnp.int32),
         "weights": jnp.ones((streams, length), jnp.float32),
     }
-    evaluate = jax.jit(
-        functools.partial(scoring.eval_step, apply_fn=model.apply, chunk=config.data.seq_len)
-    )
+    kw = {"apply_fn": model.apply, "chunk": config.data.seq_len}
+    evaluate = jax.jit(functools.partial(scoring.eval_step, **kw))
     exported = export.export(evaluate, platforms=PLATFORMS)(params["params"], batch)
+    assert _lowered_platforms(exported) == PLATFORMS
+    # The trainer's form: one segment of the split, the carry passed in and out.
+    carry = jax.eval_shape(functools.partial(scoring.zero_carry, **kw), params["params"], batch)
+    segment = jax.jit(functools.partial(scoring.eval_segment, **kw))
+    exported = export.export(segment, platforms=PLATFORMS)(params["params"], batch, carry)
     assert _lowered_platforms(exported) == PLATFORMS
 
 
