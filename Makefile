@@ -2,6 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# Test files run in parallel worker processes (pytest-xdist), each file whole on one
+# worker so that its module fixtures (shared reference runs) are built once.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 .PHONY: setup train train-full test test-fast lint bench
 
@@ -22,11 +26,11 @@ train-full: setup  ## The TF tutorial model (embed 256, GRU 1024): use an accele
 
 test: setup  ## With huge pages, as the CLIs run (charrnn_jax/host_memory.py).
 	$(BIN)/ruff check .
-	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(PYTEST)
 
 test-fast: setup  ## The fast tier: everything but the end-to-end runs marked slow.
 	$(BIN)/ruff check .
-	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(BIN)/python -m pytest -m "not slow"
+	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(PYTEST) -m "not slow"
 
 bench: setup
 	$(BIN)/python -m benchmarks.sampling

@@ -64,16 +64,14 @@ def _final_params(workdir):
     [
         ("random", "gru", 0.0),
         ("stream", "gru", 0.0),
-        ("stream", "mingru", 0.0),
-        ("random", "lru", 0.0),
         ("stream", "rglru", 0.0),
         ("random", "gru", 0.95),
     ],
 )
 def test_sigkill_then_rerun_gives_bitwise_identical_params(tmp_path, mode, cell, ema_decay):
-    """Stream mode too (the carried state is checkpointed with the params), the linear
-    recurrences (the LRU's carry is two arrays per layer), and averaged weights (the EMA
-    is checkpointed; the params compared are the ones served, i.e. the average)."""
+    """Stream mode too (the carried state is checkpointed with the params), a linear
+    recurrence's block carry in stream mode, and averaged weights (the EMA is checkpointed;
+    the params compared are the ones served, i.e. the average)."""
     run = {**RESUME_RUN, "data.mode": mode, "model.cell": cell, "train.ema_decay": ema_decay}
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(
