@@ -154,30 +154,39 @@ SLOW_EVAL_RUN = {
 }
 
 
+def _sigterm_on(workdir, text: str, log: pathlib.Path):
+    """Runs the trainer, sends SIGTERM once `text` is logged; returns (stdout, the log)."""
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            _main_cmd(workdir, **SLOW_EVAL_RUN), env=_env(), stdout=subprocess.PIPE, stderr=stderr
+        )
+        deadline = time.monotonic() + 120
+        while text not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    return out.decode(), log.read_text()
+
+
 @pytest.mark.slow
 def test_sigterm_during_an_evaluation_stops_it_and_the_resume_completes_it(tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     subprocess.run(
         _main_cmd(straight, **SLOW_EVAL_RUN), env=_env(), check=True, capture_output=True
     )
-    log = tmp_path / "stopped.log"
-    with open(log, "w") as stderr:
-        proc = subprocess.Popen(
-            _main_cmd(stopped, **SLOW_EVAL_RUN), env=_env(), stdout=subprocess.PIPE, stderr=stderr
-        )
-        deadline = time.monotonic() + 120
-        while "Evaluating step 10 " not in log.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, log.read_text()[-3000:]
-    assert b"Preempted at step 10" in out
-    assert "Preemption signal during the evaluation: saved step 10" in log.read_text()
+    out, log = _sigterm_on(stopped, "Evaluating step 10 ", tmp_path / "first.log")
+    assert "Preempted at step 10" in out
+    assert "Preemption signal during the evaluation: saved step 10" in log
     ckpt = checkpointing.Checkpointer(stopped, read_only=True)
     assert ckpt.latest_step() == 10 and "pending" in ckpt.read_meta(10)
     rows = metric_logging.read_jsonl(stopped / "metrics.jsonl")
     assert [r["step"] for r in rows] == [5]  # Step 10's row waits for its val loss.
+    # Stopped again while the rerun completes that evaluation: still pending, nothing lost.
+    out, log = _sigterm_on(stopped, "Completing the evaluation of step 10", tmp_path / "second.log")
+    assert "Preemption signal during the evaluation: saved step 10" in log
+    assert [r["step"] for r in metric_logging.read_jsonl(stopped / "metrics.jsonl")] == [5]
 
     rerun = subprocess.run(
         _main_cmd(stopped, **SLOW_EVAL_RUN), env=_env(), capture_output=True, text=True
