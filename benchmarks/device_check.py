@@ -454,28 +454,41 @@ def training(settings, args, report: Report) -> list[dict]:
 
 
 def _training_rows(jobs, rounds) -> list[dict]:
+    """Median tokens/s per job, its ratio to PyTorch f32 and, for a GPU option, to our
+    default of the same dtype (both ratios within a round)."""
     import statistics
 
     rows = []
     for impl, size, batch in jobs:
         rates = [
-            r[(impl, size, batch)]["tokens_per_sec"]
-            for r in rounds
-            if "tokens_per_sec" in r.get((impl, size, batch), {})
-        ]
-        ratios = [
-            r[(impl, size, batch)]["tokens_per_sec"]
-            / r[("torch_f32", size, batch)]["tokens_per_sec"]
-            for r in rounds
-            if "tokens_per_sec" in r.get((impl, size, batch), {})
-            and "tokens_per_sec" in r.get(("torch_f32", size, batch), {})
+            r[(impl, size, batch)]["tokens_per_sec"] for r in rounds if _rate(r, impl, size, batch)
         ]
         row = {"impl": impl, "size": size, "batch": batch}
         if rates:
             row["tokens_per_sec"] = statistics.median(rates)
-            row["vs_torch_f32"] = statistics.median(ratios) if ratios else None
+            row["vs_torch_f32"] = _median_ratio(rounds, (impl, size, batch), "torch_f32")
+            if impl in OPTIONS:
+                default = "ours_bf16" if "bf16" in impl else "ours_f32"
+                row["vs_default"] = _median_ratio(rounds, (impl, size, batch), default)
         rows.append(row)
     return rows
+
+
+def _rate(results: dict, impl: str, size: str, batch: int) -> float | None:
+    return results.get((impl, size, batch), {}).get("tokens_per_sec")
+
+
+def _median_ratio(rounds, job: tuple, base: str) -> float | None:
+    """The median over rounds of job's tokens/s over `base`'s at the same size and batch."""
+    import statistics
+
+    _, size, batch = job
+    ratios = [
+        _rate(r, *job) / _rate(r, base, size, batch)
+        for r in rounds
+        if _rate(r, *job) and _rate(r, base, size, batch)
+    ]
+    return statistics.median(ratios) if ratios else None
 
 
 def _worker_env(family: str = "jax") -> dict:
@@ -678,8 +691,9 @@ def run(args) -> dict:
     )
     train_rows = training(settings, args, report)
     report.table(
-        "Training tokens/s (median of rounds; ratio to PyTorch nn.GRU f32 within a round)",
-        ["size", "batch", "implementation", "tokens/s", "vs torch f32"],
+        "Training tokens/s (median of rounds; ratios within a round: to PyTorch nn.GRU f32,"
+        " and a GPU option to our default of its dtype)",
+        ["size", "batch", "implementation", "tokens/s", "vs torch f32", "vs our default"],
         [
             [
                 r["size"],
@@ -687,6 +701,7 @@ def run(args) -> dict:
                 r["impl"],
                 _fmt(r.get("tokens_per_sec")),
                 _fmt(r.get("vs_torch_f32"), ".2f"),
+                _fmt(r.get("vs_default"), ".2f"),
             ]
             for r in train_rows
         ],

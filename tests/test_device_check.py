@@ -36,6 +36,7 @@ def test_the_smoke_run_covers_every_part(tmp_path):
     # worker: GPU flags parse on the CPU too) run here, so the device run cannot fail on them.
     for impl in ("ours_f32", "ours_bf16_unroll8", "ours_f32_loop_graphs", "mingru_parallel"):
         assert trained[impl]["tokens_per_sec"] > 0, trained[impl]
+    assert trained["ours_f32_loop_graphs"]["vs_default"] > 0  # Against ours_f32, same round.
     has_torch = importlib.util.find_spec("torch") is not None
     skipped = [r for r in records if r.get("skipped") == "torch is not installed"]
     assert bool(skipped) != has_torch  # A missing peer is named, never silently dropped.
