@@ -58,7 +58,7 @@ class Validation:
         else:
             self._score = compile_ahead("evaluation", self._score, params, first)
 
-    def run(self, params, stop=None) -> dict | None:
+    def run(self, params, stop) -> dict | None:
         """Every batch's sums added up and fetched once; None if `stop` was set first.
 
         At most one call waits behind the one running, so a stop is seen within about
@@ -68,7 +68,7 @@ class Validation:
         carry = self.programs.zero_carry(params, self.batches[0]) if self.carried else None
         sums = []
         for batch in self.batches:
-            if self.stoppable and stop is not None and stop.is_set():
+            if self.stoppable and stop.is_set():
                 return None
             if self.carried:
                 piece, carry = self._score(params, batch, carry)
