@@ -14,7 +14,9 @@ run cut short keeps what it measured; DIR/device_check.md is the table):
    768; batches 64/256/1024): ours fused f32 (true float32 dots) and bf16, flax's
    nn.scan reference, minGRU and LRU with both scans, against PyTorch's nn.GRU (cuDNN) in
    f32, TF32 and bf16 autocast; JAX and PyTorch each in their own process, rounds
-   interleaved, ratios within a round (as benchmarks/throughput.py does);
+   interleaved, ratios within a round (as benchmarks/throughput.py does); then what
+   `model.gru_impl='auto'`, `model.scan='auto'` and `model.unroll` should pick on this
+   device (models/backend_choices.py), from the same ratios;
 4. sampling chars/s at batch 1, 64 and 1024 against a PyTorch step loop;
 5. in the minutes left, the headline config trained by the real trainer until the budget
    ends, then its full-split val.
@@ -30,6 +32,7 @@ import argparse
 import functools
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -79,6 +82,13 @@ OURS = (
 )
 TORCH = ("torch_f32", "torch_tf32", "torch_bf16")
 OPTIONS = tuple(i for i in OURS if "unroll" in i or i.endswith("graphs"))
+# What each alternative is measured against, within a round: the choices 'auto' makes.
+BASELINE = {
+    "flax_reference": "ours_f32",
+    "mingru_parallel": "mingru_sequential",
+    "lru_parallel": "lru_sequential",
+    **{option: "ours_bf16" if "bf16" in option else "ours_f32" for option in OPTIONS},
+}
 # Rows whose name ends in a key here run in their own worker with these XLA flags (set
 # before JAX starts). XLA's default command buffers hold fusions, GEMMs and custom calls
 # but not WHILE loops, so each time step is still launched from the host.
@@ -382,18 +392,22 @@ def _train_jobs(settings) -> list[tuple[str, str, int]]:
     batches = settings["batches"]
     if settings is SMOKE:
         size = next(iter(settings["sizes"]))
-        impls = ("ours_f32", "ours_bf16_unroll8", "ours_f32_loop_graphs", "mingru_parallel")
-        impls += ("torch_f32",)
-        return [(impl, size, batches[0]) for impl in impls]
+        impls = ("ours_f32", "ours_bf16_unroll8", "ours_f32_loop_graphs", "flax_reference")
+        impls += ("mingru_parallel", "mingru_sequential", "torch_f32")
+        return [(impl, size, _middle_batch(settings)) for impl in impls]
     jobs = []
     for size in settings["sizes"]:
         for batch in batches:
-            primary = batch == batches[len(batches) // 2]
+            primary = batch == _middle_batch(settings)
             impls = [*OURS, *TORCH] if primary else ["ours_f32", "ours_bf16", *TORCH]
             if size != next(iter(settings["sizes"])):  # The options: the tutorial size only.
                 impls = [i for i in impls if i not in OPTIONS]
             jobs += [(impl, size, batch) for impl in impls]
     return jobs
+
+
+def _middle_batch(settings) -> int:
+    return settings["batches"][len(settings["batches"]) // 2]
 
 
 def train_worker(family: str, jobs: list, settings) -> list[dict]:
@@ -454,8 +468,8 @@ def training(settings, args, report: Report) -> list[dict]:
 
 
 def _training_rows(jobs, rounds) -> list[dict]:
-    """Median tokens/s per job, its ratio to PyTorch f32 and, for a GPU option, to our
-    default of the same dtype (both ratios within a round)."""
+    """Median tokens/s per job, its ratio to PyTorch f32 and, for an alternative in
+    BASELINE, to what it is an alternative to (both ratios within a round)."""
     import statistics
 
     rows = []
@@ -467,11 +481,67 @@ def _training_rows(jobs, rounds) -> list[dict]:
         if rates:
             row["tokens_per_sec"] = statistics.median(rates)
             row["vs_torch_f32"] = _median_ratio(rounds, (impl, size, batch), "torch_f32")
-            if impl in OPTIONS:
-                default = "ours_bf16" if "bf16" in impl else "ours_f32"
-                row["vs_default"] = _median_ratio(rounds, (impl, size, batch), default)
+            if impl in BASELINE:
+                row["vs_baseline"] = _median_ratio(rounds, (impl, size, batch), BASELINE[impl])
         rows.append(row)
     return rows
+
+
+def auto_choices(rows: list[dict], size: str, batch: int) -> list[dict]:
+    """What models/backend_choices.py (gru_impl, scan) and model.unroll should say for
+    this device: each choice with the within-round ratios at `size`/`batch` it rests on.
+    A choice whose rows were not measured is left out."""
+    ratio = {
+        r["impl"]: r["vs_baseline"]
+        for r in rows
+        if r["size"] == size and r["batch"] == batch and r.get("vs_baseline")
+    }
+    choices = []
+    if "flax_reference" in ratio:
+        flax = ratio["flax_reference"]
+        evidence = f"flax nn.scan(GRUCell) / fused = {flax:.2f}"
+        choices.append(_choice("gru_impl", "flax" if flax > 1 else "fused", evidence))
+    scans = {i: ratio[i] for i in ("mingru_parallel", "lru_parallel") if i in ratio}
+    if scans:
+        mean = math.prod(scans.values()) ** (1 / len(scans))
+        evidence = ", ".join(f"{i} / sequential = {r:.2f}" for i, r in scans.items())
+        choices.append(_choice("scan", "parallel" if mean > 1 else "sequential", evidence))
+    for dtype, base in (("f32", "ours_f32"), ("bf16", "ours_bf16")):
+        unrolled = {
+            int(i.rsplit("unroll", 1)[1]): r
+            for i, r in ratio.items()
+            if i.startswith(base + "_unroll")
+        }
+        if unrolled:
+            best = max(unrolled, key=unrolled.get)
+            evidence = ", ".join(f"unroll {n} / 1 = {r:.2f}" for n, r in sorted(unrolled.items()))
+            pick = best if unrolled[best] > 1 else 1
+            choices.append(_choice(f"unroll ({dtype})", pick, evidence))
+    graphs = {i: ratio[i] for i in ratio if i.endswith("graphs")}
+    if graphs:
+        best = max(graphs, key=graphs.get)
+        pick = XLA_FLAG_VARIANTS[best.removeprefix("ours_f32")] if graphs[best] > 1 else "XLA's"
+        evidence = ", ".join(f"{i} / ours_f32 = {r:.2f}" for i, r in graphs.items())
+        choices.append(_choice("command buffers", pick, evidence))
+    return choices
+
+
+def _choice(key: str, pick, evidence: str) -> dict:
+    return {"key": key, "pick": pick, "evidence": evidence}
+
+
+def _report_auto_choices(settings, train_rows: list[dict], report: Report) -> None:
+    """The choices at the options' size and batch (the first size, the middle batch)."""
+    size, batch = next(iter(settings["sizes"])), _middle_batch(settings)
+    choices = auto_choices(train_rows, size, batch)
+    for choice in choices:
+        report.add("auto_choice", choice)
+    report.table(
+        f"What auto should pick on this device ({size}, batch {batch}; ratios within a round;"
+        " copy into models/backend_choices.py)",
+        ["key", "pick", "evidence"],
+        [[c["key"], c["pick"], c["evidence"]] for c in choices],
+    )
 
 
 def _rate(results: dict, impl: str, size: str, batch: int) -> float | None:
@@ -692,8 +762,8 @@ def run(args) -> dict:
     train_rows = training(settings, args, report)
     report.table(
         "Training tokens/s (median of rounds; ratios within a round: to PyTorch nn.GRU f32,"
-        " and a GPU option to our default of its dtype)",
-        ["size", "batch", "implementation", "tokens/s", "vs torch f32", "vs our default"],
+        " and an alternative to what it would replace: BASELINE)",
+        ["size", "batch", "implementation", "tokens/s", "vs torch f32", "vs its baseline"],
         [
             [
                 r["size"],
@@ -701,13 +771,14 @@ def run(args) -> dict:
                 r["impl"],
                 _fmt(r.get("tokens_per_sec")),
                 _fmt(r.get("vs_torch_f32"), ".2f"),
-                _fmt(r.get("vs_default"), ".2f"),
+                _fmt(r.get("vs_baseline"), ".2f"),
             ]
             for r in train_rows
         ],
     )
     for row in train_rows:
         report.add("training", row)
+    _report_auto_choices(settings, train_rows, report)
     sample_rows = sampling(settings, args, report)
     report.table(
         "Sampling chars/s",

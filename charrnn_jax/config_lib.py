@@ -80,9 +80,10 @@ def _validate_model(m, d) -> None:
         rate = m[key]
         _require(0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}.")
     _require(
-        not m.recurrent_dropout or (registry.CELLS[m.cell].fused and m.gru_impl == "fused"),
+        not m.recurrent_dropout or (registry.CELLS[m.cell].fused and m.gru_impl != "flax"),
         "model.recurrent_dropout (DropConnect on the recurrent kernel) needs model.cell='gru' "
-        f"with model.gru_impl='fused'; got cell={m.cell!r}.",
+        f"with model.gru_impl 'fused' or 'auto'; got cell={m.cell!r}, "
+        f"gru_impl={m.gru_impl!r}.",
     )
 
 
@@ -170,10 +171,12 @@ def _model_defaults() -> ml_collections.ConfigDict:
     model.recurrent_dropout = 0.0  # Fused GRU: DropConnect on the recurrent kernel.
     model.variational_dropout = False  # One mask per sequence for all time steps.
     model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
-    model.gru_impl = "fused"  # 'fused' (fast path) or 'flax' (nn.scan(GRUCell)).
+    # 'fused' (hoisted projection, hand-written backward), 'flax' (nn.scan(GRUCell)) or
+    # 'auto': this backend's choice (models/backend_choices.py).
+    model.gru_impl = "auto"
     model.num_classes = 0  # 0 = language model; >= 2 = many-to-one classifier.
     # Residual blocks only: 'parallel' (associative scan), 'sequential' (lax.scan) or
-    # 'auto' (the faster one on this backend: sequential on CPU, parallel elsewhere).
+    # 'auto' (this backend's choice, models/backend_choices.py: sequential on CPU).
     model.scan = "auto"
     model.mlp_ratio = 2  # Residual blocks only: gated MLP width / hidden_size.
     # Stacked layers: time steps per iteration of the time loop, forward and backward

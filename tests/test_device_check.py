@@ -36,7 +36,15 @@ def test_the_smoke_run_covers_every_part(tmp_path):
     # worker: GPU flags parse on the CPU too) run here, so the device run cannot fail on them.
     for impl in ("ours_f32", "ours_bf16_unroll8", "ours_f32_loop_graphs", "mingru_parallel"):
         assert trained[impl]["tokens_per_sec"] > 0, trained[impl]
-    assert trained["ours_f32_loop_graphs"]["vs_default"] > 0  # Against ours_f32, same round.
+    for impl in ("ours_f32_loop_graphs", "flax_reference", "mingru_parallel"):
+        assert trained[impl]["vs_baseline"] > 0, trained[impl]  # Same round, its baseline.
+    # What 'auto' should pick follows from those ratios (bf16 unroll 8 has no ours_bf16 here).
+    choices = {r["key"]: r for r in records if r["part"] == "auto_choice"}
+    assert set(choices) == {"gru_impl", "scan", "command buffers"}, choices
+    flax_ratio = trained["flax_reference"]["vs_baseline"]
+    assert choices["gru_impl"]["pick"] == ("flax" if flax_ratio > 1 else "fused")
+    scan_ratio = trained["mingru_parallel"]["vs_baseline"]
+    assert choices["scan"]["pick"] == ("parallel" if scan_ratio > 1 else "sequential")
     has_torch = importlib.util.find_spec("torch") is not None
     skipped = [r for r in records if r.get("skipped") == "torch is not installed"]
     assert bool(skipped) != has_torch  # A missing peer is named, never silently dropped.
@@ -44,3 +52,4 @@ def test_the_smoke_run_covers_every_part(tmp_path):
     assert headline["steps"] == 8 and 0 < headline["val_loss"] < 6, headline
     table = (tmp_path / "device_check.md").read_text()
     assert "## Training tokens/s" in table and "## Sampling chars/s" in table
+    assert "## What auto should pick on this device" in table

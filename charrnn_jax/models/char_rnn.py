@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charrnn_jax.models import blocks, registry, scans
+from charrnn_jax.models import backend_choices, blocks, registry, scans
 from charrnn_jax.models.flax_cells import RecurrentLayer
 from charrnn_jax.models.fused_gru import FusedGRULayer
 from charrnn_jax.models.precision import dense_dot_general
@@ -25,7 +25,7 @@ VOCAB_SIZE = 256
 CELL_TYPES = tuple(registry.CELLS)
 SCAN_MODES = ("auto", *scans.SCAN_MODES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-GRU_IMPLS = ("fused", "flax")
+GRU_IMPLS = ("auto", *backend_choices.GRU_IMPLS)
 
 Carry = tuple[Any, ...]  # Per layer: h (GRU, minGRU, minLSTM), (c, h) (LSTMs), (re, im) (LRU).
 
@@ -50,8 +50,9 @@ class CharRNN(nn.Module):
       dropout_rate: dropout on each recurrent layer's output during training (residual
         blocks: on each branch's output).
       dtype: compute dtype; params stay float32.
-      gru_impl: 'fused' (hoisted input projection, hand-written backward pass) or 'flax'
-        (nn.scan over nn.GRUCell, the reference); same params, same function.
+      gru_impl: 'fused' (hoisted input projection, hand-written backward pass), 'flax'
+        (nn.scan over nn.GRUCell, the reference) or 'auto' (this backend's choice,
+        models/backend_choices.py); same params, same function.
       num_classes: 0 for a language model; else a many-to-one classifier whose logits come
         from the last layer's hidden state at each row's length (padding never counts).
       input_dropout: dropout on the byte embeddings during training.
@@ -128,7 +129,7 @@ class CharRNN(nn.Module):
             x = self._drop_inputs(embed(tokens_tm), drop_dims, train)
             x, new_carry = self._residual_blocks(carry, x, valid_tm, train)
             return self._outputs(x, blocks.last_valid(x, valid_tm), new_carry, time_major_logits)
-        fused = cell.fused and self.gru_impl == "fused"
+        fused = self._runs_fused(cell)
         # Folding the embedding into the first projection pays once there are more
         # positions than byte values (training); one-step sampling projects directly.
         # (Not with input dropout while training: each position needs its own dropped row.)
@@ -143,6 +144,13 @@ class CharRNN(nn.Module):
         if self.num_classes and self.dropout_rate > 0:
             last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
         return self._outputs(x, last, new_carry, time_major_logits)
+
+    def _runs_fused(self, cell) -> bool:
+        """Whether the fused GRU serves this cell ('auto': this backend's choice)."""
+        impl = backend_choices.gru_impl(
+            self.gru_impl, jax.default_backend(), recurrent_dropout=self.recurrent_dropout
+        )
+        return cell.fused and impl == "fused"
 
     def _residual_blocks(self, carry, x, valid_tm, train):
         """num_layers pre-norm residual blocks around the registered linear recurrence."""
@@ -245,7 +253,9 @@ def from_config(model_config) -> CharRNN:
         dropout_rate=m.dropout,
         dtype=DTYPES[m.dtype],
         num_classes=m.num_classes,
-        gru_impl=m.gru_impl,
+        gru_impl=backend_choices.gru_impl(
+            m.gru_impl, jax.default_backend(), recurrent_dropout=m.recurrent_dropout
+        ),
         parallel_scan=scan_mode(m.scan) == "parallel",
         mlp_ratio=m.mlp_ratio,
         input_dropout=m.input_dropout,
@@ -257,6 +267,4 @@ def from_config(model_config) -> CharRNN:
 
 def scan_mode(configured: str) -> str:
     """'parallel' or 'sequential'; 'auto' is the faster one on this backend."""
-    if configured != "auto":
-        return configured
-    return scans.default_scan_mode(jax.default_backend())
+    return backend_choices.scan_mode(configured, jax.default_backend())

@@ -13,20 +13,6 @@ import jax.numpy as jnp
 SCAN_MODES = ("parallel", "sequential")
 
 
-def default_scan_mode(backend: str) -> str:
-    """The faster form per backend.
-
-    CPU: sequential, measured (benchmarks/linear_scaling.py, docs/results.md): XLA:CPU runs
-    an elementwise `lax.scan` step in about a microsecond, while the associative scan does
-    about twice the arithmetic in log2(T) passes over the whole sequence, and two cores
-    leave no parallelism for it to use; minGRU's parallel form was 1.7-1.9x slower than its
-    sequential form at T = 100 to 10,000. Accelerators: parallel, expected rather than
-    measured (no GPU was available): there a scan's per-step kernel launch and latency
-    dominate, and the associative scan's O(log T) depth is what the hardware runs well.
-    """
-    return "sequential" if backend == "cpu" else "parallel"
-
-
 # -- The scans: h_t = a_t * h_{t-1} + b_t ----------------------------------------------------
 
 

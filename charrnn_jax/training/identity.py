@@ -6,9 +6,9 @@ file's size and sha256); a resume compares the new config and the files with the
 before anything loads or compiles. A changed key that alters the run's meaning (model,
 data, optimizer, seed, dtype, batch) is one `error:` line naming each key with both
 values, and nothing in the workdir is touched. Keys in RESUMABLE_KEYS may change (the
-run's length and its cadences); any other change must be asked for by name
-(`--allow_config_change=key,...`). Every start appends its config and what changed to
-`config_history.jsonl`, so a mixed run says so afterwards.
+run's length and its cadences, and how the same model is computed); any other change
+must be asked for by name (`--allow_config_change=key,...`). Every start appends its
+config and what changed to `config_history.jsonl`, so a mixed run says so afterwards.
 """
 
 from __future__ import annotations
@@ -47,6 +47,11 @@ RESUMABLE_KEYS = frozenset(
         "sweep.vmap",
         "sweep.name",
     }
+) | frozenset(
+    # How the same function is computed (models/backend_choices.py; each pair tested
+    # equal, same params): rounding may differ, as it does when a run resumes on another
+    # backend, which 'auto' already allows.
+    {"model.gru_impl", "model.scan", "model.unroll"}
 )
 DATA_FILE = "data.json"
 HISTORY_FILE = "config_history.jsonl"

@@ -163,6 +163,35 @@ def test_fused_gru_matches_nn_gru_cell_forward_and_gradients(num_layers, use_len
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(np.abs(b).max()))
 
 
+def test_auto_is_each_backends_entry_and_keeps_dropconnect_on_the_fused_gru():
+    from charrnn_jax.models import backend_choices as choices
+
+    for backend, family in (("cpu", "cpu"), ("cuda", "gpu"), ("rocm", "gpu"), ("tpu", "tpu")):
+        assert choices.gru_impl("auto", backend) == choices.GRU_IMPL[family]
+        assert choices.scan_mode("auto", backend) == choices.SCAN[family]
+        assert choices.gru_impl("auto", backend, recurrent_dropout=0.3) == "fused"
+        assert choices.gru_impl("flax", backend) == "flax"  # An explicit choice stands.
+        assert choices.scan_mode("parallel", backend) == "parallel"
+    assert choices.GRU_IMPL["cpu"] == "fused" and choices.SCAN["cpu"] == "sequential"
+
+
+def test_the_default_config_builds_this_backends_choice():
+    """from_config resolves 'auto' (the default) to a concrete choice, and CharRNN given
+    'auto' directly runs the same program: equal logits, bit for bit."""
+    from charrnn_jax import config_lib
+
+    config = config_lib.base_config()
+    config.model.update(hidden_size=32, embed_dim=16, num_layers=2)
+    assert config.model.gru_impl == "auto"
+    built = models.from_config(config.model)
+    assert built.gru_impl == "fused" and not built.parallel_scan  # This is a CPU.
+    direct = built.clone(gru_impl="auto")
+    params, tokens = _init(built, batch=4, time=70)
+    np.testing.assert_array_equal(
+        built.apply({"params": params}, tokens)[0], direct.apply({"params": params}, tokens)[0]
+    )
+
+
 @pytest.mark.parametrize("cell, gru_impl", [("gru", "fused"), ("lstm", "flax")])
 def test_unrolling_the_time_loop_computes_the_same_function(cell, gru_impl):
     """model.unroll changes only how many steps one loop iteration holds (70 steps in

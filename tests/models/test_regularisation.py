@@ -74,6 +74,10 @@ def test_recurrent_dropout_needs_the_fused_gru():
     config = tiny_config(**{"model.cell": "lstm", "model.recurrent_dropout": 0.2})
     with pytest.raises(UserError, match="recurrent_dropout .* needs model.cell='gru'"):
         config_lib.validate(config)
+    flax_gru = tiny_config(**{"model.gru_impl": "flax", "model.recurrent_dropout": 0.2})
+    with pytest.raises(UserError, match="gru_impl='flax'"):
+        config_lib.validate(flax_gru)
+    config_lib.validate(tiny_config(**{"model.recurrent_dropout": 0.2}))  # 'auto': fused.
 
 
 def test_weight_decay_shrinks_matrices_only():

@@ -83,6 +83,24 @@ def test_safe_and_allowed_changes_pass_and_are_recorded(run_copy):
     assert json.loads((run_copy / "config.json").read_text())["train"]["learning_rate"] == 0.004
 
 
+def test_how_the_same_model_is_computed_may_change_on_resume(run_copy):
+    """gru_impl, scan and unroll choose a program, not a function ('auto' picks them per
+    backend): a resume may change them, and the change is recorded."""
+    program = {"model.gru_impl": "flax", "model.unroll": 2, "model.scan": "parallel"}
+    before = metric_logging.read_jsonl(run_copy / "metrics.jsonl")
+    summary = _train(run_copy, **{"train.num_steps": 8}, **program)
+    assert summary["resumed_from"] == 6
+    history = [json.loads(line) for line in (run_copy / identity.HISTORY_FILE).open()]
+    assert history[-1]["changes"] == {
+        "model.gru_impl": ["auto", "flax"],
+        "model.scan": ["auto", "parallel"],
+        "model.unroll": [1, 2],
+        "train.num_steps": [6, 8],
+    }
+    rows = metric_logging.read_jsonl(run_copy / "metrics.jsonl")
+    assert rows[: len(before)] == before and rows[-1]["step"] == 8
+
+
 def test_a_changed_corpus_is_refused(tmp_path, shakespeare_path):
     corpus = tmp_path / "corpus.txt"
     shutil.copy(shakespeare_path, corpus)
