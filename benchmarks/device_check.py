@@ -520,7 +520,8 @@ def auto_choices(rows: list[dict], size: str, batch: int) -> list[dict]:
     graphs = {i: ratio[i] for i in ratio if i.endswith("graphs")}
     if graphs:
         best = max(graphs, key=graphs.get)
-        pick = XLA_FLAG_VARIANTS[best.removeprefix("ours_f32")] if graphs[best] > 1 else "XLA's"
+        flags = XLA_FLAG_VARIANTS[best.removeprefix("ours_f32")]
+        pick = flags if graphs[best] > 1 else "XLA's default"
         evidence = ", ".join(f"{i} / ours_f32 = {r:.2f}" for i, r in graphs.items())
         choices.append(_choice("command buffers", pick, evidence))
     return choices

@@ -53,3 +53,34 @@ def test_the_smoke_run_covers_every_part(tmp_path):
     table = (tmp_path / "device_check.md").read_text()
     assert "## Training tokens/s" in table and "## Sampling chars/s" in table
     assert "## What auto should pick on this device" in table
+
+
+def test_auto_choices_follow_the_within_round_ratios():
+    from benchmarks import device_check
+
+    def row(impl, ratio, size="tutorial", batch=256):
+        return {"impl": impl, "size": size, "batch": batch, "vs_baseline": ratio}
+
+    rows = [
+        row("flax_reference", 0.7),
+        row("mingru_parallel", 1.6),
+        row("lru_parallel", 0.9),  # Geometric mean with minGRU's 1.6: 1.2, parallel.
+        row("ours_f32_unroll4", 1.1),
+        row("ours_f32_unroll16", 1.05),
+        row("ours_bf16_unroll8", 0.95),  # Slower: unroll 1 stays.
+        row("ours_f32_loop_graphs", 1.3),
+        row("ours_f32_no_graphs", 0.8),
+        row("flax_reference", 9.0, batch=64),  # Another batch: not what decides.
+    ]
+    picks = {c["key"]: c["pick"] for c in device_check.auto_choices(rows, "tutorial", 256)}
+    assert picks == {
+        "gru_impl": "fused",
+        "scan": "parallel",
+        "unroll (f32)": 4,
+        "unroll (bf16)": 1,
+        "command buffers": device_check.XLA_FLAG_VARIANTS["_loop_graphs"],
+    }
+    # Rows that were not measured give no choice rather than a guess.
+    assert device_check.auto_choices([row("flax_reference", 1.2)], "tutorial", 256) == [
+        {"key": "gru_impl", "pick": "flax", "evidence": "flax nn.scan(GRUCell) / fused = 1.20"}
+    ]

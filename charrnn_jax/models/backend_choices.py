@@ -14,15 +14,15 @@ should pick on this device"); copy that in here with the run it came from.
 from __future__ import annotations
 
 GRU_IMPLS = ("fused", "flax")
-SCAN_MODES = ("parallel", "sequential")
 
 # model.gru_impl='auto' per backend.
 #   cpu: measured. The fused GRU (one GEMM per step, input projection hoisted, hand-written
 #     backward) ran 1.31-1.32x flax's nn.scan(GRUCell) at small/64 and small/256
 #     (benchmarks/throughput.py, benchmarks/README.md "Training throughput").
 #   gpu, tpu: not measured (no device has been lent to a session yet). The fused GRU
-#     launches one GEMM and one elementwise fusion per step where GRUCell launches six
-#     GEMMs, so it is expected to win by more there; the device check measures both.
+#     runs one GEMM and one elementwise fusion per step where GRUCell's step holds six
+#     Dense layers (three on the input, three on h), so it is expected to win by more
+#     where each kernel launch counts; the device check measures both.
 GRU_IMPL = {"cpu": "fused", "gpu": "fused", "tpu": "fused"}
 
 # model.scan='auto' per backend (the residual blocks' linear recurrences).
