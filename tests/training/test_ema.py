@@ -60,6 +60,21 @@ def test_a_run_logs_both_vals_and_serves_the_average(tmp_path):
         ckpt.close()
 
 
+def test_the_average_leaves_the_raw_training_untouched(tmp_path):
+    """A run with EMA trains exactly the run without it: the same train rows and raw val,
+    so an EMA run's gain is read off one curve (val_loss against val_loss_raw)."""
+    runs = {}
+    for decay in (0.0, 0.9):
+        config = tiny_config(**{"train.ema_decay": decay, "train.num_steps": 6})
+        workdir = tmp_path / f"ema_{decay}"
+        loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+        runs[decay] = metric_logging.read_jsonl(workdir / "metrics.jsonl")
+    plain, averaged = runs[0.0], runs[0.9]
+    assert [r["train_loss"] for r in averaged] == [r["train_loss"] for r in plain]
+    assert [r["grad_norm"] for r in averaged] == [r["grad_norm"] for r in plain]
+    assert [r["val_loss_raw"] for r in averaged] == [r["val_loss"] for r in plain]
+
+
 def test_a_decay_outside_zero_to_one_is_an_error(tmp_path):
     with pytest.raises(UserError, match="train.ema_decay must be in"):
         loop.train_and_evaluate(tiny_config(**{"train.ema_decay": 1.0}), tmp_path)
