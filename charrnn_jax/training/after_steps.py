@@ -78,12 +78,13 @@ class AfterSteps:
         if calls > 1:
             logging.info("Evaluating step %d in %d device calls.", done, calls)
         sums = self.validation.run(steps.eval_params(state), self.stop)
-        averaged = state.ema is not None
-        raw = None
-        if averaged and sums is not None:
-            raw = self.validation.run(state.params, self.stop)
-        if sums is None or (averaged and raw is None):
+        if sums is None:
             return False
+        raw = None
+        if state.ema is not None:
+            raw = self.validation.run(state.params, self.stop)
+            if raw is None:
+                return False
         for i, _ in live:
             records[i].update(_val_record(self.group.host_row(sums, i)))
             if raw is not None:  # The averaged weights' gain, visible beside them.

@@ -170,9 +170,8 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
     t = config.train
     pending = any(run.pending for run in run_list)
     if start and not pending and all(run.patience_exhausted(start) for run in run_list):
-        after_steps.stop_early(
-            run_list, start
-        )  # Stopped early before: rerunning trains no further.
+        # Stopped early before: rerunning trains no further.
+        after_steps.stop_early(run_list, start)
         return state
     process, processes = jax.process_index(), jax.process_count()
     dropout_rngs = group.keys(1)
