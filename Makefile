@@ -24,7 +24,7 @@ train: setup  ## The :tiny preset (a few minutes on a laptop CPU), then a sample
 train-full: setup  ## The TF tutorial model (embed 256, GRU 1024): use an accelerator.
 	$(BIN)/python -m charrnn_jax.main --config=experiments/shakespeare.py --workdir=runs/shakespeare
 
-test: setup  ## With huge pages, as the CLIs run (charrnn_jax/host_memory.py).
+test: setup  ## With huge pages, as the CLIs run (charrnn_jax/runtime/host_memory.py).
 	$(BIN)/ruff check .
 	GLIBC_TUNABLES=glibc.malloc.hugetlb=1 $(PYTEST)
 

@@ -20,7 +20,7 @@ torch`). Results are appended to --out as one JSON line per run. On a GPU the sa
 command measures the GPU (JAX and PyTorch use it when present).
 
 Our rows run as `charrnn_jax.main` runs them: with glibc's huge-page malloc tunable where
-it helps (charrnn_jax/host_memory.py). Peers run as their users run them;
+it helps (charrnn_jax/runtime/host_memory.py). Peers run as their users run them;
 `--huge_pages=all` gives them the same, `--huge_pages=none` takes it from ours.
 """
 
