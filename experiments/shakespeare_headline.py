@@ -53,6 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.warmup_steps = 100  # Linear warmup.
     config.train.grad_clip_norm = 1.0  # Global-norm clipping.
     config.train.weight_decay = 0.1  # Decoupled (AdamW), on matrices only.
+    # train.ema_decay stays 0: an EMA of 0.999 ended at 1.4112 beside the raw 1.4107 (probe D).
     config.train.log_every = 50  # Steps between rows.
     config.train.eval_every = 250  # Full-split val every 250 steps.
     config.train.checkpoint_every = 250  # Steps between checkpoints.

@@ -1,7 +1,7 @@
 """Loss curves of finished runs against wall-clock and against bytes seen, on one figure.
 
     python -m launch.curves --workdirs=/tmp/headline --label="2 x GRU 512" \
-        --reference="1.4697:nanoGPT char Transformer (10.7M)" --out=docs/headline.png
+        --reference="1.4697:nanoGPT char Transformer (10.7M)" --out=/tmp/curves.png
 
 Reads each workdir's metrics.jsonl and config.json; bytes seen = step x batch x seq_len.
 Val is solid, train dashed, both in nats/byte; each --reference is a horizontal line.
