@@ -79,11 +79,14 @@ def _validate_model(m, d) -> None:
     for key in ("dropout", "input_dropout", "recurrent_dropout"):
         rate = m[key]
         _require(0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}.")
+    for key in ("mogrifier_rounds", "mogrifier_rank"):
+        _require(m[key] >= 0, f"model.{key} must be >= 0, got {m[key]}.")
+    cell = registry.CELLS[m.cell]
     _require(
-        not m.recurrent_dropout or (registry.CELLS[m.cell].fused and m.gru_impl != "flax"),
+        not m.recurrent_dropout or (cell.fused and m.gru_impl != "flax") or cell.sequence_layer,
         "model.recurrent_dropout (DropConnect on the recurrent kernel) needs model.cell='gru' "
-        f"with model.gru_impl 'fused' or 'auto'; got cell={m.cell!r}, "
-        f"gru_impl={m.gru_impl!r}.",
+        "with model.gru_impl 'fused' or 'auto', or model.cell='mogrifier_gru'; got "
+        f"cell={m.cell!r}, gru_impl={m.gru_impl!r}.",
     )
 
 
@@ -168,7 +171,7 @@ def _model_defaults() -> ml_collections.ConfigDict:
     model.num_layers = 1  # Stacked recurrent layers.
     model.dropout = 0.0  # Dropout on each recurrent layer's output while training.
     model.input_dropout = 0.0  # Dropout on the byte embeddings while training.
-    model.recurrent_dropout = 0.0  # Fused GRU: DropConnect on the recurrent kernel.
+    model.recurrent_dropout = 0.0  # Fused and Mogrifier GRU: DropConnect on W_h.
     model.variational_dropout = False  # One mask per sequence for all time steps.
     model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
     # 'fused' (hoisted projection, hand-written backward), 'flax' (nn.scan(GRUCell)) or
@@ -183,6 +186,10 @@ def _model_defaults() -> ml_collections.ConfigDict:
     # (lax.scan's unroll): fewer, larger loop bodies; the same function. Measured in
     # benchmarks/README.md ("Unrolling the time loop").
     model.unroll = 1
+    # mogrifier_gru: rounds of mutual gating of x and h before each step (Melis et al.
+    # 2020; 0 = a plain GRU) and the rank of the rounds' matrices (0 = full).
+    model.mogrifier_rounds = 5
+    model.mogrifier_rank = 0
     return model
 
 

@@ -1,7 +1,7 @@
 """What runs on an accelerator lowers for one, from this CPU: the train step, the full-split
 eval step and the sampler export for CUDA and TPU with jax.export (no device needed), for
-the fused GRU in f32 and bf16 (and unrolled), a parallel-scan linear cell, stream mode
-and averaged weights."""
+the fused GRU in f32 and bf16 (and unrolled), a parallel-scan linear cell, stream mode,
+averaged weights, and the Mogrifier GRU with DropConnect."""
 
 import functools
 
@@ -28,6 +28,11 @@ CASES = {
     },
     "gru_dropconnect": {"model.recurrent_dropout": 0.25, "model.dropout": 0.2},
     "gru_unroll": {"model.unroll": 4},
+    "mogrifier_gru_dropconnect": {
+        "model.cell": "mogrifier_gru",
+        "model.mogrifier_rank": 4,
+        "model.recurrent_dropout": 0.25,
+    },
 }
 
 

@@ -56,7 +56,8 @@ class CharRNN(nn.Module):
       num_classes: 0 for a language model; else a many-to-one classifier whose logits come
         from the last layer's hidden state at each row's length (padding never counts).
       input_dropout: dropout on the byte embeddings during training.
-      recurrent_dropout: fused GRU only: DropConnect on each layer's recurrent kernel.
+      recurrent_dropout: the fused GRU and the sequence layers (Mogrifier GRU) only:
+        DropConnect on each layer's recurrent kernel.
       variational_dropout: one dropout mask per sequence, shared by all its time steps
         (Gal and Ghahramani 2016, "A Theoretically Grounded Application of Dropout in
         Recurrent Neural Networks", Section 4), for the input and between-layer dropout.
@@ -64,6 +65,8 @@ class CharRNN(nn.Module):
       mlp_ratio: residual blocks only: the gated MLP's width over hidden_size.
       unroll: stacked layers: time steps per iteration of the time loop (lax.scan's
         unroll), forward and backward; the same function, fewer and larger loop bodies.
+      mogrifier_rounds, mogrifier_rank: the Mogrifier GRU's rounds of mutual gating and
+        the rank of their matrices (0: full); models/mogrifier.py.
     """
 
     embed_dim: int
@@ -80,6 +83,8 @@ class CharRNN(nn.Module):
     parallel_scan: bool = False
     mlp_ratio: int = 2
     unroll: int = 1
+    mogrifier_rounds: int = 5
+    mogrifier_rank: int = 0
 
     def initialize_carry(self, batch_size: int) -> Carry:
         return zero_carry(self.cell_type, self.num_layers, batch_size, self.hidden_size)
@@ -167,14 +172,26 @@ class CharRNN(nn.Module):
         )(carry, x, valid_tm, train=train)
 
     def _stacked_layers(self, x, carry, valid_tm, folded_tokens, fused, drop_dims, train):
-        """num_layers recurrent layers (fused GRUs or scanned cells), dropout after each.
+        """num_layers recurrent layers (fused GRUs, sequence layers or scanned cells),
+        dropout after each.
 
         folded_tokens: with the embedding folded into the first layer's projection, the
         [time, batch] bytes whose rows of the [256, 3H] table that layer gathers.
         """
         new_carry = []
+        cell = registry.CELLS[self.cell_type]
         for i in range(self.num_layers):
-            if fused:
+            if cell.sequence_layer:
+                layer_carry, x = cell.module(
+                    self.hidden_size,
+                    self.dtype,
+                    rounds=self.mogrifier_rounds,
+                    rank=self.mogrifier_rank,
+                    recurrent_dropout=self.recurrent_dropout,
+                    unroll=self.unroll,
+                    name=f"rnn_{i}",
+                )(carry[i], x, valid_tm, train=train)
+            elif fused:
                 layer = FusedGRULayer(
                     self.hidden_size,
                     self.dtype,
@@ -233,6 +250,8 @@ class ModelConfig:
     scan: str
     mlp_ratio: int
     unroll: int
+    mogrifier_rounds: int
+    mogrifier_rank: int
 
     @classmethod
     def of(cls, block) -> ModelConfig:
@@ -262,6 +281,8 @@ def from_config(model_config) -> CharRNN:
         recurrent_dropout=m.recurrent_dropout,
         variational_dropout=m.variational_dropout,
         unroll=m.unroll,
+        mogrifier_rounds=m.mogrifier_rounds,
+        mogrifier_rank=m.mogrifier_rank,
     )
 
 

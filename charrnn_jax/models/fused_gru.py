@@ -65,7 +65,7 @@ class _GRUCellParams(nn.Module):
         return w_i, b_i, w_h, hidden[2][1]
 
 
-class _ScanScope(nn.Module):
+class ScanScope(nn.Module):
     """Puts the fused GRU's params where the nn.scan'd GRUCell keeps them (rnn_i/scan/cell),
     so checkpoints and weight conversions are the same for both implementations."""
 
@@ -217,7 +217,7 @@ class FusedGRULayer(nn.Module):
     @nn.compact
     def __call__(self, carry, inputs, valid=None, tokens=None, *, train: bool = False):
         """inputs: [time, batch, in] or, with `tokens` [time, batch], the [256, in] table."""
-        w_i, b_i, w_h, b_hn = _ScanScope(inputs.shape[-1], self.hidden_size, name="scan")()
+        w_i, b_i, w_h, b_hn = ScanScope(inputs.shape[-1], self.hidden_size, name="scan")()
         if train and self.recurrent_dropout > 0:
             # DropConnect on the hidden-to-hidden weights (Wan et al. 2013, "Regularization
             # of Neural Networks using DropConnect", eq. 2), one mask per step for all

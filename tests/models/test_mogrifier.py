@@ -1,0 +1,164 @@
+"""The Mogrifier GRU (models/mogrifier.py): the paper's equations, the GRU at zero rounds,
+carries and padding, DropConnect, and a short training run through the real trainer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from charrnn_jax import config_lib, models
+from charrnn_jax.errors import UserError
+from charrnn_jax.models import mogrifier
+from charrnn_jax.store import metric_logging
+from charrnn_jax.training import loop
+
+TOKENS = jax.random.randint(jax.random.key(1), (3, 13), 0, 256)
+
+
+def _model(**kwargs):
+    base = {"embed_dim": 8, "hidden_size": 16, "num_layers": 2, "cell_type": "mogrifier_gru"}
+    return models.CharRNN(**{**base, **kwargs})
+
+
+def _sigmoid(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def _reference_layer(params, xs, h, rounds):
+    """Eq. 1-2 of Melis et al. 2020 and nn.GRUCell's update, one time step at a time."""
+    cell = {k: {n: np.asarray(v) for n, v in d.items()} for k, d in params["scan"]["cell"].items()}
+    mog = params.get("mogrifier", {})
+
+    def kernel(name):
+        p = {n: np.asarray(v) for n, v in mog[name].items()}
+        return p["kernel"] if "kernel" in p else p["left"] @ p["right"]
+
+    outputs = []
+    for x in np.asarray(xs):
+        x_mod, h_mod = x, h
+        for i in range(1, rounds + 1):
+            if i % 2:  # Odd rounds gate x with the state.
+                x_mod = 2 * _sigmoid(h_mod @ kernel(f"q{i}")) * x_mod
+            else:  # Even rounds gate the state with x.
+                h_mod = 2 * _sigmoid(x_mod @ kernel(f"r{i}")) * h_mod
+
+        def dense(src, name):
+            return src @ cell[name]["kernel"] + cell[name].get("bias", 0)
+
+        r = _sigmoid(dense(x_mod, "ir") + dense(h_mod, "hr"))
+        z = _sigmoid(dense(x_mod, "iz") + dense(h_mod, "hz"))
+        n = np.tanh(dense(x_mod, "in") + r * dense(h_mod, "hn"))
+        h = (1 - z) * n + z * h
+        outputs.append(h)
+    return np.stack(outputs), h
+
+
+@pytest.mark.parametrize("rounds,rank", [(5, 0), (4, 3), (1, 0)])
+def test_layer_is_a_transcription_of_the_paper(rounds, rank):
+    layer = mogrifier.MogrifierGRULayer(16, jnp.float32, rounds=rounds, rank=rank)
+    xs = jax.random.normal(jax.random.key(2), (9, 3, 8))
+    h0 = 0.5 * jax.random.normal(jax.random.key(3), (3, 16))
+    params = layer.init(jax.random.key(0), h0, xs)["params"]
+    expected_hs, expected_last = _reference_layer(params, xs, np.asarray(h0), rounds)
+    last, hs = layer.apply({"params": params}, h0, xs)
+    np.testing.assert_allclose(hs, expected_hs, atol=2e-5)
+    np.testing.assert_allclose(last, expected_last, atol=2e-5)
+    names = sorted(params.get("mogrifier", {}))
+    assert names == sorted(
+        [f"q{i}" for i in range(1, rounds + 1, 2)] + [f"r{i}" for i in range(2, rounds + 1, 2)]
+    )
+
+
+def test_low_rank_factorises_each_rounds_matrix():
+    layer = mogrifier.MogrifierGRULayer(16, jnp.float32, rounds=2, rank=3)
+    params = layer.init(jax.random.key(0), jnp.zeros((3, 16)), jnp.zeros((4, 3, 8)))["params"]
+    shapes = jax.tree.map(jnp.shape, params["mogrifier"])
+    assert shapes == {
+        "q1": {"left": (16, 3), "right": (3, 8)},
+        "r2": {"left": (8, 3), "right": (3, 16)},
+    }
+
+
+def test_zero_rounds_is_the_gru_with_the_same_params():
+    gru = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2, gru_impl="flax")
+    params = gru.init(jax.random.key(0), TOKENS)["params"]
+    lengths = jnp.array([13, 5, 1])
+    expected, expected_carry = gru.apply({"params": params}, TOKENS, lengths=lengths)
+    logits, carry = _model(mogrifier_rounds=0).apply({"params": params}, TOKENS, lengths=lengths)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    for a, b in zip(carry, expected_carry, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_carry_round_trip_and_padding():
+    model = _model()
+    params = model.init(jax.random.key(0), TOKENS)["params"]
+    whole, whole_carry = model.apply({"params": params}, TOKENS)
+    first, carry = model.apply({"params": params}, TOKENS[:, :6])
+    second, carry = model.apply({"params": params}, TOKENS[:, 6:], carry)
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, atol=1e-5)
+    for a, b in zip(carry, whole_carry, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # A padded row ends with the carry of its own length; one byte at a time (the
+    # sampler's path) gives the same carry as the whole prefix.
+    _, padded = model.apply({"params": params}, TOKENS, lengths=jnp.array([13, 4, 13]))
+    stepped = model.initialize_carry(1)
+    for t in range(4):
+        _, stepped = model.apply({"params": params}, TOKENS[1:2, t : t + 1], stepped)
+    for a, b in zip(padded, stepped, strict=True):
+        np.testing.assert_allclose(a[1], b[0], atol=1e-6)
+
+
+def test_drop_connect_acts_only_in_training_and_follows_the_key():
+    model = _model(recurrent_dropout=0.5)
+    params = model.init(jax.random.key(0), TOKENS)["params"]
+
+    def run(rng, train=True):
+        rngs = {"dropout": jax.random.key(rng)}
+        return model.apply({"params": params}, TOKENS, train=train, rngs=rngs)[0]
+
+    reference = _model().apply({"params": params}, TOKENS)[0]
+    np.testing.assert_allclose(run(0, train=False), reference, atol=1e-6)
+    assert np.abs(run(1) - reference).max() > 1e-3
+    np.testing.assert_array_equal(run(1), run(1))
+    assert np.abs(run(1) - run(2)).max() > 1e-3
+    grads = jax.grad(
+        lambda p: model.apply(
+            {"params": p}, TOKENS, train=True, rngs={"dropout": jax.random.key(1)}
+        )[0].mean()
+    )(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+def test_config_accepts_drop_connect_and_rejects_negative_rounds():
+    config_lib.validate(
+        tiny_config(**{"model.cell": "mogrifier_gru", "model.recurrent_dropout": 0.25})
+    )
+    with pytest.raises(UserError, match="model.mogrifier_rounds must be >= 0"):
+        config_lib.validate(tiny_config(**{"model.mogrifier_rounds": -1}))
+
+
+def test_trains_through_the_real_trainer(tmp_path):
+    """Tiny Shakespeare, the real step with DropConnect and variational dropout: the loss
+    falls from log(256) and evaluation runs with the carry kept."""
+    config = tiny_config(
+        **{
+            "model.cell": "mogrifier_gru",
+            "model.num_layers": 2,
+            "model.mogrifier_rank": 8,
+            "model.recurrent_dropout": 0.25,
+            "model.dropout": 0.1,
+            "model.variational_dropout": True,
+            "train.learning_rate": 1e-2,
+            "train.num_steps": 30,
+            "train.log_every": 10,
+            "train.eval_every": 30,
+            "train.checkpoint_every": 30,
+        }
+    )
+    loop.train_and_evaluate(config, tmp_path, devices=jax.devices()[:2])
+    rows = metric_logging.read_jsonl(tmp_path / "metrics.jsonl")
+    losses = [r["train_loss"] for r in rows]
+    assert losses[-1] < losses[0] - 1.0 and losses[0] < 5.6, losses
+    assert np.isfinite(rows[-1]["val_loss"]) and rows[-1]["val_loss"] < 4.5, rows[-1]
