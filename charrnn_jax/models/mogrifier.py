@@ -16,9 +16,12 @@ h_{t-1}, the GRU's memory, as the paper leaves the LSTM's memory c_{t-1} unmodul
 With rounds=0 the layer is nn.GRUCell's function with the same params (tested).
 
 Unlike the fused GRU, the input projection cannot be hoisted out of the time loop (x^i
-depends on h_{t-1}), so the step projects both; autodiff of the scan gives the backward
-pass. DropConnect on the recurrent kernel (model.recurrent_dropout) is drawn once per
-call, outside the loop, as in the fused GRU.
+depends on h_{t-1}), so each step does all its matmuls, and autodiff of the scan is the
+backward pass (a hand-written rule that hoists the kernels' gradients out of the loop,
+as the fused GRU does, bought little: the step is bound by its matmuls). The rank option
+factorises the rounds' matrices, which cuts those matmuls. DropConnect on the recurrent
+kernel (model.recurrent_dropout) is drawn once per call, outside the loop, as in the
+fused GRU.
 """
 
 from __future__ import annotations
@@ -33,48 +36,83 @@ from charrnn_jax.models.fused_gru import ScanScope
 
 
 class _Modulation(nn.Module):
-    """One round's matrix (Q^i: state -> input, or R^i: input -> state), full rank or
-    factorised at `rank` as the paper does to save parameters (Q = Q_left Q_right)."""
+    """One round's matrix (Q^i: state -> input, or R^i: input -> state): {name: kernel},
+    or factorised at `rank` as the paper does to save parameters (Q = Q_left Q_right),
+    {name/left, name/right}, applied as two thin matmuls so the rank also saves FLOPs."""
 
     in_features: int
     out_features: int
     rank: int
 
     @nn.compact
-    def __call__(self):
+    def __call__(self) -> dict:
         init = nn.initializers.lecun_normal()
-        if not self.rank or self.rank >= min(self.in_features, self.out_features):
-            return self.param("kernel", init, (self.in_features, self.out_features), jnp.float32)
+        shape = (self.in_features, self.out_features)
+        if not self.rank or self.rank >= min(shape):
+            return {self.name: self.param("kernel", init, shape, jnp.float32)}
         left = self.param("left", init, (self.in_features, self.rank), jnp.float32)
         right = self.param("right", init, (self.rank, self.out_features), jnp.float32)
-        return left @ right
+        return {f"{self.name}/left": left, f"{self.name}/right": right}
 
 
-def mogrify(x, h, q_kernels, r_kernels, dtype=jnp.float32):
-    """Eq. 1-2: x and h gate each other, x first; len(q) + len(r) rounds in all.
+def _step(h, x, valid, kernels, b_i, b_hn, dtype):
+    """One time step: eq. 1-2, then the GRU update on the modulated pair."""
 
-    x [batch, in], h [batch, H]; q_kernels[j] [H, in] (round 2j + 1), r_kernels[j] [in, H]
-    (round 2j + 2). Matmul operands in `dtype`, accumulation and gates in float32.
-    """
-    for i in range(len(q_kernels) + len(r_kernels)):
-        if i % 2 == 0:
-            gate = jnp.dot(h.astype(dtype), q_kernels[i // 2], preferred_element_type=jnp.float32)
-            x = 2 * jax.nn.sigmoid(gate) * x
-        else:
-            gate = jnp.dot(x.astype(dtype), r_kernels[i // 2], preferred_element_type=jnp.float32)
-            h = 2 * jax.nn.sigmoid(gate) * h
-    return x, h
+    def matmul(a, kernel):  # Operands in dtype, accumulation in float32.
+        return jnp.dot(a.astype(dtype), kernel, preferred_element_type=jnp.float32)
 
+    def modulation(a, name):  # Q^i a or R^i a, full or factorised.
+        if name in kernels:
+            return matmul(a, kernels[name])
+        return matmul(matmul(a, kernels[f"{name}/left"]), kernels[f"{name}/right"])
 
-def _gru_update(x, h, h_mod, w_i, b_i, w_h, b_hn, dtype):
-    """One GRU step (flax's GRUCell) whose gates read (x, h_mod) and whose update keeps h."""
+    x_mod, h_mod = x, h
+    for i in range(1, _num_rounds(kernels) + 1):
+        if i % 2:  # Odd rounds: the state gates the input.
+            x_mod = 2 * jax.nn.sigmoid(modulation(h_mod, f"q{i}")) * x_mod
+        else:  # Even rounds: the input gates the state.
+            h_mod = 2 * jax.nn.sigmoid(modulation(x_mod, f"r{i}")) * h_mod
     hidden = h.shape[-1]
-    xi = jnp.dot(x.astype(dtype), w_i, preferred_element_type=jnp.float32) + b_i
-    hh = jnp.dot(h_mod.astype(dtype), w_h, preferred_element_type=jnp.float32)
+    xi = matmul(x_mod, kernels["w_i"]) + b_i
+    hh = matmul(h_mod, kernels["w_h"])
     r = jax.nn.sigmoid(xi[:, :hidden] + hh[:, :hidden])
     z = jax.nn.sigmoid(xi[:, hidden : 2 * hidden] + hh[:, hidden : 2 * hidden])
     n = jnp.tanh(xi[:, 2 * hidden :] + r * (hh[:, 2 * hidden :] + b_hn))
-    return n + z * (h - n)  # = (1 - z) * n + z * h, as nn.GRUCell.
+    new = n + z * (h - n)  # = (1 - z) * n + z * h (nn.GRUCell), with the unmodulated h.
+    if valid is not None:
+        new = jnp.where(valid[:, None], new, h)
+    return new
+
+
+def _num_rounds(kernels) -> int:
+    """Rounds are named q1, r2, q3, ... (one kernel each, or its /left and /right)."""
+    return len({name.split("/")[0] for name in kernels} - {"w_i", "w_h"})
+
+
+def mogrifier_gru_recurrence(kernels, b_i, b_hn, h0, xs, valid, dtype=jnp.float32, unroll=1):
+    """The Mogrifier GRU over time (autodiff of the scan is its backward pass).
+
+    Args:
+      kernels: float32 {'q1', 'r2', ... (one per round), 'w_i' [in, 3H], 'w_h' [H, 3H]};
+        q's are [H, in], r's [in, H] (or factorised: 'q1/left' [H, k], 'q1/right' [k, in]);
+        the GRU's gates in flax's order r, z, n.
+      b_i: [3H] input bias; b_hn: [H] the candidate's recurrent bias.
+      h0: [batch, H] float32; xs: [time, batch, in] float32.
+      valid: None, or [time, batch] bool; steps where False keep the state unchanged.
+      dtype: matmul operand dtype (accumulation is float32); unroll: lax.scan's unroll.
+
+    Returns:
+      hs [time, batch, H] and the last state [batch, H].
+    """
+    cast = {name: k.astype(dtype) for name, k in kernels.items()}
+
+    def step(h, inputs):
+        x, v = inputs
+        new = _step(h, x, v, cast, b_i, b_hn, dtype)
+        return new, new
+
+    h_last, hs = jax.lax.scan(step, h0, (xs, valid), unroll=unroll)
+    return hs, h_last
 
 
 class MogrifierGRULayer(nn.Module):
@@ -100,23 +138,19 @@ class MogrifierGRULayer(nn.Module):
         if train and self.recurrent_dropout > 0:
             # DropConnect on W_h, one mask per call (Merity et al. 2018, Section 4.1).
             w_h = nn.Dropout(self.recurrent_dropout, deterministic=False)(w_h)
-        q_kernels, r_kernels = _RoundKernels(
+        kernels = _RoundKernels(
             in_features, self.hidden_size, self.rounds, self.rank, name="mogrifier"
         )()
-        q_kernels = [q.astype(self.dtype) for q in q_kernels]
-        r_kernels = [r.astype(self.dtype) for r in r_kernels]
-        w_i, w_h = w_i.astype(self.dtype), w_h.astype(self.dtype)
-
-        def step(h, step_inputs):
-            x, v = step_inputs
-            x_mod, h_mod = mogrify(x, h, q_kernels, r_kernels, self.dtype)
-            new = _gru_update(x_mod, h, h_mod, w_i, b_i, w_h, b_hn, self.dtype)
-            if v is not None:
-                new = jnp.where(v[:, None], new, h)
-            return new, new
-
-        h_last, hs = jax.lax.scan(
-            step, carry, (inputs.astype(jnp.float32), valid), unroll=self.unroll
+        kernels.update(w_i=w_i, w_h=w_h)
+        hs, h_last = mogrifier_gru_recurrence(
+            kernels,
+            b_i,
+            b_hn,
+            carry,
+            inputs.astype(jnp.float32),
+            valid,
+            self.dtype,
+            self.unroll,
         )
         return h_last, hs
 
@@ -130,15 +164,12 @@ class _RoundKernels(nn.Module):
     rank: int
 
     @nn.compact
-    def __call__(self):
-        q_kernels, r_kernels = [], []
+    def __call__(self) -> dict:
+        kernels = {}
         for i in range(1, self.rounds + 1):
             if i % 2:
-                q_kernels.append(
-                    _Modulation(self.hidden_size, self.in_features, self.rank, name=f"q{i}")()
-                )
+                name, shape = f"q{i}", (self.hidden_size, self.in_features)
             else:
-                r_kernels.append(
-                    _Modulation(self.in_features, self.hidden_size, self.rank, name=f"r{i}")()
-                )
-        return q_kernels, r_kernels
+                name, shape = f"r{i}", (self.in_features, self.hidden_size)
+            kernels.update(_Modulation(*shape, self.rank, name=name)())
+        return kernels

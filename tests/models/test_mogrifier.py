@@ -21,53 +21,53 @@ def _model(**kwargs):
     return models.CharRNN(**{**base, **kwargs})
 
 
-def _sigmoid(a):
-    return 1 / (1 + np.exp(-a))
-
-
-def _reference_layer(params, xs, h, rounds):
+def _reference_layer(params, xs, h, rounds, valid=None):
     """Eq. 1-2 of Melis et al. 2020 and nn.GRUCell's update, one time step at a time."""
-    cell = {k: {n: np.asarray(v) for n, v in d.items()} for k, d in params["scan"]["cell"].items()}
+    cell = params["scan"]["cell"]
     mog = params.get("mogrifier", {})
 
     def kernel(name):
-        p = {n: np.asarray(v) for n, v in mog[name].items()}
+        p = mog[name]
         return p["kernel"] if "kernel" in p else p["left"] @ p["right"]
 
+    def dense(src, name):
+        return src @ cell[name]["kernel"] + cell[name].get("bias", 0)
+
     outputs = []
-    for x in np.asarray(xs):
+    for t, x in enumerate(xs):
         x_mod, h_mod = x, h
         for i in range(1, rounds + 1):
             if i % 2:  # Odd rounds gate x with the state.
-                x_mod = 2 * _sigmoid(h_mod @ kernel(f"q{i}")) * x_mod
+                x_mod = 2 * jax.nn.sigmoid(h_mod @ kernel(f"q{i}")) * x_mod
             else:  # Even rounds gate the state with x.
-                h_mod = 2 * _sigmoid(x_mod @ kernel(f"r{i}")) * h_mod
-
-        def dense(src, name):
-            return src @ cell[name]["kernel"] + cell[name].get("bias", 0)
-
-        r = _sigmoid(dense(x_mod, "ir") + dense(h_mod, "hr"))
-        z = _sigmoid(dense(x_mod, "iz") + dense(h_mod, "hz"))
-        n = np.tanh(dense(x_mod, "in") + r * dense(h_mod, "hn"))
-        h = (1 - z) * n + z * h
+                h_mod = 2 * jax.nn.sigmoid(x_mod @ kernel(f"r{i}")) * h_mod
+        r = jax.nn.sigmoid(dense(x_mod, "ir") + dense(h_mod, "hr"))
+        z = jax.nn.sigmoid(dense(x_mod, "iz") + dense(h_mod, "hz"))
+        n = jnp.tanh(dense(x_mod, "in") + r * dense(h_mod, "hn"))
+        new = (1 - z) * n + z * h
+        h = new if valid is None else jnp.where(valid[t][:, None], new, h)
         outputs.append(h)
-    return np.stack(outputs), h
+    return jnp.stack(outputs), h
+
+
+def _layer_case(rounds, rank, seed=0):
+    layer = mogrifier.MogrifierGRULayer(16, jnp.float32, rounds=rounds, rank=rank)
+    xs = jax.random.normal(jax.random.key(seed + 2), (9, 3, 8))
+    h0 = 0.5 * jax.random.normal(jax.random.key(seed + 3), (3, 16))
+    params = layer.init(jax.random.key(seed), h0, xs)["params"]
+    return layer, params, h0, xs
 
 
 @pytest.mark.parametrize("rounds,rank", [(5, 0), (4, 3), (1, 0)])
 def test_layer_is_a_transcription_of_the_paper(rounds, rank):
-    layer = mogrifier.MogrifierGRULayer(16, jnp.float32, rounds=rounds, rank=rank)
-    xs = jax.random.normal(jax.random.key(2), (9, 3, 8))
-    h0 = 0.5 * jax.random.normal(jax.random.key(3), (3, 16))
-    params = layer.init(jax.random.key(0), h0, xs)["params"]
-    expected_hs, expected_last = _reference_layer(params, xs, np.asarray(h0), rounds)
+    layer, params, h0, xs = _layer_case(rounds, rank)
+    expected_hs, expected_last = _reference_layer(params, xs, h0, rounds)
     last, hs = layer.apply({"params": params}, h0, xs)
     np.testing.assert_allclose(hs, expected_hs, atol=2e-5)
     np.testing.assert_allclose(last, expected_last, atol=2e-5)
     names = sorted(params.get("mogrifier", {}))
-    assert names == sorted(
-        [f"q{i}" for i in range(1, rounds + 1, 2)] + [f"r{i}" for i in range(2, rounds + 1, 2)]
-    )
+    odd, even = range(1, rounds + 1, 2), range(2, rounds + 1, 2)
+    assert names == sorted([f"q{i}" for i in odd] + [f"r{i}" for i in even])
 
 
 def test_low_rank_factorises_each_rounds_matrix():
