@@ -6,8 +6,9 @@ x_t and h_{t-1}, they modulate one another for `rounds` rounds,
     x^i = 2 sigmoid(Q^i h^{i-1}) * x^{i-2}   for odd i,
     h^i = 2 sigmoid(R^i x^{i-1}) * h^{i-2}   for even i,
 
-(x^{-1} = x_t, h^0 = h_{t-1}), and the cell runs on the last x and h. The paper's gains
-were largest on small character-level corpora (PTB-char), which is why it is here.
+(x^{-1} = x_t, h^0 = h_{t-1}), and the cell runs on the last x and h. The paper reports
+gains on word- and character-level language modelling, PTB-char among them (a corpus of
+a few MB, near tiny Shakespeare's scale), which is why it is here.
 
 The paper mogrifies an LSTM; this is the same circuit in front of the GRU of
 models/fused_gru.py (Cho et al. 2014, eq. 5-8, flax's gate order r, z, n). The gates
