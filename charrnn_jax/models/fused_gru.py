@@ -84,9 +84,20 @@ def _step_inputs(xi, tokens):
     return tokens, lambda token: xi.at[token].get(mode="promise_in_bounds")
 
 
+def gru_update(xi, hh, h, b_hn):
+    """nn.GRUCell's update from one step's projections xi = x @ w_i + b_i and hh = h @ w_h
+    ([batch, 3H], gates r, z, n): the new state, interpolating with `h`, and the gates
+    (r, z, n, hn) the backward pass reuses."""
+    hidden = h.shape[-1]
+    r = jax.nn.sigmoid(xi[:, :hidden] + hh[:, :hidden])
+    z = jax.nn.sigmoid(xi[:, hidden : 2 * hidden] + hh[:, hidden : 2 * hidden])
+    hn = hh[:, 2 * hidden :] + b_hn
+    n = jnp.tanh(xi[:, 2 * hidden :] + r * hn)
+    return n + z * (h - n), (r, z, n, hn)  # n + z * (h - n) = (1 - z) * n + z * h.
+
+
 def _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype, unroll=1):
     """The recurrence over precomputed input projections; also returns what backward needs."""
-    hidden = h0.shape[-1]
     w = w_h.astype(dtype)
     xs, x_at = _step_inputs(xi, tokens)
 
@@ -94,11 +105,7 @@ def _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype, unroll=1):
         x, v = inputs
         x = x_at(x)
         hh = jnp.dot(h.astype(dtype), w, preferred_element_type=jnp.float32)
-        r = jax.nn.sigmoid(x[:, :hidden] + hh[:, :hidden])
-        z = jax.nn.sigmoid(x[:, hidden : 2 * hidden] + hh[:, hidden : 2 * hidden])
-        hn = hh[:, 2 * hidden :] + b_hn
-        n = jnp.tanh(x[:, 2 * hidden :] + r * hn)
-        new = n + z * (h - n)  # = (1 - z) * n + z * h, as nn.GRUCell.
+        new, (r, z, n, hn) = gru_update(x, hh, h, b_hn)
         if v is not None:
             new = jnp.where(v[:, None], new, h)
         return new, (new, r, z, n, hn)

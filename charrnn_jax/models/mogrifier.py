@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charrnn_jax.models.fused_gru import ScanScope
+from charrnn_jax.models.fused_gru import ScanScope, gru_update
 
 
 class _Modulation(nn.Module):
@@ -73,13 +73,9 @@ def _step(h, x, valid, kernels, b_i, b_hn, dtype):
             x_mod = 2 * jax.nn.sigmoid(modulation(h_mod, f"q{i}")) * x_mod
         else:  # Even rounds: the input gates the state.
             h_mod = 2 * jax.nn.sigmoid(modulation(x_mod, f"r{i}")) * h_mod
-    hidden = h.shape[-1]
     xi = matmul(x_mod, kernels["w_i"]) + b_i
     hh = matmul(h_mod, kernels["w_h"])
-    r = jax.nn.sigmoid(xi[:, :hidden] + hh[:, :hidden])
-    z = jax.nn.sigmoid(xi[:, hidden : 2 * hidden] + hh[:, hidden : 2 * hidden])
-    n = jnp.tanh(xi[:, 2 * hidden :] + r * (hh[:, 2 * hidden :] + b_hn))
-    new = n + z * (h - n)  # = (1 - z) * n + z * h (nn.GRUCell), with the unmodulated h.
+    new, _ = gru_update(xi, hh, h, b_hn)  # Interpolating with the unmodulated h.
     if valid is not None:
         new = jnp.where(valid[:, None], new, h)
     return new
