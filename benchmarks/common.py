@@ -42,7 +42,7 @@ SIZES = {
     "tiny": Size(32, 64),
     "small": Size(64, 256),  # The CPU-small size of ../shared/BENCHMARKS.md.
     "tutorial": Size(256, 1024),  # The TF tutorial's model.
-    "headline": Size(64, 768, layers=2, seq_len=128),  # experiments/shakespeare_headline.py
+    "headline": Size(64, 768, layers=2, seq_len=128),  # experiments/shakespeare_headline_gru.py
 }
 
 

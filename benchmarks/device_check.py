@@ -645,7 +645,7 @@ def headline(args, seconds: float, report: Report) -> dict:
     """The real trainer on the headline config until `seconds` run out (SIGTERM: it saves
     and exits), then the full-split val of what it reached."""
     workdir = pathlib.Path(args.out) / "headline_run"
-    config = "experiments/shakespeare_headline.py"
+    config = "experiments/shakespeare_headline_gru.py"
     overrides = []
     if args.smoke:  # A toy of it: seconds on a CPU.
         overrides = [

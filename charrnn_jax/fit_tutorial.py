@@ -1,6 +1,6 @@
 """The Keras tutorial model trained its own way (`model.fit`), on our split, with our val metric.
 
-    python -m charrnn_jax.fit_tutorial --config=experiments/shakespeare_headline.py \
+    python -m charrnn_jax.fit_tutorial --config=experiments/shakespeare_headline_gru.py \
         --out=/tmp/keras_tutorial --budget_s=7260
 
 The config supplies only the data (file, 90/10 split), the seed and the val metric's

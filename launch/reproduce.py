@@ -2,7 +2,7 @@
 
     python -m launch.reproduce --reference=docs/headline/gru768_regularised_metrics.jsonl \
         --until=250 --workdir=/tmp/repro -- \
-        --config=experiments/shakespeare_headline.py
+        --config=experiments/shakespeare_headline_gru.py
 
 Runs `python -m charrnn_jax.main <flags after -->` with --workdir, stops it with SIGTERM
 (the trainer saves and exits cleanly) once its metrics.jsonl has a row at or past step

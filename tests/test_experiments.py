@@ -19,6 +19,7 @@ def _few_steps(config, **overrides):
     config.train.eval_every = 4
     config.train.checkpoint_every = 4
     config.train.eval_batches = 2
+    config.train.warmup_steps = min(config.train.warmup_steps, 2)
     for key, value in overrides.items():
         section, field = key.split(".")
         config[section][field] = value
@@ -30,6 +31,7 @@ def _few_steps(config, **overrides):
     [
         ("shakespeare", "tiny"),
         ("shakespeare_lstm", "tiny"),
+        ("shakespeare_headline", None),  # The Mogrifier GRU, DropConnect included.
         ("dinos", None),
         ("sentiment", None),
     ],

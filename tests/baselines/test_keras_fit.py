@@ -82,7 +82,7 @@ def test_the_command_refuses_an_out_dir_that_holds_a_run(tmp_path):
             sys.executable,
             "-m",
             "charrnn_jax.fit_tutorial",
-            f"--config={REPO / 'experiments' / 'shakespeare_headline.py'}",
+            f"--config={REPO / 'experiments' / 'shakespeare_headline_gru.py'}",
             f"--out={tmp_path}",
         ],
         capture_output=True,
