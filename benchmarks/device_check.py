@@ -18,8 +18,8 @@ run cut short keeps what it measured; DIR/device_check.md is the table):
    `model.gru_impl='auto'`, `model.scan='auto'` and `model.unroll` should pick on this
    device (models/backend_choices.py), from the same ratios;
 4. sampling chars/s at batch 1, 64 and 1024 against a PyTorch step loop;
-5. in the minutes left, the headline config trained by the real trainer until the budget
-   ends, then its full-split val.
+5. in the minutes left, the GRU headline config (the fused kernel's recipe) trained by the
+   real trainer until the budget ends, then its full-split val.
 
 --smoke runs every part at toy sizes on the CPU in well under a minute (the test suite
 runs it, so the script cannot rot before a device comes); peers that are not installed
@@ -638,11 +638,11 @@ def sampling(settings, args, report: Report) -> list[dict]:
     return rows
 
 
-# -- 5. The headline config on the device -----------------------------------------------------
+# -- 5. The GRU headline config on the device -------------------------------------------------
 
 
 def headline(args, seconds: float, report: Report) -> dict:
-    """The real trainer on the headline config until `seconds` run out (SIGTERM: it saves
+    """The real trainer on the GRU headline config until `seconds` run out (SIGTERM: it saves
     and exits), then the full-split val of what it reached."""
     workdir = pathlib.Path(args.out) / "headline_run"
     config = "experiments/shakespeare_headline_gru.py"
@@ -791,7 +791,7 @@ def run(args) -> dict:
     left = args.budget_s - (time.perf_counter() - started) - args.margin_s
     result = headline(args, left, report) if left > 5 else {"skipped": "no time left"}
     report.table(
-        "The headline config trained on this device", list(result), [list(result.values())]
+        "The GRU headline config trained on this device", list(result), [list(result.values())]
     )
     summary = {
         "seconds": time.perf_counter() - started,
