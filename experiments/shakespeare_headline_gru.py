@@ -21,9 +21,9 @@ above, at nice 19 beside other work): 5,675,264 params; full-split val **1.4107
 nats/byte (2.0352 bits/byte) at step 3,000** (24.6M training bytes), 0.059 below
 nanoGPT's 1.4697 but short of 1.40; 7,260 s of logged wall-clock (about 4,800 tokens/s).
 Train (with dropout on) ended at 1.2690 and val was still falling, slowly, as the cosine
-schedule reached 0. The curve is in docs/headline/; docs/results.md's headline section has the
-plot, samples, how the curve reproduces, and the Keras tutorial trained its own way for
-the same budget (`python -m charrnn_jax.fit_tutorial --config=<this file>
+schedule reached 0. The curve is in docs/headline/; docs/results.md ("The GRU recipe it
+builds on") has the plot, samples, how the curve reproduces, and the Keras tutorial
+trained its own way for the same budget (`python -m charrnn_jax.fit_tutorial --config=<this file>
 --out=/tmp/keras_tutorial --budget_s=7260`: best 1.4774 at epoch 10 of 20, then overfit
 to 1.7198).
 
