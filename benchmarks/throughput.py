@@ -3,6 +3,9 @@
     python -m benchmarks.throughput [--sizes=small,tutorial] [--batches=64,256] \
         [--impls=ours_f32,ours_bf16,flax_reference,keras,torch_f32,torch_bf16]
 
+`--impls=ours_f32,ours_mogrifier,ours_mogrifier_r64` adds the Mogrifier GRU (f32, 5 rounds;
+full rank and rank 64) beside the fused GRU; its % ceiling counts the rounds' FLOPs too.
+
 `--impls=ours_f32,ours_f32@2,ours_f32@4` gives the data-parallel scaling rows: the same
 global batch sharded over 1, 2 and 4 fake CPU devices of the same 2 cores, which shows the
 sharded step's overhead (it cannot show a speed-up without more hardware).
@@ -40,18 +43,39 @@ from benchmarks import common, machine
 SIZES = {name: common.SIZES[name] for name in ("small", "tutorial")}
 SEQ_LEN = 100
 IMPLS = ("ours_f32", "ours_bf16", "flax_reference", "keras", "torch_f32", "torch_bf16")
+MOGRIFIER_RANKS = {"ours_mogrifier": 0, "ours_mogrifier_r64": 64}  # Not in the default run.
+MOGRIFIER_ROUNDS = 5  # models/mogrifier.py's default, the headline's setting.
 
 
 def _jax_step(impl: str, size: common.Size, batch_size: int, num_devices: int = 1):
     from charrnn_jax import models
 
+    mogrifier = impl in MOGRIFIER_RANKS
     model = models.CharRNN(
         embed_dim=size.embed_dim,
         hidden_size=size.hidden,
+        num_layers=size.layers,
+        cell_type="mogrifier_gru" if mogrifier else "gru",
         dtype=models.DTYPES["bfloat16" if impl == "ours_bf16" else "float32"],
         gru_impl="flax" if impl == "flax_reference" else "fused",
+        mogrifier_rounds=MOGRIFIER_ROUNDS,
+        mogrifier_rank=MOGRIFIER_RANKS.get(impl, 0),
     )
     return common.jax_train_step(model, batch_size, SEQ_LEN, num_devices=num_devices)
+
+
+def train_flops_per_token(impl: str, size: common.Size) -> float:
+    """The GRU's training FLOPs per token, plus the Mogrifier's rounds: each layer's odd
+    rounds map h to its input width, its even rounds the input to h (full rank), or
+    through a rank-k pair of matrices."""
+    flops = size.train_flops_per_token()
+    if impl not in MOGRIFIER_RANKS:
+        return flops
+    rank = MOGRIFIER_RANKS[impl]
+    for width in [size.embed_dim] + [size.hidden] * (size.layers - 1):
+        per_round = rank * (width + size.hidden) if rank else width * size.hidden
+        flops += 3 * 2 * MOGRIFIER_ROUNDS * per_round
+    return flops
 
 
 def _keras_step(size: common.Size, batch_size: int):
@@ -146,13 +170,13 @@ def _summarize(impl, size, batch, rounds, ceiling_flops) -> dict:
         "tokens_per_sec": rate,
         "rounds": rates,
         "vs_ours": statistics.median(ratios) if ratios else None,
-        "ceiling_fraction": rate * SIZES[size].train_flops_per_token() / ceiling_flops,
+        "ceiling_fraction": rate * train_flops_per_token(impl, SIZES[size]) / ceiling_flops,
         "peak_rss_mib": max(r[impl]["peak_rss_mib"] for r in ok),
     }
 
 
 def _print_row(row) -> None:
-    prefix = f"{row['size']:9} {row['batch']:5d} {row['impl']:15}"
+    prefix = f"{row['size']:9} {row['batch']:5d} {row['impl']:18}"
     if "error" in row:
         print(f"{prefix} error: {row['error'][:60]}", flush=True)
         return
@@ -213,7 +237,7 @@ def main():
         f"GFLOP/s (2048^3, best of {len(matmuls)} in this run)"
     )
     header = (
-        f"{'size':9} {'batch':>5} {'implementation':15} {'tokens/s':>10} {'range':>15} "
+        f"{'size':9} {'batch':>5} {'implementation':18} {'tokens/s':>10} {'range':>15} "
         f"{'vs ours':>8} {'% ceiling':>9} {'RSS MiB':>8}"
     )
     print(header + "\n" + "-" * len(header))
