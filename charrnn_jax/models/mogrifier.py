@@ -37,63 +37,60 @@ from charrnn_jax.models.fused_gru import ScanScope, gru_update
 
 
 class _Modulation(nn.Module):
-    """One round's matrix (Q^i: state -> input, or R^i: input -> state): {name: kernel},
-    or factorised at `rank` as the paper does to save parameters (Q = Q_left Q_right),
-    {name/left, name/right}, applied as two thin matmuls so the rank also saves FLOPs."""
+    """One round's matrix (Q^i: state -> input, or R^i: input -> state) as the factors to
+    multiply by in turn: (kernel,), or (left, right) when factorised at `rank` as the paper
+    does to save parameters (Q = Q_left Q_right), applied as two thin matmuls so the rank
+    also saves FLOPs."""
 
     in_features: int
     out_features: int
     rank: int
 
     @nn.compact
-    def __call__(self) -> dict:
+    def __call__(self) -> tuple:
         init = nn.initializers.lecun_normal()
         shape = (self.in_features, self.out_features)
         if not self.rank or self.rank >= min(shape):
-            return {self.name: self.param("kernel", init, shape, jnp.float32)}
+            return (self.param("kernel", init, shape, jnp.float32),)
         left = self.param("left", init, (self.in_features, self.rank), jnp.float32)
         right = self.param("right", init, (self.rank, self.out_features), jnp.float32)
-        return {f"{self.name}/left": left, f"{self.name}/right": right}
+        return left, right
 
 
-def _step(h, x, valid, kernels, b_i, b_hn, dtype):
+def _step(h, x, valid, rounds, w_i, b_i, w_h, b_hn, dtype):
     """One time step: eq. 1-2, then the GRU update on the modulated pair."""
 
     def matmul(a, kernel):  # Operands in dtype, accumulation in float32.
         return jnp.dot(a.astype(dtype), kernel, preferred_element_type=jnp.float32)
 
-    def modulation(a, name):  # Q^i a or R^i a, full or factorised.
-        if name in kernels:
-            return matmul(a, kernels[name])
-        return matmul(matmul(a, kernels[f"{name}/left"]), kernels[f"{name}/right"])
+    def modulation(a, factors):  # Q^i a or R^i a, full or factorised.
+        for factor in factors:
+            a = matmul(a, factor)
+        return a
 
     x_mod, h_mod = x, h
-    for i in range(1, _num_rounds(kernels) + 1):
+    for i, factors in enumerate(rounds, start=1):
         if i % 2:  # Odd rounds: the state gates the input.
-            x_mod = 2 * jax.nn.sigmoid(modulation(h_mod, f"q{i}")) * x_mod
+            x_mod = 2 * jax.nn.sigmoid(modulation(h_mod, factors)) * x_mod
         else:  # Even rounds: the input gates the state.
-            h_mod = 2 * jax.nn.sigmoid(modulation(x_mod, f"r{i}")) * h_mod
-    xi = matmul(x_mod, kernels["w_i"]) + b_i
-    hh = matmul(h_mod, kernels["w_h"])
+            h_mod = 2 * jax.nn.sigmoid(modulation(x_mod, factors)) * h_mod
+    xi = matmul(x_mod, w_i) + b_i
+    hh = matmul(h_mod, w_h)
     new, _ = gru_update(xi, hh, h, b_hn)  # Interpolating with the unmodulated h.
     if valid is not None:
         new = jnp.where(valid[:, None], new, h)
     return new
 
 
-def _num_rounds(kernels) -> int:
-    """Rounds are named q1, r2, q3, ... (one kernel each, or its /left and /right)."""
-    return len({name.split("/")[0] for name in kernels} - {"w_i", "w_h"})
-
-
-def mogrifier_gru_recurrence(kernels, b_i, b_hn, h0, xs, valid, dtype=jnp.float32, unroll=1):
+def mogrifier_gru_recurrence(
+    rounds, w_i, b_i, w_h, b_hn, h0, xs, valid, dtype=jnp.float32, unroll=1
+):
     """The Mogrifier GRU over time (autodiff of the scan is its backward pass).
 
     Args:
-      kernels: float32 {'q1', 'r2', ... (one per round), 'w_i' [in, 3H], 'w_h' [H, 3H]};
-        q's are [H, in], r's [in, H] (or factorised: 'q1/left' [H, k], 'q1/right' [k, in]);
-        the GRU's gates in flax's order r, z, n.
-      b_i: [3H] input bias; b_hn: [H] the candidate's recurrent bias.
+      rounds: float32 factors of each round's matrix, in order: Q^1, R^2, Q^3, ...; each a
+        tuple, (kernel,) or factorised (left, right); Q's are [H, in], R's [in, H].
+      w_i [in, 3H], b_i [3H], w_h [H, 3H], b_hn [H]: the GRU's, gates in flax's order r, z, n.
       h0: [batch, H] float32; xs: [time, batch, in] float32.
       valid: None, or [time, batch] bool; steps where False keep the state unchanged.
       dtype: matmul operand dtype (accumulation is float32); unroll: lax.scan's unroll.
@@ -101,11 +98,11 @@ def mogrifier_gru_recurrence(kernels, b_i, b_hn, h0, xs, valid, dtype=jnp.float3
     Returns:
       hs [time, batch, H] and the last state [batch, H].
     """
-    cast = {name: k.astype(dtype) for name, k in kernels.items()}
+    rounds, w_i, w_h = jax.tree.map(lambda k: k.astype(dtype), (rounds, w_i, w_h))
 
     def step(h, inputs):
         x, v = inputs
-        new = _step(h, x, v, cast, b_i, b_hn, dtype)
+        new = _step(h, x, v, rounds, w_i, b_i, w_h, b_hn, dtype)
         return new, new
 
     h_last, hs = jax.lax.scan(step, h0, (xs, valid), unroll=unroll)
@@ -135,13 +132,14 @@ class MogrifierGRULayer(nn.Module):
         if train and self.recurrent_dropout > 0:
             # DropConnect on W_h, one mask per call (Merity et al. 2018, Section 4.1).
             w_h = nn.Dropout(self.recurrent_dropout, deterministic=False)(w_h)
-        kernels = _RoundKernels(
+        rounds = _RoundKernels(
             in_features, self.hidden_size, self.rounds, self.rank, name="mogrifier"
         )()
-        kernels.update(w_i=w_i, w_h=w_h)
         hs, h_last = mogrifier_gru_recurrence(
-            kernels,
+            rounds,
+            w_i,
             b_i,
+            w_h,
             b_hn,
             carry,
             inputs.astype(jnp.float32),
@@ -161,12 +159,12 @@ class _RoundKernels(nn.Module):
     rank: int
 
     @nn.compact
-    def __call__(self) -> dict:
-        kernels = {}
+    def __call__(self) -> list:
+        rounds = []
         for i in range(1, self.rounds + 1):
             if i % 2:
                 name, shape = f"q{i}", (self.hidden_size, self.in_features)
             else:
                 name, shape = f"r{i}", (self.in_features, self.hidden_size)
-            kernels.update(_Modulation(*shape, self.rank, name=name)())
-        return kernels
+            rounds.append(_Modulation(*shape, self.rank, name=name)())
+        return rounds
