@@ -49,6 +49,7 @@ MOGRIFIER_ROUNDS = 5  # models/mogrifier.py's default, the headline's setting.
 
 def _jax_step(impl: str, size: common.Size, batch_size: int, num_devices: int = 1):
     from charrnn_jax import models
+    from charrnn_jax.models.mogrifier import MogrifierOptions
 
     mogrifier = impl in MOGRIFIER_RANKS
     model = models.CharRNN(
@@ -58,8 +59,9 @@ def _jax_step(impl: str, size: common.Size, batch_size: int, num_devices: int = 
         cell_type="mogrifier_gru" if mogrifier else "gru",
         dtype=models.DTYPES["bfloat16" if impl == "ours_bf16" else "float32"],
         gru_impl="flax" if impl == "flax_reference" else "fused",
-        mogrifier_rounds=MOGRIFIER_ROUNDS,
-        mogrifier_rank=MOGRIFIER_RANKS.get(impl, 0),
+        options=(
+            MogrifierOptions(MOGRIFIER_ROUNDS, MOGRIFIER_RANKS.get(impl, 0)) if mogrifier else None
+        ),
     )
     return common.jax_train_step(model, batch_size, SEQ_LEN, num_devices=num_devices)
 

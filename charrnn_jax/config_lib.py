@@ -79,15 +79,24 @@ def _validate_model(m, d) -> None:
     for key in ("dropout", "input_dropout", "recurrent_dropout"):
         rate = m[key]
         _require(0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}.")
-    for key in ("mogrifier_rounds", "mogrifier_rank"):
-        _require(m[key] >= 0, f"model.{key} must be >= 0, got {m[key]}.")
-    cell = registry.CELLS[m.cell]
+    _validate_cell_options(m)
+    takers = [name for name, c in registry.CELLS.items() if c.drop_connect("fused")]
     _require(
-        not m.recurrent_dropout or (cell.fused and m.gru_impl != "flax") or cell.sequence_layer,
-        "model.recurrent_dropout (DropConnect on the recurrent kernel) needs model.cell='gru' "
-        "with model.gru_impl 'fused' or 'auto', or model.cell='mogrifier_gru'; got "
-        f"cell={m.cell!r}, gru_impl={m.gru_impl!r}.",
+        not m.recurrent_dropout or registry.CELLS[m.cell].drop_connect(m.gru_impl),
+        "model.recurrent_dropout (DropConnect on the recurrent kernel) needs "
+        f"model.cell={takers[0]!r} with model.gru_impl 'fused' or 'auto', or model.cell in "
+        f"{tuple(takers[1:])}; got cell={m.cell!r}, gru_impl={m.gru_impl!r}.",
     )
+
+
+def _validate_cell_options(m) -> None:
+    """The chosen cell's own options (`model.<cell>`), checked by its options class."""
+    if not registry.options_fields(m.cell):
+        return
+    try:
+        registry.make_options(m.cell, m[m.cell])
+    except ValueError as e:
+        raise UserError(f"model.{m.cell}.{e}") from None
 
 
 def _validate_train(t) -> None:
@@ -186,10 +195,11 @@ def _model_defaults() -> ml_collections.ConfigDict:
     # (lax.scan's unroll): fewer, larger loop bodies; the same function. Measured in
     # benchmarks/README.md ("Unrolling the time loop").
     model.unroll = 1
-    # mogrifier_gru: rounds of mutual gating of x and h before each step (Melis et al.
-    # 2020; 0 = a plain GRU) and the rank of the rounds' matrices (0 = full).
-    model.mogrifier_rounds = 5
-    model.mogrifier_rank = 0
+    # A cell's own options, one block per cell that has any (`model.mogrifier_gru.rounds`):
+    # the fields and defaults of its options class, documented there (models/registry.py).
+    for name in registry.CELLS:
+        if registry.options_fields(name):
+            model[name] = ml_collections.ConfigDict(registry.options_fields(name))
     return model
 
 
@@ -299,13 +309,41 @@ def load(path: pathlib.Path) -> ml_collections.ConfigDict:
     return complete(saved)
 
 
+# Keys that moved, old dotted name -> new: a config.json written before the move keeps
+# its meaning (the Mogrifier's options moved into its own block, models/registry.py).
+MOVED_KEYS = {
+    "model.mogrifier_rounds": "model.mogrifier_gru.rounds",
+    "model.mogrifier_rank": "model.mogrifier_gru.rank",
+}
+
+
 def complete(saved: dict) -> ml_collections.ConfigDict:
-    """base_config() with a saved config's values on top: keys added since it was written
-    take their defaults; keys the code no longer has are dropped. Locked."""
+    """base_config() with a saved config's values on top: moved keys take their new
+    names; keys added since it was written take their defaults; keys the code no longer
+    has are dropped. Locked."""
     config = base_config()
-    _overlay(config, saved)
+    _overlay(config, _moved(saved))
     config.lock()
     return config
+
+
+def _moved(saved: dict) -> dict:
+    """A copy of a saved config with MOVED_KEYS renamed (the new name wins if both exist)."""
+    saved = json.loads(json.dumps(saved))
+    for old, new in MOVED_KEYS.items():
+        *old_parents, old_field = old.split(".")
+        node = saved
+        for parent in old_parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_field not in node:
+            continue
+        value = node.pop(old_field)
+        *new_parents, new_field = new.split(".")
+        target = saved
+        for parent in new_parents:
+            target = target.setdefault(parent, {})
+        target.setdefault(new_field, value)
+    return saved
 
 
 def _overlay(config: ml_collections.ConfigDict, saved: dict) -> None:

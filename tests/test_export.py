@@ -30,7 +30,7 @@ CASES = {
     "gru_unroll": {"model.unroll": 4},
     "mogrifier_gru_dropconnect": {
         "model.cell": "mogrifier_gru",
-        "model.mogrifier_rank": 4,
+        "model.mogrifier_gru.rank": 4,
         "model.recurrent_dropout": 0.25,
     },
 }

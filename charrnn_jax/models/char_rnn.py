@@ -16,8 +16,6 @@ import jax
 import jax.numpy as jnp
 
 from charrnn_jax.models import backend_choices, blocks, registry, scans
-from charrnn_jax.models.flax_cells import RecurrentLayer
-from charrnn_jax.models.fused_gru import FusedGRULayer
 from charrnn_jax.models.precision import dense_dot_general
 
 VOCAB_SIZE = 256
@@ -56,8 +54,8 @@ class CharRNN(nn.Module):
       num_classes: 0 for a language model; else a many-to-one classifier whose logits come
         from the last layer's hidden state at each row's length (padding never counts).
       input_dropout: dropout on the byte embeddings during training.
-      recurrent_dropout: the fused GRU and the sequence layers (Mogrifier GRU) only:
-        DropConnect on each layer's recurrent kernel.
+      recurrent_dropout: layers whose registry entry takes DropConnect (the fused and
+        the Mogrifier GRU): DropConnect on each layer's recurrent kernel.
       variational_dropout: one dropout mask per sequence, shared by all its time steps
         (Gal and Ghahramani 2016, "A Theoretically Grounded Application of Dropout in
         Recurrent Neural Networks", Section 4), for the input and between-layer dropout.
@@ -65,8 +63,8 @@ class CharRNN(nn.Module):
       mlp_ratio: residual blocks only: the gated MLP's width over hidden_size.
       unroll: stacked layers: time steps per iteration of the time loop (lax.scan's
         unroll), forward and backward; the same function, fewer and larger loop bodies.
-      mogrifier_rounds, mogrifier_rank: the Mogrifier GRU's rounds of mutual gating and
-        the rank of their matrices (0: full); models/mogrifier.py.
+      options: the cell's own options (its registry entry's `options` dataclass, e.g.
+        the Mogrifier's rounds and rank), or None for the cell's defaults.
     """
 
     embed_dim: int
@@ -83,8 +81,7 @@ class CharRNN(nn.Module):
     parallel_scan: bool = False
     mlp_ratio: int = 2
     unroll: int = 1
-    mogrifier_rounds: int = 5
-    mogrifier_rank: int = 0
+    options: Any = None
 
     def initialize_carry(self, batch_size: int) -> Carry:
         return zero_carry(self.cell_type, self.num_layers, batch_size, self.hidden_size)
@@ -134,28 +131,21 @@ class CharRNN(nn.Module):
             x = self._drop_inputs(embed(tokens_tm), drop_dims, train)
             x, new_carry = self._residual_blocks(carry, x, valid_tm, train)
             return self._outputs(x, blocks.last_valid(x, valid_tm), new_carry, time_major_logits)
-        fused = self._runs_fused(cell)
         # Folding the embedding into the first projection pays once there are more
         # positions than byte values (training); one-step sampling projects directly.
         # (Not with input dropout while training: each position needs its own dropped row.)
-        fold = fused and time * batch > VOCAB_SIZE and not drop_inputs
+        folds = cell.folds_embedding(self._layer_spec())
+        fold = folds and time * batch > VOCAB_SIZE and not drop_inputs
         x = embed(jnp.arange(VOCAB_SIZE)) if fold else embed(tokens_tm)
         if not fold:
             x = self._drop_inputs(x, drop_dims, train)
         x, new_carry = self._stacked_layers(
-            x, carry, valid_tm, tokens_tm if fold else None, fused, drop_dims, train
+            x, carry, valid_tm, tokens_tm if fold else None, drop_dims, train
         )
         last = cell.hidden_of(new_carry[-1])
         if self.num_classes and self.dropout_rate > 0:
             last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
         return self._outputs(x, last, new_carry, time_major_logits)
-
-    def _runs_fused(self, cell) -> bool:
-        """Whether the fused GRU serves this cell ('auto': this backend's choice)."""
-        impl = backend_choices.gru_impl(
-            self.gru_impl, jax.default_backend(), recurrent_dropout=self.recurrent_dropout
-        )
-        return cell.fused and impl == "fused"
 
     def _residual_blocks(self, carry, x, valid_tm, train):
         """num_layers pre-norm residual blocks around the registered linear recurrence."""
@@ -171,44 +161,34 @@ class CharRNN(nn.Module):
             name="blocks",
         )(carry, x, valid_tm, train=train)
 
-    def _stacked_layers(self, x, carry, valid_tm, folded_tokens, fused, drop_dims, train):
-        """num_layers recurrent layers (fused GRUs, sequence layers or scanned cells),
-        dropout after each.
+    def _stacked_layers(self, x, carry, valid_tm, folded_tokens, drop_dims, train):
+        """num_layers layers from the cell's registered factory, dropout after each.
 
         folded_tokens: with the embedding folded into the first layer's projection, the
-        [time, batch] bytes whose rows of the [256, 3H] table that layer gathers.
+        [time, batch] bytes whose rows of the embedding table that layer gathers.
         """
+        cell, spec, options = registry.CELLS[self.cell_type], self._layer_spec(), self._options()
         new_carry = []
-        cell = registry.CELLS[self.cell_type]
         for i in range(self.num_layers):
-            if cell.sequence_layer:
-                layer_carry, x = cell.module(
-                    self.hidden_size,
-                    self.dtype,
-                    rounds=self.mogrifier_rounds,
-                    rank=self.mogrifier_rank,
-                    recurrent_dropout=self.recurrent_dropout,
-                    unroll=self.unroll,
-                    name=f"rnn_{i}",
-                )(carry[i], x, valid_tm, train=train)
-            elif fused:
-                layer = FusedGRULayer(
-                    self.hidden_size,
-                    self.dtype,
-                    self.recurrent_dropout,
-                    self.unroll,
-                    name=f"rnn_{i}",
-                )
-                tokens = folded_tokens if i == 0 else None
-                layer_carry, x = layer(carry[i], x, valid_tm, tokens, train=train)
-            else:
-                layer_carry, x = RecurrentLayer(
-                    self.cell_type, self.hidden_size, self.dtype, self.unroll, name=f"rnn_{i}"
-                )(carry[i], x, valid_tm)
+            layer = cell.layer(spec, options, name=f"rnn_{i}")
+            tokens = folded_tokens if i == 0 else None
+            layer_carry, x = layer(carry[i], x, valid_tm, tokens, train=train)
             new_carry.append(layer_carry)
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, drop_dims, deterministic=not train)(x)
         return x, new_carry
+
+    def _layer_spec(self) -> registry.LayerSpec:
+        impl = backend_choices.gru_impl(
+            self.gru_impl, jax.default_backend(), recurrent_dropout=self.recurrent_dropout
+        )
+        return registry.LayerSpec(
+            self.hidden_size, self.dtype, self.recurrent_dropout, self.unroll, impl
+        )
+
+    def _options(self):
+        """The cell's options: as given, or the cell's defaults."""
+        return self.options if self.options is not None else registry.make_options(self.cell_type)
 
     def _drop_inputs(self, x, drop_dims, train):
         if not (train and self.input_dropout > 0):
@@ -234,7 +214,10 @@ class CharRNN(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """The config's `model` block, typed (defaults live in config_lib.base_config only)."""
+    """The config's `model` block, typed (defaults live in config_lib.base_config only).
+
+    options: the cell's own options, built from the block `model.<cell>` (registry).
+    """
 
     cell: str
     embed_dim: int
@@ -250,15 +233,17 @@ class ModelConfig:
     scan: str
     mlp_ratio: int
     unroll: int
-    mogrifier_rounds: int
-    mogrifier_rank: int
+    options: Any
 
     @classmethod
     def of(cls, block) -> ModelConfig:
         """From a ModelConfig or any mapping with these keys (e.g. the ConfigDict block)."""
         if isinstance(block, cls):
             return block
-        return cls(**{field.name: block[field.name] for field in dataclasses.fields(cls)})
+        shared = {f.name: block[f.name] for f in dataclasses.fields(cls) if f.name != "options"}
+        cell = block["cell"]
+        own = block[cell] if registry.options_fields(cell) else {}
+        return cls(**shared, options=registry.make_options(cell, own))
 
 
 def from_config(model_config) -> CharRNN:
@@ -281,8 +266,7 @@ def from_config(model_config) -> CharRNN:
         recurrent_dropout=m.recurrent_dropout,
         variational_dropout=m.variational_dropout,
         unroll=m.unroll,
-        mogrifier_rounds=m.mogrifier_rounds,
-        mogrifier_rank=m.mogrifier_rank,
+        options=m.options,
     )
 
 

@@ -27,6 +27,7 @@ fused GRU.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -34,6 +35,37 @@ import jax
 import jax.numpy as jnp
 
 from charrnn_jax.models.fused_gru import ScanScope, gru_update
+
+
+@dataclasses.dataclass(frozen=True)
+class MogrifierOptions:
+    """The Mogrifier's own options (config block `model.mogrifier_gru`).
+
+    rounds: rounds of mutual gating of x and h before each step (the paper's experiments
+      use 5; 0 = a plain GRU).
+    rank: the rank of the rounds' matrices (0 = full; the paper factorises Q = Q_l Q_r).
+    """
+
+    rounds: int = 5
+    rank: int = 0
+
+    def __post_init__(self):
+        for name in ("rounds", "rank"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+
+
+def layer(spec, options: MogrifierOptions, *, name: str) -> MogrifierGRULayer:
+    """The registry's layer factory (models/registry.py, LayerFactory)."""
+    return MogrifierGRULayer(
+        spec.hidden_size,
+        spec.dtype,
+        rounds=options.rounds,
+        rank=options.rank,
+        recurrent_dropout=spec.recurrent_dropout,
+        unroll=spec.unroll,
+        name=name,
+    )
 
 
 class _Modulation(nn.Module):
@@ -111,8 +143,9 @@ def mogrifier_gru_recurrence(
 
 class MogrifierGRULayer(nn.Module):
     """A Mogrifier GRU over a whole sequence: `(carry, inputs [time, batch, in], valid,
-    train=) -> (last carry, states [time, batch, H])`; steps where `valid` is False keep
-    the carry, so padded rows end with their own carry.
+    tokens=None, train=) -> (last carry, states [time, batch, H])` (the registry's
+    StackedLayer); steps where `valid` is False keep the carry, so padded rows end with
+    their own carry.
 
     Its GRU params sit where the GRU's do (rnn_i/scan/cell/...), the rounds' matrices
     beside them (rnn_i/mogrifier/q1, r2, q3, ...).
@@ -126,7 +159,8 @@ class MogrifierGRULayer(nn.Module):
     unroll: int = 1
 
     @nn.compact
-    def __call__(self, carry, inputs, valid=None, *, train: bool = False):
+    def __call__(self, carry, inputs, valid=None, tokens=None, *, train: bool = False):
+        assert tokens is None, "the Mogrifier takes embedded inputs"
         in_features = inputs.shape[-1]
         w_i, b_i, w_h, b_hn = ScanScope(in_features, self.hidden_size, name="scan")()
         if train and self.recurrent_dropout > 0:

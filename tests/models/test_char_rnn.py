@@ -11,7 +11,12 @@ from conftest import load_experiment
 
 from charrnn_jax import models
 from charrnn_jax.inference import scoring
+from charrnn_jax.models import registry
 from charrnn_jax.training import steps
+
+# Every registered stacked cell gets the generic tests below the moment it is registered
+# (the residual cells get theirs in test_linear_cells.py).
+STACKED_CELLS = [name for name, cell in registry.CELLS.items() if not cell.residual_block]
 
 
 def _init(model, batch=2, time=12, seed=0):
@@ -20,7 +25,7 @@ def _init(model, batch=2, time=12, seed=0):
     return params, tokens
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm", "optimized_lstm"])
+@pytest.mark.parametrize("cell", STACKED_CELLS)
 def test_shapes(cell):
     model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2, cell_type=cell)
     params, tokens = _init(model, batch=3, time=7)
@@ -32,7 +37,7 @@ def test_shapes(cell):
             assert leaf.shape == (3, 16)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", STACKED_CELLS)
 def test_carry_round_trip(cell):
     """Two halves with the carry passed along equal one pass over the whole sequence."""
     model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2, cell_type=cell)
@@ -45,8 +50,9 @@ def test_carry_round_trip(cell):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_lengths_give_each_row_its_own_carry():
-    model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2)
+@pytest.mark.parametrize("cell", STACKED_CELLS)
+def test_lengths_give_each_row_its_own_carry(cell):
+    model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2, cell_type=cell)
     params, tokens = _init(model, batch=3, time=10)
     lengths = jnp.array([10, 4, 1])
     _, carry = model.apply({"params": params}, tokens, lengths=lengths)

@@ -86,7 +86,8 @@ def test_zero_rounds_is_the_gru_with_the_same_params():
     params = gru.init(jax.random.key(0), TOKENS)["params"]
     lengths = jnp.array([13, 5, 1])
     expected, expected_carry = gru.apply({"params": params}, TOKENS, lengths=lengths)
-    logits, carry = _model(mogrifier_rounds=0).apply({"params": params}, TOKENS, lengths=lengths)
+    plain = _model(options=mogrifier.MogrifierOptions(rounds=0))
+    logits, carry = plain.apply({"params": params}, TOKENS, lengths=lengths)
     np.testing.assert_allclose(logits, expected, atol=1e-5)
     for a, b in zip(carry, expected_carry, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -136,8 +137,10 @@ def test_config_accepts_drop_connect_and_rejects_negative_rounds():
     config_lib.validate(
         tiny_config(**{"model.cell": "mogrifier_gru", "model.recurrent_dropout": 0.25})
     )
-    with pytest.raises(UserError, match="model.mogrifier_rounds must be >= 0"):
-        config_lib.validate(tiny_config(**{"model.mogrifier_rounds": -1}))
+    with pytest.raises(UserError, match=r"^model.mogrifier_gru.rounds must be >= 0, got -1.$"):
+        config_lib.validate(
+            tiny_config(**{"model.cell": "mogrifier_gru", "model.mogrifier_gru.rounds": -1})
+        )
 
 
 def test_trains_through_the_real_trainer(tmp_path):
@@ -147,7 +150,7 @@ def test_trains_through_the_real_trainer(tmp_path):
         **{
             "model.cell": "mogrifier_gru",
             "model.num_layers": 2,
-            "model.mogrifier_rank": 8,
+            "model.mogrifier_gru.rank": 8,
             "model.recurrent_dropout": 0.25,
             "model.dropout": 0.1,
             "model.variational_dropout": True,
