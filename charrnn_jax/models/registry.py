@@ -4,7 +4,7 @@ A new cell is its own file plus one line in CELLS; nothing else in the package c
 cell's name or spells its options. Two kinds of cell:
 - stacked (`residual_block=False`): `layer(spec, options, name=)` builds one layer that
   runs a whole sequence (the StackedLayer protocol below); layers are stacked directly
-  (the Keras tutorial's GRU, the LSTMs, the Mogrifier GRU);
+  (the Keras tutorial's GRU, the LSTMs, the Mogrifier GRU, the Elman RNN);
 - residual (`residual_block=True`): `module` is a recurrence over a whole sequence (the
   ResidualRecurrence protocol) inside the pre-norm residual block of models/blocks.py.
 
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import flax.linen as nn
 import jax.numpy as jnp
 
-from charrnn_jax.models import lru, min_rnn, mogrifier, rglru
+from charrnn_jax.models import elman, lru, min_rnn, mogrifier, rglru
 from charrnn_jax.models.flax_cells import RecurrentLayer
 from charrnn_jax.models.fused_gru import FusedGRULayer
 
@@ -169,6 +169,7 @@ CELLS: dict[str, Cell] = {
     "mogrifier_gru": Cell(
         False, mogrifier.layer, options=mogrifier.MogrifierOptions, drop_connect=_always
     ),
+    "elman": Cell(False, elman.layer, options=elman.ElmanOptions),
     "mingru": Cell(True, module=min_rnn.MinGRU),
     "minlstm": Cell(True, module=min_rnn.MinLSTM),
     "lru": Cell(True, module=lru.LRU, zero_state=lru.zero_state),

@@ -16,7 +16,7 @@ WITH_OPTIONS = [name for name in registry.CELLS if registry.options_fields(name)
 
 
 def test_the_proof_cells_have_options():
-    assert {"mogrifier_gru"} <= set(WITH_OPTIONS)
+    assert {"mogrifier_gru", "elman"} <= set(WITH_OPTIONS)
 
 
 @pytest.mark.parametrize("cell", WITH_OPTIONS)
@@ -47,6 +47,15 @@ def test_unknown_keys_and_wrong_types_are_refused(cell):
     wrong = [1.5] if isinstance(field.default, str) else ["a string"]
     with pytest.raises(UserError):
         tiny_config(**{f"model.{cell}.{field.name}": wrong[0]})
+
+
+def test_a_bad_value_is_one_line_naming_the_key():
+    config = tiny_config(**{"model.cell": "elman", "model.elman.nonlinearity": "sigmoid"})
+    with pytest.raises(UserError) as info:
+        config_lib.validate(config)
+    assert str(info.value) == (
+        "model.elman.nonlinearity must be one of ('tanh', 'relu'), got 'sigmoid'."
+    )
 
 
 def test_options_of_another_cell_are_not_checked():
