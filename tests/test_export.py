@@ -1,7 +1,7 @@
 """What runs on an accelerator lowers for one, from this CPU: the train step, the full-split
 eval step and the sampler export for CUDA and TPU with jax.export (no device needed), for
 the fused GRU in f32 and bf16 (and unrolled), a parallel-scan linear cell, stream mode,
-averaged weights, and the Mogrifier GRU with DropConnect."""
+averaged weights, the Mogrifier GRU with DropConnect, and every other registered cell."""
 
 import functools
 
@@ -13,6 +13,7 @@ from jax import export
 
 from charrnn_jax import models
 from charrnn_jax.inference import sampler, scoring
+from charrnn_jax.models import registry
 from charrnn_jax.training import optim, steps
 
 PLATFORMS = ("cuda", "tpu")
@@ -34,6 +35,14 @@ CASES = {
         "model.recurrent_dropout": 0.25,
     },
 }
+# Every registered cell lowers: those without a case above get one at their defaults.
+CASES.update(
+    {
+        name: {"model.cell": name}
+        for name in registry.CELLS
+        if not any(case.get("model.cell", "gru") == name for case in CASES.values())
+    }
+)
 
 
 def _lowered_platforms(exported) -> tuple:
