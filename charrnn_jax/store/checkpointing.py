@@ -34,6 +34,10 @@ from charrnn_jax.store.workdir import Workdir
 # carry: data.mode='stream' only; ema: train.ema_decay > 0 only.
 ITEMS = ("params", "opt_state", "window", "carry", "ema")
 OPTIONAL_ITEMS = ("window",)  # Absent from checkpoints written before it existed.
+# Flat dicts whose keys the code may add or drop between versions (a new metric in the
+# window): a key only the code has starts at zero, a key only the checkpoint has is read
+# and dropped; both with a line saying so. Every other item must match exactly.
+GROWING_ITEMS = ("window",)
 META = "meta"  # JSON beside the arrays: the metrics row at the step, the best's val loss.
 JSON_ITEMS = (integrity.CHECKSUMS, META)
 
@@ -197,8 +201,14 @@ class Checkpointer:
     def _check_matches(self, step: int, item: str, saved, target) -> None:
         """Raises a UserError naming the difference if the checkpoint's tree is not the model's."""
         saved, wanted = _by_key(saved), _by_key(target)
-        where = f"Checkpoint step {step} in {self.directory} does not match the config: "
-        hint = " Use another workdir, the run's own config, or --restart."
+        where = (
+            f"Checkpoint step {step} in {self.directory} does not match what this code builds "
+            "from the config: "
+        )
+        hint = (
+            " (If the config is the run's own, the code changed what it builds: use the code "
+            "that wrote the checkpoint.) Use another workdir, the run's own config, or --restart."
+        )
         missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
         if missing or extra:
             raise UserError(
@@ -228,6 +238,10 @@ class Checkpointer:
             if item in saved or item not in OPTIONAL_ITEMS
         }
         self._check_items(step, set(saved) - set(JSON_ITEMS), set(wanted), exact)
+        full_targets = dict(wanted)
+        for item in GROWING_ITEMS:
+            if item in wanted:
+                wanted[item] = _as_saved(step, item, saved[item], wanted[item])
         for item, target in wanted.items():
             self._check_matches(step, item, saved[item], target)
         args = {item: ocp.args.StandardRestore(target) for item, target in wanted.items()}
@@ -253,6 +267,9 @@ class Checkpointer:
                     raise integrity.CorruptCheckpoint(f"checksum mismatch in {item}/{bad[0]}")
         else:
             logging.warning("Checkpoint step %d has no checksums (older format).", step)
+        for item in GROWING_ITEMS:
+            if item in items:
+                items[item] = _as_wanted(items[item], full_targets[item])
         return items
 
     def restore(self, abstract_items: dict, step: int | None = None, *, exact: bool = False):
@@ -302,6 +319,47 @@ class Checkpointer:
                 f"{self.workdir.quarantine_dir}). Pass --restart to train from step 0."
             )
         return None, None
+
+
+def _as_saved(step: int, item: str, saved: dict, target: dict) -> dict:
+    """A growing item's restore target with the checkpoint's keys: the code's target for
+    keys both have, the saved shape and dtype for keys only the checkpoint has."""
+    sharding = next(iter(target.values())).sharding
+    added, dropped = sorted(set(target) - set(saved)), sorted(set(saved) - set(target))
+    if added:
+        logging.warning(
+            "Checkpoint step %d was written before %s/%s existed (this code adds it); it "
+            "starts at zero.",
+            step,
+            item,
+            ",".join(added),
+        )
+    if dropped:
+        logging.warning(
+            "Checkpoint step %d holds %s/%s, which this code no longer has; dropped.",
+            step,
+            item,
+            ",".join(dropped),
+        )
+    return {
+        key: target[key]
+        if key in target
+        else jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=sharding)
+        for key, meta in saved.items()
+    }
+
+
+def _as_wanted(restored: dict, target: dict) -> dict:
+    """A restored growing item with the code's keys: zeros for keys the checkpoint lacked."""
+
+    def zeros(abstract):
+        return jax.make_array_from_callback(
+            abstract.shape,
+            abstract.sharding,
+            lambda index: np.zeros(abstract.shape, abstract.dtype)[index],
+        )
+
+    return {key: restored[key] if key in restored else zeros(t) for key, t in target.items()}
 
 
 def _by_key(tree) -> dict:

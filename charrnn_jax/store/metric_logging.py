@@ -1,23 +1,23 @@
-"""Metric records (JSONL + TensorBoard, behind one MetricWriter) and the progress line.
+"""Metric records (JSONL + TensorBoard, behind one MetricWriter), the metrics table and
+the progress line.
 
 The JSONL file `<workdir>/metrics.jsonl` is the stable interface that the comparison and
-sweep tools read. One JSON object per line, with exactly these keys:
+sweep tools read: one JSON object per line, with exactly the keys of ROW_FIELDS below,
+in that order (`python -c "from charrnn_jax.store import metric_logging as m;
+print(m.schema())"` prints them with their meaning). A field without a value is null,
+and so is a non-finite one (strict JSON has no Infinity or NaN).
 
-  step            int    steps done when the record was written
-  wall_time       float  training seconds since the run first started (summed over resumes)
-  train_loss      float  mean train cross-entropy (nats/byte) since the previous record, or null
-  train_bpb       float  train_loss / ln 2 (bits per byte), or null
-  val_loss        float  val cross-entropy at this step, or null when not evaluated
-  val_bpb         float  val_loss / ln 2, or null
-  tokens_per_sec  float  training throughput since the previous record, or null
-  grad_norm       float  mean global gradient norm since the previous record, or null
-  learning_rate   float  learning rate at this step, or null
-  train_accuracy  float  classifiers only (else null): mean train accuracy since the last record
-  val_accuracy    float  classifiers only (else null): val accuracy at this step
+ROW_FIELDS is the one place a metric is declared. A train metric names the per-step
+value it reduces (`source`, a key of training/steps.train_step's metrics) and how the
+window of steps between rows reduces it (`mean`, `max` or `last`); the on-device window,
+its accumulation and the row's train fields are all derived from it (training/steps.py).
+Adding a metric is one entry here (plus its per-step value, if new); a checkpoint made
+before it existed restores with the new metric's window starting at zero.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -31,21 +31,107 @@ from tensorboardX import SummaryWriter
 from charrnn_jax.errors import UserError
 from charrnn_jax.store.workdir import Workdir, is_remote
 
-FIELDS = (
-    "step",
-    "wall_time",
-    "train_loss",
-    "train_bpb",
-    "val_loss",
-    "val_bpb",
-    "val_loss_raw",  # With train.ema_decay: val of the raw params (val_* is the average's).
-    "val_bpb_raw",
-    "tokens_per_sec",
-    "grad_norm",
-    "learning_rate",
-    "train_accuracy",
-    "val_accuracy",
+REDUCTIONS = ("mean", "max", "last")
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One key of a metrics row.
+
+    Attributes:
+      name: the row's key.
+      kind: its JSON type ('int' or 'float').
+      doc: what it means.
+      source: train metrics only: the per-step value reduced over the window (also the
+        name of its running reduction in the window, for the mean of `source` itself).
+      reduce: train metrics only: 'mean', 'max' or 'last' over the steps since the last row.
+      classifier_only: null unless the model is a classifier.
+    """
+
+    name: str
+    kind: str
+    doc: str
+    source: str = ""
+    reduce: str = ""
+    classifier_only: bool = False
+
+    @property
+    def window_key(self) -> str:
+        """Its running value in the on-device window: the source's name for its mean (the
+        window's keys before this table existed), else name."""
+        return self.source if self.reduce == "mean" else self.name
+
+
+ROW_FIELDS = (
+    Field("step", "int", "steps done when the row was written"),
+    Field("wall_time", "float", "training seconds since the run first started (all resumes)"),
+    Field(
+        "train_loss",
+        "float",
+        "mean train cross-entropy (nats/byte) since the last row",
+        source="loss",
+        reduce="mean",
+    ),
+    Field("train_bpb", "float", "train_loss / ln 2 (bits per byte)"),
+    Field("val_loss", "float", "val cross-entropy at this step (null when not evaluated)"),
+    Field("val_bpb", "float", "val_loss / ln 2"),
+    Field(
+        "val_loss_raw",
+        "float",
+        "with train.ema_decay: val of the raw params (val_* is the average's)",
+    ),
+    Field("val_bpb_raw", "float", "val_loss_raw / ln 2"),
+    Field("tokens_per_sec", "float", "training throughput since the last row"),
+    Field(
+        "grad_norm",
+        "float",
+        "mean global gradient norm since the last row",
+        source="grad_norm",
+        reduce="mean",
+    ),
+    Field(
+        "grad_norm_max",
+        "float",
+        "largest global gradient norm since the last row",
+        source="grad_norm",
+        reduce="max",
+    ),
+    Field(
+        "learning_rate",
+        "float",
+        "learning rate at this step",
+        source="learning_rate",
+        reduce="last",
+    ),
+    Field(
+        "train_accuracy",
+        "float",
+        "mean train accuracy since the last row",
+        source="accuracy",
+        reduce="mean",
+        classifier_only=True,
+    ),
+    Field("val_accuracy", "float", "val accuracy at this step", classifier_only=True),
 )
+FIELDS = tuple(f.name for f in ROW_FIELDS)
+TRAIN_METRICS = tuple(f for f in ROW_FIELDS if f.reduce)
+
+
+def schema() -> str:
+    """The documented row schema, one line a field, from ROW_FIELDS."""
+    lines = []
+    for f in ROW_FIELDS:
+        how = f" ({f.reduce} of the step's {f.source})" if f.reduce else ""
+        only = " [classifiers only]" if f.classifier_only else ""
+        lines.append(f"{f.name:15} {f.kind:6} {f.doc}{how}{only}")
+    return "\n".join(lines)
+
+
+def strict_json(value):
+    """A row's value as strict JSON allows: non-finite floats become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def bits_per_byte(nats: float | None) -> float | None:
@@ -122,9 +208,20 @@ class JsonlWriter:
         tmp.replace(self.path)
 
     def write(self, record: dict) -> dict:
-        """Appends a row of FIELDS; returns it as written."""
+        """Appends a row of FIELDS (strict JSON: a non-finite value is written as null, with
+        a warning naming it); returns the row's values as given."""
         row = {k: record.get(k) for k in FIELDS}
-        line = json.dumps(row) + "\n"
+        written = {k: strict_json(v) for k, v in row.items()}
+        non_finite = [k for k in FIELDS if written[k] is None and row[k] is not None]
+        if non_finite:
+            logging.warning(
+                "Step %s: %s non-finite (%s); written as null in %s.",
+                row["step"],
+                ", ".join(non_finite),
+                ", ".join(repr(row[k]) for k in non_finite),
+                self.path.name,
+            )
+        line = json.dumps(written, allow_nan=False) + "\n"
         self._lines.append(line)
         if self._file is None:
             self._rewrite()

@@ -1,9 +1,11 @@
 """The train state and the pure step functions the loop jits: train, eval and vmapped train.
 
-The state carries a metric *window*: sums of the train loss, gradient norm and accuracy
-since the last metrics row, and the first step whose loss, gradient or updated params
-were non-finite. It stays on the device (no host sync per step) and is checkpointed with
-the params, so a resumed run writes exactly the rows of an uninterrupted one.
+The state carries a metric *window*: the running reduction of every train metric since
+the last metrics row (sums for means, maxima, last values: store/metric_logging.py's
+TRAIN_METRICS, the one place a metric is declared), the step count, and the first step
+whose loss, gradient or updated params were non-finite. It stays on the device (no host
+sync per step) and is checkpointed with the params, so a resumed run writes exactly the
+rows of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from flax.training import train_state
 
 from charrnn_jax import models
 from charrnn_jax.inference import scoring
-from charrnn_jax.store.metric_logging import bits_per_byte
+from charrnn_jax.store.metric_logging import TRAIN_METRICS, bits_per_byte
 from charrnn_jax.training import optim
 
 
@@ -53,18 +55,29 @@ def eval_params(state: TrainState):
 
 
 def empty_window() -> dict:
-    """Running sums since the last metrics row; bad_step 0 means every step was finite.
+    """Each train metric's running value (0), the step count, and bad_step (0 means every
+    step was finite).
 
     Each leaf is its own buffer, so a state built outside jit can still be donated.
     """
-    return {
-        "loss": jnp.zeros([], jnp.float32),
-        "grad_norm": jnp.zeros([], jnp.float32),
-        "accuracy": jnp.zeros([], jnp.float32),
-        "learning_rate": jnp.zeros([], jnp.float32),
-        "steps": jnp.zeros([], jnp.int32),
-        "bad_step": jnp.zeros([], jnp.int32),
-    }
+    window = {m.window_key: jnp.zeros([], jnp.float32) for m in TRAIN_METRICS}
+    return {**window, "steps": jnp.zeros([], jnp.int32), "bad_step": jnp.zeros([], jnp.int32)}
+
+
+def _accumulate(window: dict, metrics: dict) -> dict:
+    """The window after one more step's metrics: each TRAIN_METRICS entry reduced its way
+    (a metric the step did not produce, e.g. accuracy of a language model, counts 0)."""
+    out = dict(window)
+    for m in TRAIN_METRICS:
+        value = jnp.asarray(metrics.get(m.source, 0.0), jnp.float32)
+        running = window[m.window_key]
+        if m.reduce == "mean":
+            out[m.window_key] = running + value
+        elif m.reduce == "max":
+            out[m.window_key] = jnp.where(window["steps"] > 0, jnp.maximum(running, value), value)
+        else:  # 'last'
+            out[m.window_key] = value
+    return out
 
 
 def reset_window(state: TrainState) -> TrainState:
@@ -77,14 +90,13 @@ def window_record(window: dict, *, classifier: bool) -> dict:
     steps = int(window["steps"])
     if not steps:
         return {}
-    out = {
-        "train_loss": float(window["loss"]) / steps,
-        "grad_norm": float(window["grad_norm"]) / steps,
-        "learning_rate": float(window["learning_rate"]),
-    }
+    out = {}
+    for m in TRAIN_METRICS:
+        if m.classifier_only and not classifier:
+            continue
+        value = float(window[m.window_key])
+        out[m.name] = value / steps if m.reduce == "mean" else value
     out["train_bpb"] = bits_per_byte(out["train_loss"])
-    if classifier:
-        out["train_accuracy"] = float(window["accuracy"]) / steps
     return out
 
 
@@ -177,10 +189,7 @@ def windowed_train_step(state: TrainState, batch, dropout_rng, *, schedule):
     )
     w = state.window
     window = {
-        "loss": w["loss"] + metrics["loss"],
-        "grad_norm": w["grad_norm"] + metrics["grad_norm"],
-        "accuracy": w["accuracy"] + metrics.get("accuracy", 0.0),
-        "learning_rate": jnp.asarray(metrics["learning_rate"], jnp.float32),
+        **_accumulate(w, metrics),
         "steps": w["steps"] + 1,
         "bad_step": jnp.where((w["bad_step"] == 0) & ~finite, done, w["bad_step"]),
     }
