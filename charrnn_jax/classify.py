@@ -13,6 +13,7 @@ from charrnn_jax.errors import UserError
 from charrnn_jax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory of a classifier.")
+cli.require_non_empty_paths("workdir")
 _TEXT = flags.DEFINE_multi_string("text", None, "Text to classify; repeat for several.")
 _STEP = flags.DEFINE_string(
     "step", None, "Checkpoint: a step number, 'latest' (default) or 'best' (lowest val loss)."

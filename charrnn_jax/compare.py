@@ -40,13 +40,14 @@ flags.mark_flags_as_required(["config", "out"])
 
 def main(argv):
     del argv
-    from charrnn_jax.baselines.parity import compare  # Imports jax: after the huge-page restart.
+    from charrnn_jax import config_lib  # Imports jax: after the huge-page restart.
+    from charrnn_jax.baselines.parity import compare
 
     cli.setup_logging()
     try:
         result = cli.exit_on_user_error(
             compare,
-            cli.config_value(_CONFIG),
+            cli.config_value(_CONFIG, check=config_lib.check_declared),
             _OUT.value,
             steps=_STEPS.value,
             parity=_PARITY.value,

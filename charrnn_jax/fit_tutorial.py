@@ -64,8 +64,10 @@ def run() -> dict:
     from charrnn_jax.baselines import keras_fit
     from charrnn_jax.data import pipeline
     from charrnn_jax.inference import scoring
+    from charrnn_jax.store.workdir import write_atomic
 
-    config, out = cli.config_value(_CONFIG), pathlib.Path(_OUT.value)
+    config = cli.config_value(_CONFIG, check=config_lib.check_declared)
+    out = pathlib.Path(_OUT.value)
     check_args(config, out, pipeline.MODES)
     d = config.data
     train_tokens, val_tokens = keras_fit.tutorial_splits(config)
@@ -77,7 +79,7 @@ def run() -> dict:
         return scoring.score_bytes(params, model, val_tokens, streams=streams, chunk=d.seq_len)
 
     out.mkdir(parents=True, exist_ok=True)
-    config_lib.save(described_config(config, recipe), out / "config.json")
+    write_atomic(out / "config.json", config_lib.to_json(described_config(config, recipe)))
     return keras_fit.fit(
         train_tokens,
         score_val,

@@ -17,6 +17,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':preset'.", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.")
+cli.require_non_empty_paths("workdir")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed",
     "auto",
@@ -61,11 +62,13 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     import jax  # After the huge-page restart (module docstring).
 
-    from charrnn_jax.runtime import distributed  # After jax, as above.
+    from charrnn_jax import config_lib  # After jax, as above.
+    from charrnn_jax.runtime import distributed
     from charrnn_jax.training import loop
 
     cli.setup_logging()
-    config = cli.config_value(_CONFIG)  # Bad config files fail before jax starts.
+    # Bad config files fail before jax starts.
+    config = cli.config_value(_CONFIG, check=config_lib.check_declared)
     if _CPU_DEVICES.value:
         jax.config.update("jax_num_cpu_devices", _CPU_DEVICES.value)  # Before any device use.
     if _COORDINATOR.value:

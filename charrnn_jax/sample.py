@@ -14,6 +14,7 @@ from charrnn_jax.errors import UserError
 from charrnn_jax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
+cli.require_non_empty_paths("workdir")
 _PROMPT = flags.DEFINE_multi_string("prompt", None, "Prompt; repeat for several prompts.")
 _PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A file whose bytes are one prompt.")
 _LENGTH = flags.DEFINE_integer(

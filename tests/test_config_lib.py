@@ -45,7 +45,7 @@ def test_overrides_keep_the_config_locked_and_name_bad_keys():
 
 def test_config_round_trips_through_config_json(tmp_path):
     config = tiny_config()
-    config_lib.save(config, tmp_path / "config.json")
+    (tmp_path / "config.json").write_text(config_lib.to_json(config))
     assert config_lib.load(tmp_path / "config.json").to_dict() == config.to_dict()
     with pytest.raises(UserError, match="No config.json"):
         config_lib.load(tmp_path / "missing" / "config.json")

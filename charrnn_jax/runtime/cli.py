@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging as logging_std
+import re
 import sys
 import threading
 
@@ -46,12 +47,26 @@ def _quiet_unraisable(unraisable) -> None:
 
 
 def _unknown_override(argv: list[str], error: Exception) -> str:
-    key = str(error).strip("\"'")
+    """`unknown config key 'train.num_step'; did you mean 'train.num_steps'?` from the
+    locked ConfigDict's error (a KeyError, or an AttributeError wrapping one)."""
+    inner = error.args[0] if error.args and isinstance(error.args[0], BaseException) else error
+    text = str(inner.args[0]) if inner.args else str(inner)
+    found = re.search(r'Key "([^"]+)"', text) or re.match(r"'([^']+)'", text)
+    unknown = found.group(1) if found else text.strip("\"'").splitlines()[0]
+    guess = re.search(r'Did you mean "([^"]+)"', text)
+    key = unknown
     for arg in argv:
         name = arg.split("=", 1)[0]
-        if name.startswith("--config.") and key in name.split(".")[1:]:
-            return f"unknown config key {name[len('--config.') :]!r} (from {arg})"
-    return f"unknown config key {key!r}"
+        parts = name[len("--config.") :].split(".")
+        if name.startswith("--config.") and unknown in parts:
+            key = ".".join(parts)
+            if guess:
+                parts[parts.index(unknown)] = guess.group(1)
+            break
+    else:
+        parts = [guess.group(1)] if guess else []
+    hint = f"did you mean {'.'.join(parts)!r}?" if guess else "see the config file for valid keys."
+    return f"unknown config key {key!r}; {hint}"
 
 
 @contextlib.contextmanager
@@ -65,12 +80,23 @@ def _flag_errors(argv: list[str]):
             lines = [f"{lines[0]} {lines[-1]}"]
         sys.exit(f"error: {lines[0] if lines else e}\nPass --helpshort or --helpfull for flags.")
     except (AttributeError, KeyError) as e:  # Raised by the locked ConfigDict.
-        sys.exit(f"error: {_unknown_override(argv, e)}; see the config file for valid keys.")
+        sys.exit(f"error: {_unknown_override(argv, e)}")
     except OSError as e:  # --config=FILE that cannot be read.
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         sys.exit(f"error: cannot read the config file: {lines[-1] if lines else e}")
     except Exception as e:  # noqa: BLE001 - get_config(preset) rejected the flags' values.
         sys.exit(f"error: bad --config: {type(e).__name__}: {_first_line(e)}")
+
+
+def require_non_empty_paths(*names: str) -> None:
+    """These path flags may not be empty: `--workdir=$UNSET` would train into the current
+    directory. Checked at parse time, so it is one `error:` line before anything runs."""
+    for name in names:
+        flags.register_validator(
+            name,
+            lambda value: value is None or bool(str(value).strip()),
+            message=f"--{name} must be a non-empty path (is a shell variable unset?).",
+        )
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -79,13 +105,32 @@ def parse_flags(argv: list[str]) -> list[str]:
         return flags.FLAGS(argv)
 
 
-def config_value(config_flag):
+def config_value(config_flag, check=None):
     """The value of a config_flags flag, or one `error:` line. A file that failed to load
-    (missing, unknown preset) is held as a proxy that raises on first attribute access."""
+    (missing, unknown preset) is held as a proxy that raises on first attribute access.
+
+    check: config -> None, raising a UserError for a config the file should not have
+    built (config_lib.check_declared: a key base_config() does not declare).
+    """
     with _flag_errors(sys.argv):
         config = config_flag.value
         config.get  # noqa: B018 - raises here, not later, for a config that failed to load.
-        return config
+    if type(config).__name__ != "ConfigDict":
+        sys.exit(
+            f"error: get_config in {_config_file(config_flag)} returned a "
+            f"{type(config).__name__}; it must return an ml_collections.ConfigDict "
+            f"(config_lib.base_config() with your changes)."
+        )
+    if check is not None:
+        exit_on_user_error(check, config, _config_file(config_flag))
+    return config
+
+
+def _config_file(config_flag) -> str:
+    """The file of a --config flag, without its ':preset'."""
+    from ml_collections import config_flags  # Only where a config file is read.
+
+    return config_flags.get_config_filename(flags.FLAGS[config_flag.name])
 
 
 def _first_line(error: BaseException) -> str:

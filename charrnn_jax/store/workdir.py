@@ -36,6 +36,51 @@ def is_remote(path) -> bool:
     return "://" in os.fspath(path)
 
 
+def write_atomic(path, text: str) -> None:
+    """Writes a whole file so that a kill or a full disk leaves the old file or the new
+    one, never a cut one: a temp file beside it, fsync, then a rename (local paths; a
+    bucket object is replaced whole by its store already)."""
+    path = workdir_path(path)
+    if is_remote(path):
+        path.write_text(text)
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory) -> None:
+    """The rename itself survives a power cut once the directory is synced (POSIX)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def append_line(path, line: str) -> None:
+    """Appends one line to a local JSONL file, starting it on a fresh line if the last
+    one was cut (a kill mid-append), so a cut line never swallows the next record."""
+    path = workdir_path(path)
+    before = path.read_text() if path.exists() else ""
+    if before and not before.endswith("\n"):
+        before += "\n"
+    write_atomic(path, before + line.rstrip("\n") + "\n")
+
+
 class Workdir:
     """Names of everything a run or a sweep root holds; creates nothing until `prepare`."""
 

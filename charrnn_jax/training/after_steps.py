@@ -106,13 +106,16 @@ class AfterSteps:
         _mark_preempted(self.run_list, done, during_eval=True)
 
     def _after_row(self, state, live, records, done: int, evaluated: bool, *, save: bool) -> bool:
-        """Best params and a sample, patience, and the save; True when training stops early."""
+        """Best params, patience, the save, then a sample (side output, after everything
+        that must not be lost); True when training stops early."""
         if evaluated:
-            _after_eval(self.group, live, state, records, done, self.model, self.sample_rngs)
+            _keep_best(self.group, live, state, records, done)
         stopping = evaluated and all(run.patience_exhausted(done) for _, run in live)
         if save or stopping:
             for i, run in live:
                 run.ckpt.save(done, items_of(self.group, state, i), meta=run.meta_for(done))
+        if evaluated:
+            _log_samples(self.group, live, state, done, self.model, self.sample_rngs)
         if stopping:
             stop_early(self.run_list, done)
         return stopping
@@ -139,15 +142,20 @@ def _mark_preempted(run_list, done: int, *, during_eval: bool = False) -> None:
         run.summary["preempted"] = True
 
 
-def _after_eval(group, live, state, records, done, model, sample_rngs) -> None:
-    """Keeps each run's best params (checkpoints_best/) and logs a sample."""
-    sample = not model.num_classes and live[0][1].config.sample.length and live[0][1].is_main
+def _keep_best(group, live, state, records, done) -> None:
+    """Keeps each run's best params (checkpoints_best/)."""
     for i, run in live:
-        params = group.select(steps.eval_params(state), i)  # Once per variant, for both uses.
-        run.keep_if_best(done, params, records[i]["val_loss"])
-        if sample:
-            rng = jax.random.fold_in(sample_rngs[i], done)
-            runs.log_sample(run, params, model, rng, done, _tag(run, group))
+        run.keep_if_best(done, group.select(steps.eval_params(state), i), records[i]["val_loss"])
+
+
+def _log_samples(group, live, state, done, model, sample_rngs) -> None:
+    """A sample from each run's evaluated params (process 0, language models only)."""
+    if model.num_classes or not live[0][1].config.sample.length or not live[0][1].is_main:
+        return
+    for i, run in live:
+        params = group.select(steps.eval_params(state), i)
+        rng = jax.random.fold_in(sample_rngs[i], done)
+        runs.log_sample(run, params, model, rng, done, _tag(run, group))
 
 
 def stop_early(run_list, done: int) -> None:

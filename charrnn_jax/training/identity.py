@@ -23,7 +23,7 @@ from absl import logging
 from charrnn_jax import config_lib
 from charrnn_jax.data import corpora
 from charrnn_jax.errors import UserError
-from charrnn_jax.store.workdir import Workdir
+from charrnn_jax.store.workdir import Workdir, append_line, write_atomic
 
 # May change on resume: how long the run goes on and how often it logs, evaluates, saves
 # and samples, none of which changes a step's batch, update or metric. (train.num_steps
@@ -136,18 +136,13 @@ def record_start(config, workdir, *, step: int, changes: dict | None) -> None:
     """Writes config.json (and data.json at the first start); appends to the history."""
     workdir = Workdir(workdir)
     if changes is None or not (workdir.path / DATA_FILE).exists():
-        fingerprint = json.dumps(data_fingerprint(config), indent=2)
-        (workdir.path / DATA_FILE).write_text(fingerprint)
-    config_lib.save(config, workdir.config_file)
+        write_atomic(workdir.path / DATA_FILE, json.dumps(data_fingerprint(config), indent=2))
+    write_atomic(workdir.config_file, config_lib.to_json(config))
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "step": step,
         "changes": {k: list(v) for k, v in (changes or {}).items()},
         "config": config.to_dict(),
     }
-    history = workdir.path / HISTORY_FILE
-    before = history.read_text() if history.exists() else ""
-    # Rewritten whole (buckets cannot append); a temp file and a rename keep it whole.
-    tmp = workdir.path / f".{HISTORY_FILE}.tmp"
-    tmp.write_text(before + json.dumps(entry) + "\n")
-    tmp.replace(history)
+    # Rewritten whole (buckets cannot append), on a fresh line after a cut one.
+    append_line(workdir.path / HISTORY_FILE, json.dumps(entry))

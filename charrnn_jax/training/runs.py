@@ -141,6 +141,26 @@ class Run:
             self.best = (val_loss, step)
             self.best_ckpt.save(step, {"params": params}, meta={"val_loss": val_loss})
 
+    def heal_best(self, start_step: int, restored_params) -> None:
+        """Saves the restored params as the best if the rows say the restored step is the
+        best and checkpoints_best/ does not hold it: a kill after the regular save of a
+        step committed and before its best save did leaves exactly that, and the run
+        would otherwise serve an older best forever. restored_params: () -> the params
+        the best save would have held (the restored state's evaluated params)."""
+        val, step = self.best
+        if not start_step or step != start_step or val == float("inf"):
+            return
+        if self.best_ckpt.latest_step() == start_step:
+            return
+        logging.warning(
+            "%s lacks step %d, the best val so far (%.4f): saving it now from the restored "
+            "checkpoint (its save was cut short).",
+            self.workdir.best_checkpoint_dir,
+            start_step,
+            val,
+        )
+        self.best_ckpt.save(start_step, {"params": restored_params()}, meta={"val_loss": val})
+
     def patience_exhausted(self, step: int) -> bool:
         """train.early_stop_patience evals in a row without a better val loss (0: never)."""
         t = self.config.train
@@ -179,7 +199,9 @@ class Run:
 def generate_text(params, model, config, rng) -> str:
     """A short sample for the logs; params are gathered to the host first."""
     prefix = pipeline.prompt_prefix(config.data.mode)
-    prompt = config.sample.prompt.encode("utf-8")
+    # Any prompt is bytes: a shell argument that is not UTF-8 reaches Python as lone
+    # surrogates, which surrogateescape turns back into the bytes that were typed.
+    prompt = config.sample.prompt.encode("utf-8", "surrogateescape")
     tokens, lengths = sampler.sample(
         jax.device_get(params),
         model,
@@ -193,7 +215,18 @@ def generate_text(params, model, config, rng) -> str:
 
 
 def log_sample(run: Run, params, model, rng, step: int, tag: str) -> None:
-    text = generate_text(params, model, run.config, rng)
-    logging.info("Sample at step %d%s:\n%s", step, tag, text)
-    if run.writer:
-        run.writer.write_texts(step, {"sample": text})
+    """Logs a sample; a failure to make or write one is one warning, never the run's end
+    (a logged sample is side output: the checkpoint and the row come first)."""
+    try:
+        text = generate_text(params, model, run.config, rng)
+        logging.info("Sample at step %d%s:\n%s", step, tag, text)
+        if run.writer:
+            run.writer.write_texts(step, {"sample": text})
+    except Exception as e:  # noqa: BLE001 - any failure of side output; training goes on.
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
+        logging.warning(
+            "The logged sample at step %d failed (%s: %s); training goes on.",
+            step,
+            type(e).__name__,
+            first[:300],
+        )

@@ -16,7 +16,7 @@ from absl import logging
 
 from charrnn_jax import config_lib
 from charrnn_jax.errors import UserError, is_user_error
-from charrnn_jax.store.workdir import Workdir
+from charrnn_jax.store.workdir import Workdir, write_atomic
 from charrnn_jax.training import loop, steps
 
 
@@ -124,5 +124,5 @@ def run_vmapped(
             }
         if any(summary["preempted"] for summary in summaries):
             break
-    root.sweep_summary_file.write_text(json.dumps(statuses, indent=2, default=str) + "\n")
+    write_atomic(root.sweep_summary_file, json.dumps(statuses, indent=2, default=str) + "\n")
     return statuses

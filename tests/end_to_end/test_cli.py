@@ -14,12 +14,13 @@ pytestmark = pytest.mark.slow  # Subprocess runs and trainings: not in make test
 CONFIG = f"--config={REPO / 'experiments' / 'shakespeare.py'}:tiny"
 
 
-def _run(module, *args, **env):
+def _run(module, *args, cwd=None, **env):
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=cwd,
         env=subprocess_env(**env),
     )
 
@@ -137,3 +138,50 @@ def test_distributed_autodetection():
     assert not detect("auto", {"SLURM_JOB_ID": "1", "SLURM_NTASKS": "1"})
     assert detect("auto", {"TPU_WORKER_HOSTNAMES": "a,b"})
     assert detect("on", {}) and not detect("off", {"TPU_WORKER_HOSTNAMES": "a,b"})
+
+
+MISSPELT = """
+from charrnn_jax import config_lib
+
+
+def get_config(arg=None):
+    config = config_lib.base_config()
+    config.data.name = "tinyshakespeare"
+    config.model.hidden_sise = 128
+    config.lock()
+    return config
+"""
+RETURNS_A_DICT = "def get_config(arg=None):\n    return {'seed': 0}\n"
+
+
+@pytest.mark.parametrize(
+    "source, line",
+    [
+        (
+            MISSPELT,
+            "error: unknown config key 'model.hidden_sise' set in {file}; did you mean "
+            "'model.hidden_size'?",
+        ),
+        (
+            RETURNS_A_DICT,
+            "error: get_config in {file} returned a dict; it must return an "
+            "ml_collections.ConfigDict (config_lib.base_config() with your changes).",
+        ),
+    ],
+    ids=["misspelt_key", "returns_a_dict"],
+)
+def test_a_bad_config_file_is_one_line_and_writes_nothing(tmp_path, source, line):
+    config_file = tmp_path / "mine.py"
+    config_file.write_text(source)
+    workdir = tmp_path / "run"
+    result = _run("charrnn_jax.main", f"--config={config_file}", f"--workdir={workdir}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == line.format(file=config_file)
+    assert not workdir.exists()
+
+
+def test_an_empty_workdir_is_one_line(tmp_path):
+    result = _run("charrnn_jax.main", CONFIG, "--workdir=", cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--workdir must be a non-empty path" in result.stderr
+    assert list(tmp_path.iterdir()) == []
