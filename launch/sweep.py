@@ -33,8 +33,9 @@ from absl import app, flags
 
 from charrnn_jax.errors import UserError
 from charrnn_jax.runtime import cli
-from charrnn_jax.store.workdir import Workdir, is_remote
+from charrnn_jax.store.workdir import Workdir, is_remote, write_atomic
 from charrnn_jax.training import sweep_runs
+from launch import report
 
 FLAGS = flags.FLAGS
 
@@ -66,9 +67,12 @@ def run_local(
     def one(slot_and_run):
         slot, (name, overrides) = slot_and_run
         workdir = Workdir(root).run(name)
-        if read_status(workdir).get("status") == "done":
-            return name, {**read_status(workdir), "skipped": True}
         cmd = train_command(config_arg, str(workdir), overrides, python=sys.executable)
+        previous = read_status(workdir)
+        # Done only if done by this very command: with other overrides the trainer runs
+        # again and decides (it resumes a longer run, or refuses another config).
+        if previous.get("status") == "done" and previous.get("command") == cmd[1:]:
+            return name, {**previous, "skipped": True}
         if dry_run:
             print(shlex.join(cmd))
             return name, {"status": "dry_run"}
@@ -85,8 +89,11 @@ def run_local(
             "status": "done" if code == 0 else "failed",
             "returncode": code,
             "overrides": overrides,
+            "command": cmd[1:],  # Without the interpreter's path.
         }
-        workdir.sweep_status_file.write_text(json.dumps(status, indent=2) + "\n")
+        if code:
+            status["error"] = report.error_line(workdir)
+        write_atomic(workdir.sweep_status_file, json.dumps(status, indent=2) + "\n")
         elapsed = time.perf_counter() - started
         print(f"{status['status']:8} {name} ({elapsed:.0f}s, exit {code})", flush=True)
         return name, status
@@ -94,7 +101,7 @@ def run_local(
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(parallel, 1)) as pool:
         results = dict(pool.map(one, enumerate(runs)))
     if not dry_run:
-        Workdir(root).sweep_summary_file.write_text(json.dumps(results, indent=2) + "\n")
+        write_atomic(Workdir(root).sweep_summary_file, json.dumps(results, indent=2) + "\n")
     return results
 
 

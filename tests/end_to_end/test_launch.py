@@ -65,10 +65,25 @@ def test_local_launcher_runs_records_a_failure_skips_finished_and_reports(tmp_pa
     assert sum(bool(s.get("skipped")) for s in again.values()) == 3
 
     text = report.report(root)
-    rows = [line for line in text.splitlines()[2:] if line.startswith("|")]
-    assert len(rows) == 3 and all("| done | 4 |" in row for row in rows)
-    best = [float(row.split("|")[4]) for row in rows]
+    first_table = text.split("\n\n")[0]
+    rows = [line for line in first_table.splitlines()[2:] if line.startswith("|")]
+    assert len(rows) == 4 and sum("| done | 4 |" in row for row in rows) == 3
+    assert f"| {failed} | failed | 0 |" in first_table  # Failed before a row: still listed.
+    assert f"- {failed} failed: data.seq_len must be positive" in text
+    best = [float(row.split("|")[4]) for row in rows if "| done |" in row]
     assert best == sorted(best)
+    # The two seeds of learning rate 0.001 as one group (the other group lost a seed).
+    seed_rows = [line for line in text.split("Over seeds")[1].splitlines() if "| 2 |" in line]
+    assert len(seed_rows) == 1 and "| 0,1 |" in seed_rows[0]
+
+    # Rerun with other overrides: not "done" from the old status; the trainer runs again
+    # (here it resumes each finished run to its new length).
+    longer = [(name, {**overrides, "train.num_steps": 6}) for name, overrides in runs]
+    third = sweep.run_local(
+        str(config_file), root, longer, parallel=2, gpus_per_run=0, dry_run=False
+    )
+    assert not any(s.get("skipped") for s in third.values())
+    assert sorted(s["status"] for s in third.values()) == ["done", "done", "done", "failed"]
     assert (root / "report.md").is_file()
     assert (root / "val_loss.png").read_bytes().startswith(b"\x89PNG")
 
@@ -77,7 +92,7 @@ def test_local_launcher_runs_records_a_failure_skips_finished_and_reports(tmp_pa
     c = curves.curves(done)
     config = config_lib.load(done / "config.json")
     per_step = config.train.batch_size * config.data.seq_len
-    assert c["mbytes"] == [r * per_step / 1e6 for r in (2, 4)]
+    assert c["mbytes"] == [r * per_step / 1e6 for r in (2, 4, 6)]
     assert c["hours"] == sorted(c["hours"]) and None not in c["train"]
     curves.plot({"run": c}, [(1.4697, "nanoGPT")], str(tmp_path / "c.png"), ymax=6.0)
     assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
