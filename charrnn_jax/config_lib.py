@@ -6,6 +6,7 @@ values of the right type that make no sense.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import pathlib
@@ -80,6 +81,15 @@ def _validate_model(m, d) -> None:
         rate = m[key]
         _require(0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}.")
     _validate_cell_options(m)
+    cell = registry.CELLS[m.cell]
+    if cell.whole_model is not None:
+        _require(
+            not pipeline.MODES[d.mode].carries_state,
+            f"model.cell={m.cell!r} carries no state between training steps: use a "
+            f"data.mode other than {d.mode!r}.",
+        )
+    problem = cell.check(m, d)
+    _require(problem is None, problem or "")
     takers = [name for name, c in registry.CELLS.items() if c.drop_connect("fused")]
     _require(
         not m.recurrent_dropout or registry.CELLS[m.cell].drop_connect(m.gru_impl),
@@ -121,6 +131,11 @@ def _validate_train(t) -> None:
     _require(0 <= t.ema_decay < 1, f"train.ema_decay must be in [0, 1), got {t.ema_decay}.")
     _one_of(t.optimizer, OPTIMIZERS, "train.optimizer")
     _require(t.learning_rate > 0, f"train.learning_rate must be positive, got {t.learning_rate}.")
+    _require(0 < t.adam_b2 < 1, f"train.adam_b2 must be in (0, 1), got {t.adam_b2}.")
+    _require(
+        0 <= t.end_learning_rate <= t.learning_rate,
+        f"train.end_learning_rate must be in [0, learning_rate], got {t.end_learning_rate}.",
+    )
     _one_of(t.schedule, SCHEDULES, "train.schedule")
     _require(
         0 <= t.warmup_steps < t.num_steps or t.warmup_steps == 0,
@@ -213,6 +228,8 @@ def _train_defaults() -> ml_collections.ConfigDict:
     train.warmup_steps = 0  # Linear warmup steps.
     train.grad_clip_norm = 0.0  # Clip by global norm; 0 turns clipping off.
     train.adam_eps = 1e-7  # Keras's Adam epsilon (optax's default is 1e-8).
+    train.adam_b2 = 0.999  # Adam's second-moment decay (nanoGPT's Shakespeare: 0.99).
+    train.end_learning_rate = 0.0  # Where the cosine ends (nanoGPT's min_lr: 1e-4).
     train.weight_decay = 0.0  # Decoupled (AdamW) decay of the weight matrices.
     # > 0: also keep an exponential moving average of the params (Polyak averaging, with a
     # warm-up); val, the best checkpoint, samples, evaluate and sample use the average.
@@ -261,6 +278,20 @@ def _sweep_defaults() -> ml_collections.ConfigDict:
     return sweep
 
 
+def check_declared(config: ml_collections.ConfigDict, source: str = "the config") -> None:
+    """Refuses a key that base_config() does not declare (a misspelt `c.model.hidden_sise`
+    in an experiment file, set before the file locked its config): one UserError naming
+    the key, where it came from, and the closest declared key."""
+    declared = flatten(base_config())
+    unknown = sorted(set(flatten(config)) - set(declared))
+    if not unknown:
+        return
+    closest = difflib.get_close_matches(unknown[0], list(declared), n=1, cutoff=0.6)
+    hint = f"did you mean {closest[0]!r}?" if closest else "see config_lib.base_config()."
+    more = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:4])})" if unknown[1:] else ""
+    raise UserError(f"unknown config key {unknown[0]!r} set in {source}{more}; {hint}")
+
+
 def flatten(config: ml_collections.ConfigDict) -> dict:
     """{'train.learning_rate': 0.003, ...}: every leaf under its dotted key."""
     out = {}
@@ -288,8 +319,9 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_col
     return config
 
 
-def save(config: ml_collections.ConfigDict, path: pathlib.Path) -> None:
-    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """config.json's text (store.workdir.write_atomic writes it)."""
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
 def load(path: pathlib.Path) -> ml_collections.ConfigDict:

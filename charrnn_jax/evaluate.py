@@ -4,8 +4,12 @@
     python -m charrnn_jax.evaluate --workdir=/tmp/tiny --split=test     # needs test_fraction
     python -m charrnn_jax.evaluate --workdir=/tmp/tiny --file=book.txt --json
 
+    python -m charrnn_jax.evaluate --workdir=/tmp/tiny --metric=nanogpt  # nanoGPT's estimator
+
 Prints bytes scored, nats/byte and bits/byte (--json: one JSON object). With the run's
 own streams (eval.streams) and seq_len it reproduces the val_loss the trainer logged.
+--metric=nanogpt is nanoGPT's estimate_loss() on the same split, for comparing with
+numbers quoted from it (a different quantity: each byte sees ~128 bytes of context).
 """
 
 import json
@@ -18,6 +22,7 @@ from charrnn_jax.errors import UserError
 from charrnn_jax.runtime import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training run directory.")
+cli.require_non_empty_paths("workdir")
 _SPLIT = flags.DEFINE_enum("split", "val", ["train", "val", "test"], "Split of the run's data.")
 _FILE = flags.DEFINE_string("file", None, "Score this file instead of a split.")
 _STEP = flags.DEFINE_string(
@@ -32,16 +37,19 @@ _STREAMS = flags.DEFINE_integer(
 _METRIC = flags.DEFINE_enum(
     "metric",
     "full",
-    ["full", "windows"],
+    ["full", "windows", "nanogpt"],
     "'full': every byte once, carry kept; 'windows': the run's train.eval_batches fixed "
-    "windows from a zero carry (the cheap metric), for comparison.",
+    "windows from a zero carry (the cheap metric); 'nanogpt': nanoGPT's estimate_loss() "
+    "(200 x 64 random windows of 256 bytes, every position, a zero carry each; --seed).",
 )
+_SEED = flags.DEFINE_integer("seed", 0, "--metric=nanogpt: the seed of the windows' draw.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a sentence.")
 flags.mark_flag_as_required("workdir")
 
 
 def run() -> dict:
     # These import jax: after cli.run's huge-page restart, which must come first.
+    from charrnn_jax import models
     from charrnn_jax.data import corpora, pipeline
     from charrnn_jax.inference import loading, scoring
     from charrnn_jax.store import checkpointing
@@ -72,8 +80,12 @@ def run() -> dict:
             batches=config.train.eval_batches,
         )
         return {**result, "step": step, "source": source, "metric": "windows"}
+    if _METRIC.value == "nanogpt":
+        result = scoring.score_nanogpt(params, model, tokens, seed=_SEED.value)
+        return {**result, "step": step, "source": source, "metric": "nanogpt"}
     streams = _STREAMS.value or scoring.eval_streams(config) or config.train.batch_size
-    result = scoring.score_bytes(params, model, tokens, streams=streams, chunk=d.seq_len)
+    chunk = models.eval_chunk(config.model, d.seq_len)
+    result = scoring.score_bytes(params, model, tokens, streams=streams, chunk=chunk)
     return {**result, "step": step, "source": source, "streams": streams, "metric": "full"}
 
 
@@ -89,7 +101,12 @@ def main(argv):
     if _JSON.value:
         print(json.dumps(result))
         return
-    how = f"{result['streams']} streams" if "streams" in result else "fixed windows"
+    how = {
+        "full": f"{result.get('streams')} streams, carry kept",
+        "windows": "fixed windows",
+        "nanogpt": f"nanoGPT's estimator: {result.get('windows')} random windows, seed "
+        f"{result.get('seed')}",
+    }[result["metric"]]
     sys.stdout.write(
         f"{result['source']}: {result['bytes']:,} bytes, {result['loss']:.4f} nats/byte, "
         f"{result['bpb']:.4f} bits/byte (step {result['step']}, {how})\n"

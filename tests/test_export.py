@@ -35,6 +35,12 @@ CASES = {
         "model.recurrent_dropout": 0.25,
     },
 }
+CASES["transformer"] = {
+    "model.cell": "transformer",
+    "model.transformer.num_heads": 2,
+    "model.transformer.block_size": 32,
+    "model.transformer.eval_stride": 16,
+}
 # Every registered cell lowers: those without a case above get one at their defaults.
 CASES.update(
     {

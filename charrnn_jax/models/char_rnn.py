@@ -28,13 +28,19 @@ GRU_IMPLS = ("auto", *backend_choices.GRU_IMPLS)
 Carry = tuple[Any, ...]  # Per layer: h (GRU, minGRU, minLSTM), (c, h) (LSTMs), (re, im) (LRU).
 
 
-def zero_carry(cell_type: str, num_layers: int, batch_size: int, hidden_size: int) -> Carry:
-    """The all-zero starting state; kept in float32 even for bfloat16 compute.
+def zero_carry(
+    cell_type: str, num_layers: int, batch_size: int, hidden_size: int, options=None
+) -> Carry:
+    """The all-zero starting state; kept in float32 even for bfloat16 compute (a whole
+    model's: its own zero state, e.g. the Transformer's empty context).
 
     Every leaf is a buffer of its own, so a carry built outside jit can be donated.
     """
-    zero_state = registry.CELLS[cell_type].zero_state
-    return tuple(zero_state(batch_size, hidden_size) for _ in range(num_layers))
+    cell = registry.CELLS[cell_type]
+    if cell.whole_model is not None:
+        options = options if options is not None else registry.make_options(cell_type)
+        return (cell.zero_state(batch_size, options),)
+    return tuple(cell.zero_state(batch_size, hidden_size) for _ in range(num_layers))
 
 
 class CharRNN(nn.Module):
@@ -84,7 +90,9 @@ class CharRNN(nn.Module):
     options: Any = None
 
     def initialize_carry(self, batch_size: int) -> Carry:
-        return zero_carry(self.cell_type, self.num_layers, batch_size, self.hidden_size)
+        return zero_carry(
+            self.cell_type, self.num_layers, batch_size, self.hidden_size, self._options()
+        )
 
     @nn.compact
     def __call__(
@@ -119,14 +127,14 @@ class CharRNN(nn.Module):
             carry = self.initialize_carry(batch)
         if valid is None and lengths is not None:
             valid = jnp.arange(time)[None, :] < lengths[:, None]
-        # Time-major inside: the recurrences scan over the leading axis.
-        tokens_tm = tokens.T
+        if (cell := registry.CELLS[self.cell_type]).whole_model is not None:
+            return self._whole_model(cell, tokens, carry, valid, train, time_major_logits)
+        tokens_tm = tokens.T  # Time-major inside: the recurrences scan over the leading axis.
         valid_tm = None if valid is None else valid.T
         embed = nn.Embed(VOCAB_SIZE, self.embed_dim, dtype=self.dtype, name="embed")
         # Time is axis 0 inside: a variational mask is broadcast over it.
         drop_dims = (0,) if self.variational_dropout else ()
         drop_inputs = train and self.input_dropout > 0
-        cell = registry.CELLS[self.cell_type]
         if cell.residual_block:
             x = self._drop_inputs(embed(tokens_tm), drop_dims, train)
             x, new_carry = self._residual_blocks(carry, x, valid_tm, train)
@@ -146,6 +154,18 @@ class CharRNN(nn.Module):
         if self.num_classes and self.dropout_rate > 0:
             last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
         return self._outputs(x, last, new_carry, time_major_logits)
+
+    def _whole_model(self, cell, tokens, carry, valid, train, time_major_logits):
+        """A registered whole model (the Transformer): its one carry, batch-major."""
+        network = cell.whole_model(
+            self._layer_spec(),
+            self._options(),
+            num_layers=self.num_layers,
+            dropout_rate=self.dropout_rate,
+            name="transformer",
+        )
+        logits, new_carry = network(tokens, carry[0], valid, train=train)
+        return (logits.transpose(1, 0, 2) if time_major_logits else logits), (new_carry,)
 
     def _residual_blocks(self, carry, x, valid_tm, train):
         """num_layers pre-norm residual blocks around the registered linear recurrence."""
@@ -268,6 +288,13 @@ def from_config(model_config) -> CharRNN:
         unroll=m.unroll,
         options=m.options,
     )
+
+
+def eval_chunk(model_config, seq_len: int) -> int:
+    """Bytes per carried call of the full-split metric: seq_len for the recurrent cells,
+    the Transformer's eval_stride (its sliding window's step)."""
+    m = ModelConfig.of(model_config)
+    return registry.CELLS[m.cell].eval_chunk(m.options, seq_len)
 
 
 def scan_mode(configured: str) -> str:

@@ -1,12 +1,15 @@
 """The cell registry: every recurrent cell's name, options, layer, zero state and output.
 
 A new cell is its own file plus one line in CELLS; nothing else in the package compares a
-cell's name or spells its options. Two kinds of cell:
+cell's name or spells its options. Three kinds of entry:
 - stacked (`residual_block=False`): `layer(spec, options, name=)` builds one layer that
   runs a whole sequence (the StackedLayer protocol below); layers are stacked directly
   (the Keras tutorial's GRU, the LSTMs, the Mogrifier GRU, the Elman RNN);
 - residual (`residual_block=True`): `module` is a recurrence over a whole sequence (the
-  ResidualRecurrence protocol) inside the pre-norm residual block of models/blocks.py.
+  ResidualRecurrence protocol) inside the pre-norm residual block of models/blocks.py;
+- whole model (`whole_model`): a factory of the whole network between the bytes and the
+  logits (the WholeModel protocol), with a carry of its own (nanoGPT's Transformer,
+  whose carry is its context window).
 
 A cell's own options are a frozen dataclass (`options`) whose fields and defaults are
 the schema: config_lib derives the config block `model.<cell name>` from it, so
@@ -25,7 +28,7 @@ from typing import Any, Protocol
 import flax.linen as nn
 import jax.numpy as jnp
 
-from charrnn_jax.models import elman, lru, min_rnn, mogrifier, rglru
+from charrnn_jax.models import elman, lru, min_rnn, mogrifier, rglru, transformer
 from charrnn_jax.models.flax_cells import RecurrentLayer
 from charrnn_jax.models.fused_gru import FusedGRULayer
 
@@ -64,6 +67,15 @@ class ResidualRecurrence(Protocol):
     `(carry, x [time, batch, H], valid) -> (carry, ys [time, batch, H])`."""
 
     def __call__(self, carry, x, valid): ...
+
+
+class WholeModel(Protocol):
+    """A network from bytes to logits: `(tokens [batch, time], carry, valid [batch, time]
+    or None, train=) -> (logits [batch, time, 256] float32, new carry)`, built as
+    `factory(spec, options, num_layers=, dropout_rate=, name=)`; its zero carry is
+    `zero_state(batch, options)`."""
+
+    def __call__(self, tokens, carry, valid, *, train: bool): ...
 
 
 class LayerFactory(Protocol):
@@ -146,6 +158,11 @@ class Cell:
         bytes (the fused GRU gathers rows of embedding @ w_i instead of a GEMM).
       drop_connect: configured model.gru_impl -> whether the layer takes
         model.recurrent_dropout (DropConnect on its recurrent kernel).
+      whole_model: whole models: the factory of the network (WholeModel).
+      eval_chunk: (options, seq_len) -> bytes per call of the full-split metric (the
+        carried chunk); seq_len for the recurrent cells.
+      check: (model block, data block) -> a config error line or None, for what only
+        this cell requires.
     """
 
     residual_block: bool
@@ -156,6 +173,9 @@ class Cell:
     hidden_of: Callable[[Any], Any] = _itself
     folds_embedding: Callable[[LayerSpec], bool] = _never
     drop_connect: Callable[[str], bool] = _no
+    whole_model: Callable | None = None
+    eval_chunk: Callable[[Any, int], int] = lambda options, seq_len: seq_len
+    check: Callable[[Any, Any], str | None] = lambda model, data: None
 
 
 CELLS: dict[str, Cell] = {
@@ -170,6 +190,14 @@ CELLS: dict[str, Cell] = {
         False, mogrifier.layer, options=mogrifier.MogrifierOptions, drop_connect=_always
     ),
     "elman": Cell(False, elman.layer, options=elman.ElmanOptions),
+    "transformer": Cell(
+        False,
+        options=transformer.TransformerOptions,
+        zero_state=transformer.zero_state,
+        whole_model=transformer.model,
+        eval_chunk=transformer.eval_chunk,
+        check=transformer.check,
+    ),
     "mingru": Cell(True, module=min_rnn.MinGRU),
     "minlstm": Cell(True, module=min_rnn.MinLSTM),
     "lru": Cell(True, module=lru.LRU, zero_state=lru.zero_state),

@@ -146,14 +146,16 @@ def _setup(config, group, run_list, datas):
         for run in run_list:
             run.check_fresh_start()
         start = 0
-    for run in run_list:
+    for i, run in enumerate(run_list):
         run.summary["resumed_from"] = start or None
         run.start_logs(start)
+        run.heal_best(start, functools.partial(group.select, steps.eval_params(state), i))
     if start >= config.train.num_steps:
         logging.info(
             "Checkpoint step %d already reaches num_steps=%d.", start, config.train.num_steps
         )
-    fns = group.compile(model, schedule, state_sharding, chunk=config.data.seq_len)
+    chunk = models.eval_chunk(config.model, config.data.seq_len)
+    fns = group.compile(model, schedule, state_sharding, chunk=chunk)
     logging.info(
         "Devices: %d global, %d local, process %d of %d. Model: %s params%s.",
         jax.device_count(),

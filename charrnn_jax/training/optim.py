@@ -24,7 +24,9 @@ class OptimizerConfig:
     num_steps: int
     grad_clip_norm: float
     adam_eps: float
+    adam_b2: float
     weight_decay: float
+    end_learning_rate: float
 
     @classmethod
     def of(cls, block) -> OptimizerConfig:
@@ -45,7 +47,7 @@ def make_optimizer(train_config, *, learning_rate=None, grad_clip_norm=None):
     clip = t.grad_clip_norm if grad_clip_norm is None else grad_clip_norm
     if t.schedule == "cosine":
         schedule = optax.warmup_cosine_decay_schedule(
-            0.0, peak, max(t.warmup_steps, 1), t.num_steps
+            0.0, peak, max(t.warmup_steps, 1), t.num_steps, end_value=t.end_learning_rate
         )
     elif t.warmup_steps:
         schedule = optax.join_schedules(
@@ -58,19 +60,21 @@ def make_optimizer(train_config, *, learning_rate=None, grad_clip_norm=None):
     else:
         schedule = optax.constant_schedule(peak)
     parts = [optax.clip_by_global_norm(clip)] if t.grad_clip_norm > 0 else []
-    adam = scale_by_keras_adam(eps=t.adam_eps) if t.optimizer == "keras_adam" else None
+    adam = (
+        scale_by_keras_adam(b2=t.adam_b2, eps=t.adam_eps) if t.optimizer == "keras_adam" else None
+    )
     if t.weight_decay > 0:
         # Decoupled weight decay (AdamW: Loshchilov and Hutter 2019, Algorithm 2, line 12)
         # on the matrices only; biases, norms and the LRU's vectors are not decayed.
         parts += [
-            adam or optax.scale_by_adam(eps=t.adam_eps),
+            adam or optax.scale_by_adam(b2=t.adam_b2, eps=t.adam_eps),
             optax.add_decayed_weights(t.weight_decay, mask=_matrices),
             optax.scale_by_learning_rate(schedule),
         ]
     elif adam:
         parts += [adam, optax.scale_by_learning_rate(schedule)]
     else:  # Without decay, optax.adam's own state tree (older checkpoints restore).
-        parts.append(optax.adam(schedule, eps=t.adam_eps))
+        parts.append(optax.adam(schedule, b2=t.adam_b2, eps=t.adam_eps))
     return optax.chain(*parts), schedule
 
 

@@ -1,0 +1,208 @@
+"""nanoGPT's Transformer (models/transformer.py): causal, nanoGPT's parameter count, the
+carried context equal to a full recompute (so sampling is nanoGPT's generate), the
+full-split metric equal to a naive sliding-window loop, and a run through the trainer."""
+
+import signal
+import subprocess
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import load_experiment, main_command, subprocess_env, tiny_config
+
+from charrnn_jax import config_lib, models
+from charrnn_jax.data import corpora
+from charrnn_jax.errors import UserError
+from charrnn_jax.inference import loading, sampler, scoring
+from charrnn_jax.models.transformer import TransformerOptions
+from charrnn_jax.store import metric_logging
+from charrnn_jax.training import loop, steps
+
+OPTIONS = TransformerOptions(num_heads=2, block_size=16, eval_stride=8)
+
+
+def _model(dropout=0.0, options=OPTIONS):
+    return models.CharRNN(
+        embed_dim=8,
+        hidden_size=16,
+        num_layers=2,
+        cell_type="transformer",
+        options=options,
+        dropout_rate=dropout,
+    )
+
+
+@pytest.fixture(scope="module")
+def model_and_params():
+    model = _model()
+    tokens = jnp.zeros((1, 16), jnp.int32)
+    return model, model.init(jax.random.key(0), tokens)["params"]
+
+
+def test_changing_a_byte_never_changes_the_logits_before_it(model_and_params):
+    model, params = model_and_params
+    tokens = jax.random.randint(jax.random.key(1), (3, 16), 0, 256)
+    logits, _ = model.apply({"params": params}, tokens)
+    for t in (0, 7, 15):
+        changed = tokens.at[:, t].set((tokens[:, t] + 1) % 256)
+        other, _ = model.apply({"params": params}, changed)
+        np.testing.assert_array_equal(other[:, :t], logits[:, :t])
+        assert np.abs(other[:, t:] - logits[:, t:]).max() > 0
+
+
+def test_the_parameter_count_is_nanogpts():
+    """nanoGPT prints 10.65M for train_shakespeare_char.py: its get_num_params leaves out
+    the position embeddings and its vocabulary is 65; ours is 256."""
+    config = load_experiment("shakespeare_nanogpt")
+    model = models.from_config(config.model)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 256), jnp.int32)))
+    count = steps.count_params(shapes["params"])
+    n = 384
+    assert count == 6 * (12 * n * n + 2 * n) + n + 256 * n + 256 * n
+    assert round((count - 256 * n - (256 - 65) * n) / 1e6, 2) == 10.65
+
+
+def test_one_byte_at_a_time_with_the_carry_equals_a_full_recompute(model_and_params):
+    """Within the block every call sees all bytes so far; past it, the last 16."""
+    model, params = model_and_params
+    tokens = jax.random.randint(jax.random.key(2), (2, 40), 0, 256)
+    carry, stepped = None, []
+    for t in range(40):
+        out, carry = model.apply({"params": params}, tokens[:, t : t + 1], carry)
+        stepped.append(out[:, 0])
+    for t in range(40):
+        start = max(0, t + 1 - 16)
+        full, _ = model.apply({"params": params}, tokens[:, start : t + 1])
+        np.testing.assert_allclose(stepped[t], full[:, -1], atol=1e-5)
+
+
+def test_greedy_sampling_equals_a_recompute_loop(model_and_params):
+    model, params = model_and_params
+    prompts = [b"ROMEO:", b"To be, or not"]
+    new, _ = sampler.sample(
+        params, model, prompts, length=24, temperature=0.0, rng=jax.random.key(0)
+    )
+    for row, prompt in enumerate(prompts):
+        text = list(prompt)
+        for _ in range(24):
+            window = jnp.asarray([text[-16:]], jnp.int32)
+            logits, _ = model.apply({"params": params}, window)
+            text.append(int(jnp.argmax(logits[0, -1])))
+        assert bytes(text[len(prompt) :]) == bytes(np.asarray(new[row]).tolist())
+
+
+def test_the_full_split_metric_is_a_strided_sliding_window(model_and_params):
+    """Every byte scored once: the first window whole, then each window's last 8 bytes
+    with the 8 before them as context (block 16, stride 8), per stream."""
+    model, params = model_and_params
+    tokens = corpora.load_bytes(corpora.resolve_path("tinyshakespeare", ""))[:1_000]
+    result = scoring.score_bytes(params, model, tokens, streams=1, chunk=8)
+    assert result["bytes"] == len(tokens) - 1
+    losses, scored = [], 0
+    n = len(tokens) - 1  # Predictions: tokens[1:] from what precedes them.
+    for end in range(8, n + 8, 8):
+        end = min(end, n)
+        start = max(0, end - 16)
+        x = jnp.asarray(tokens[start:end][None], jnp.int32)
+        logits, _ = model.apply({"params": params}, x)
+        new = end - max(scored, start)
+        targets = tokens[end - new + 1 : end + 1]
+        lp = jax.nn.log_softmax(logits[0, -new:])
+        losses += list(-np.take_along_axis(np.asarray(lp), targets[:, None], 1)[:, 0])
+        scored = end
+    assert len(losses) == n
+    assert result["loss"] == pytest.approx(float(np.mean(losses)), rel=1e-5)
+
+
+def test_trains_through_the_real_trainer_and_scores_both_ways(tmp_path):
+    config = tiny_config(
+        **{
+            "model.cell": "transformer",
+            "model.hidden_size": 32,
+            "model.transformer.num_heads": 2,
+            "model.transformer.block_size": 32,
+            "model.transformer.eval_stride": 16,
+            "model.dropout": 0.1,
+            "train.learning_rate": 3e-3,
+            "train.num_steps": 30,
+            "train.log_every": 10,
+            "train.eval_every": 30,
+            "train.checkpoint_every": 30,
+        }
+    )
+    loop.train_and_evaluate(config, tmp_path, devices=jax.devices()[:2])
+    rows = metric_logging.read_jsonl(tmp_path / "metrics.jsonl")
+    losses = [r["train_loss"] for r in rows]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert np.isfinite(rows[-1]["val_loss"]) and rows[-1]["val_loss"] < 4.5, rows[-1]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model.transformer.num_heads": 3}, "must divide by model.transformer.num_heads=3"),
+        ({"data.seq_len": 64}, "must be <= model.transformer.block_size=32"),
+        ({"model.transformer.eval_stride": 12}, "must divide by model.transformer.eval_stride"),
+        ({"data.mode": "stream"}, "carries no state between training steps"),
+    ],
+)
+def test_configs_it_cannot_run_are_one_line(overrides, message):
+    base = {
+        "model.cell": "transformer",
+        "model.transformer.num_heads": 2,
+        "model.transformer.block_size": 32,
+        "model.transformer.eval_stride": 16,
+    }
+    with pytest.raises(UserError, match=message):
+        config_lib.validate(tiny_config(**{**base, **overrides}))
+
+
+KILLED_RUN = {
+    "model.cell": "transformer",
+    "model.hidden_size": 32,
+    "model.transformer.num_heads": 2,
+    "model.transformer.block_size": 32,
+    "model.transformer.eval_stride": 16,
+    "model.dropout": 0.1,
+    "train.num_steps": 40,
+    "train.log_every": 7,
+    "train.eval_every": 14,
+    "train.checkpoint_every": 5,
+}
+
+
+def _main(workdir):
+    return main_command(workdir, **KILLED_RUN)
+
+
+@pytest.mark.slow
+def test_a_sigkill_resumes_to_the_uninterrupted_runs_rows_and_params(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    env = subprocess_env()
+    done = subprocess.run(_main(whole), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(
+        _main(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "10").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    again = subprocess.run(_main(killed), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "Resumed from checkpoint step" in again.stderr
+
+    def rows(workdir):
+        keep = [k for k in metric_logging.FIELDS if k not in ("wall_time", "tokens_per_sec")]
+        return [
+            {k: r[k] for k in keep} for r in metric_logging.read_jsonl(workdir / "metrics.jsonl")
+        ]
+
+    assert rows(killed) == rows(whole)
+    a = loading.load_for_inference(killed)[2]
+    b = loading.load_for_inference(whole)[2]
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
