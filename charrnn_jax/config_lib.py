@@ -53,6 +53,12 @@ def _validate_data(config) -> None:
     )
     _one_of(config.eval.mode, EVAL_MODES, "eval.mode")
     _require(config.eval.streams >= 0, f"eval.streams must be >= 0, got {config.eval.streams}.")
+    dyn = config.eval.dynamic
+    _require(
+        dyn.learning_rate >= 0, f"eval.dynamic.learning_rate must be >= 0, got {dyn.learning_rate}."
+    )
+    _require(0 <= dyn.decay <= 1, f"eval.dynamic.decay must be in [0, 1], got {dyn.decay}.")
+    _require(dyn.segment >= 0, f"eval.dynamic.segment must be >= 0, got {dyn.segment}.")
     _require(
         config.eval.bytes_per_call >= 0,
         f"eval.bytes_per_call must be >= 0, got {config.eval.bytes_per_call}.",
@@ -252,6 +258,12 @@ def _eval_defaults() -> ml_collections.ConfigDict:
     # Full eval: val bytes per device call at most (0 = one call). A SIGTERM is honoured
     # between calls, so this bounds how long a preemption waits for an evaluation.
     eval.bytes_per_call = 1 << 18
+    # `evaluate --dynamic`: dynamic evaluation (inference/dynamic.py, Krause et al. 2018):
+    # SGD on each scored segment, decaying towards the trained weights.
+    eval.dynamic = ml_collections.ConfigDict()
+    eval.dynamic.learning_rate = 1e-3  # SGD step on a segment's mean loss.
+    eval.dynamic.decay = 1e-3  # Pull towards the trained weights per segment.
+    eval.dynamic.segment = 0  # Bytes per segment (0: the model's eval chunk, data.seq_len).
     return eval
 
 

@@ -43,6 +43,17 @@ _METRIC = flags.DEFINE_enum(
     "(200 x 64 random windows of 256 bytes, every position, a zero carry each; --seed).",
 )
 _SEED = flags.DEFINE_integer("seed", 0, "--metric=nanogpt: the seed of the windows' draw.")
+_DYNAMIC = flags.DEFINE_bool(
+    "dynamic",
+    False,
+    "Dynamic evaluation (Krause et al. 2018): the split in order, one segment at a time, "
+    "each scored first and then trained on with SGD decaying towards the trained weights "
+    "(the run's eval.dynamic.* keys, or the flags below). Test-time adaptation: report it "
+    "beside the static number.",
+)
+_DYN_LR = flags.DEFINE_float("dynamic_lr", None, "--dynamic: eval.dynamic.learning_rate.")
+_DYN_DECAY = flags.DEFINE_float("dynamic_decay", None, "--dynamic: eval.dynamic.decay.")
+_DYN_SEGMENT = flags.DEFINE_integer("dynamic_segment", None, "--dynamic: eval.dynamic.segment.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a sentence.")
 flags.mark_flag_as_required("workdir")
 
@@ -80,6 +91,8 @@ def run() -> dict:
             batches=config.train.eval_batches,
         )
         return {**result, "step": step, "source": source, "metric": "windows"}
+    if _DYNAMIC.value:
+        return {**_dynamic(config, model, params, tokens), "step": step, "source": source}
     if _METRIC.value == "nanogpt":
         result = scoring.score_nanogpt(params, model, tokens, seed=_SEED.value)
         return {**result, "step": step, "source": source, "metric": "nanogpt"}
@@ -87,6 +100,25 @@ def run() -> dict:
     chunk = models.eval_chunk(config.model, d.seq_len)
     result = scoring.score_bytes(params, model, tokens, streams=streams, chunk=chunk)
     return {**result, "step": step, "source": source, "streams": streams, "metric": "full"}
+
+
+def _dynamic(config, model, params, tokens) -> dict:
+    """`--dynamic`: the flags override the run's eval.dynamic keys."""
+    from charrnn_jax import models
+    from charrnn_jax.inference import dynamic
+
+    dyn = config.eval.dynamic
+    lr = dyn.learning_rate if _DYN_LR.value is None else _DYN_LR.value
+    decay = dyn.decay if _DYN_DECAY.value is None else _DYN_DECAY.value
+    segment = dyn.segment if _DYN_SEGMENT.value is None else _DYN_SEGMENT.value
+    segment = segment or models.eval_chunk(config.model, config.data.seq_len)
+    if lr < 0 or not 0 <= decay <= 1 or segment < 1:
+        raise UserError(
+            f"--dynamic needs learning_rate >= 0, decay in [0, 1] and segment >= 1; got "
+            f"{lr}, {decay}, {segment}."
+        )
+    result = dynamic.score_dynamic(params, model, tokens, segment=segment, lr=lr, decay=decay)
+    return {**result, "metric": "dynamic"}
 
 
 def _path(name: str) -> pathlib.Path:
@@ -101,9 +133,12 @@ def main(argv):
     if _JSON.value:
         print(json.dumps(result))
         return
+    result.pop("segment_loss_sums", None)
     how = {
         "full": f"{result.get('streams')} streams, carry kept",
         "windows": "fixed windows",
+        "dynamic": f"dynamic evaluation: lr {result.get('learning_rate')}, decay "
+        f"{result.get('decay')}, {result.get('segment')}-byte segments, one stream",
         "nanogpt": f"nanoGPT's estimator: {result.get('windows')} random windows, seed "
         f"{result.get('seed')}",
     }[result["metric"]]

@@ -135,7 +135,7 @@ def score_bytes(params, model, tokens: np.ndarray, *, streams: int, chunk: int, 
         out_shardings=repl,
     )
     sums = jax.device_get(score(jax.device_put(params, repl), sharded))
-    return _result(sums)
+    return result(sums)
 
 
 def score_windows(params, model, tokens: np.ndarray, *, batch: int, seq_len: int, batches: int):
@@ -145,7 +145,7 @@ def score_windows(params, model, tokens: np.ndarray, *, batch: int, seq_len: int
     fixed = windows.eval_batches(tokens, global_batch=batch, seq_len=seq_len, num_batches=batches)
     score = jax.jit(functools.partial(eval_step, apply_fn=model.apply, chunk=seq_len))
     sums = jax.device_get([score(params, w) for w in fixed])
-    return _result(jax.tree.map(lambda *x: np.sum(x, dtype=np.float64), *sums))
+    return result(jax.tree.map(lambda *x: np.sum(x, dtype=np.float64), *sums))
 
 
 # nanoGPT's estimate_loss() (train.py): eval_iters batches of batch_size random windows of
@@ -188,9 +188,9 @@ def score_nanogpt(
         sums.append(score(params, {"inputs": windows_[:, :-1], "targets": windows_[:, 1:]}))
     sums = jax.device_get(sums)  # One fetch at the end: no host sync per batch.
     total = jax.tree.map(lambda *x: np.sum(x, dtype=np.float64), *sums)
-    return {**_result(total), "windows": int(starts.size), "block": block, "seed": seed}
+    return {**result(total), "windows": int(starts.size), "block": block, "seed": seed}
 
 
-def _result(sums) -> dict:
+def result(sums) -> dict:
     loss = float(sums["loss_sum"] / sums["weight"])
     return {"bytes": int(sums["weight"]), "loss": loss, "bpb": loss / math.log(2)}

@@ -1,5 +1,6 @@
 """The command lines as a user runs them: train, then sample; bad input gives one line."""
 
+import json
 import subprocess
 import sys
 
@@ -185,3 +186,34 @@ def test_an_empty_workdir_is_one_line(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "--workdir must be a non-empty path" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def _digests(workdir):
+    import hashlib
+
+    return {
+        str(p.relative_to(workdir)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(workdir.rglob("*"))
+        if p.is_file() and "tensorboard" not in p.parts
+    }
+
+
+def test_evaluate_dynamic_and_nanogpt_estimates_write_nothing(trained):
+    workdir, _ = trained
+    before = _digests(workdir)
+    dyn = _run(
+        "charrnn_jax.evaluate",
+        f"--workdir={workdir}",
+        "--dynamic",
+        "--json",
+        "--dynamic_lr=0.01",
+        "--dynamic_decay=0.001",
+    )
+    assert dyn.returncode == 0, dyn.stderr[-3000:]
+    result = json.loads(dyn.stdout)
+    assert result["metric"] == "dynamic" and result["bytes"] == sum(result["segment_bytes"])
+    assert len(result["segment_loss_sums"]) == len(result["segment_bytes"]) > 1
+    nano = _run("charrnn_jax.evaluate", f"--workdir={workdir}", "--metric=nanogpt", "--json")
+    assert nano.returncode == 0, nano.stderr[-3000:]
+    assert json.loads(nano.stdout)["windows"] == 200 * 64
+    assert _digests(workdir) == before  # Checkpoints, config and rows untouched.
