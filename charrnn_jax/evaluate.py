@@ -104,6 +104,7 @@ def run() -> dict:
 
 def _dynamic(config, model, params, tokens) -> dict:
     """`--dynamic`: the flags override the run's eval.dynamic keys."""
+    # These import jax: after cli.run's huge-page restart, as in run().
     from charrnn_jax import models
     from charrnn_jax.inference import dynamic
 
