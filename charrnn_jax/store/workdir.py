@@ -226,16 +226,20 @@ class Workdir:
 
 
 class WorkdirLock:
-    """An exclusive flock on `<workdir>/trainer.lock`, holding the holder's pid and host.
+    """An exclusive flock on the workdir's directory itself, with the holder's pid and
+    host in `<workdir>/trainer.lock` for the message a second trainer gets.
 
-    The kernel releases an flock when its process dies, so a `kill -9`'d trainer leaves
-    no stale lock. Bucket workdirs (gs://) have no file locks: there nothing is locked,
-    and a warning says so.
+    The directory, not the file, is what is locked, so deleting trainer.lock (a cleanup
+    script, a user tidying up) cannot let a second trainer in: the lock lives as long as
+    the directory and its holder. The kernel releases an flock when its process dies, so
+    a `kill -9`'d trainer leaves no stale lock. Bucket workdirs (gs://) have no file
+    locks: there nothing is locked, and a warning says so.
     """
 
     def __init__(self, workdir: Workdir):
         self.workdir = workdir
         self._file = None
+        self._dir_fd: int | None = None
 
     def acquire(self) -> WorkdirLock:
         if self.workdir.is_remote:
@@ -244,18 +248,20 @@ class WorkdirLock:
                 self.workdir.path,
             )
             return self
-        path = os.fspath(self.workdir.lock_file)
-        handle = open(path, "a+")  # noqa: SIM115 - held open for the run's lifetime.
+        dir_fd = os.open(os.fspath(self.workdir.path), os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "{}"
-            handle.close()
+            os.close(dir_fd)
+            lock_file = self.workdir.lock_file
+            holder = (lock_file.read_text().strip() if lock_file.exists() else "") or "{}"
             raise UserError(
                 f"Workdir {self.workdir.path} is in use by another trainer ({_describe(holder)})"
                 f"; wait for it to finish, stop it, or use another workdir."
             ) from None
+        self._dir_fd = dir_fd
+        path = os.fspath(self.workdir.lock_file)
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the run's lifetime.
         handle.seek(0)
         handle.truncate()
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
@@ -266,9 +272,12 @@ class WorkdirLock:
 
     def release(self) -> None:
         if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+        if self._dir_fd is not None:
+            fcntl.flock(self._dir_fd, fcntl.LOCK_UN)
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
 
 def _describe(holder: str) -> str:

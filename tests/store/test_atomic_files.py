@@ -1,11 +1,13 @@
-"""Run files are written whole (a temp file, fsync, rename) and appends start on a fresh
-line after a cut one, so a kill mid-write never leaves a file that refuses the rerun."""
+"""Run files are written whole (a temp file, fsync, rename), appends start on a fresh
+line after a cut one, so a kill mid-write never leaves a file that refuses the rerun;
+and the workdir lock is on the directory, so deleting trainer.lock cannot break it."""
 
 import json
 
 import pytest
 from conftest import tiny_config
 
+from charrnn_jax.errors import UserError
 from charrnn_jax.store import workdir as workdir_lib
 from charrnn_jax.training import identity
 
@@ -40,3 +42,14 @@ def test_the_config_history_starts_on_a_fresh_line_after_a_cut_one(tmp_path):
     lines = history.read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[1])["step"] == 0
     assert json.loads((tmp_path / "config.json").read_text())["seed"] == config.seed
+
+
+def test_deleting_trainer_lock_does_not_let_a_second_trainer_in(tmp_path):
+    workdir = workdir_lib.Workdir(tmp_path)
+    workdir.prepare()
+    first = workdir_lib.WorkdirLock(workdir).acquire()
+    workdir.lock_file.unlink()  # A cleanup script, a user tidying up.
+    with pytest.raises(UserError, match="in use by another trainer"):
+        workdir_lib.WorkdirLock(workdir).acquire()
+    first.release()
+    workdir_lib.WorkdirLock(workdir).acquire().release()  # Free again once released.
