@@ -23,6 +23,7 @@ from absl import logging
 from charrnn_jax import config_lib
 from charrnn_jax.data import corpora
 from charrnn_jax.errors import UserError
+from charrnn_jax.store import metric_logging
 from charrnn_jax.store.workdir import Workdir, append_line, write_atomic
 
 # May change on resume: how long the run goes on and how often it logs, evaluates, saves
@@ -93,6 +94,15 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
     """
     workdir = Workdir(workdir)
     if not workdir.config_file.exists():
+        return None
+    if not workdir.has_checkpoints() and not metric_logging.read_jsonl(workdir.metrics_file):
+        # A start that failed before its first step (a batching error, the first compile,
+        # out of memory) left only the record of a run that never ran.
+        logging.warning(
+            "%s holds no step yet (no checkpoint, no metrics row): it starts anew with this "
+            "config.",
+            workdir.path,
+        )
         return None
     recorded = config_lib.load(workdir.config_file)
     changes = changed_keys(recorded, config)

@@ -233,3 +233,19 @@ def test_a_refused_resume_from_the_command_line_is_one_error_line(trained, tmp_p
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 1 and len(errors) == 1, result.stderr[-2000:]
     assert "train.learning_rate" in errors[0] and "Traceback" not in result.stderr
+
+
+def test_a_workdir_with_no_step_accepts_the_corrected_command(tmp_path, caplog):
+    """A start that failed before its first step (here: its leftovers, config.json,
+    data.json and an empty metrics.jsonl) is not a run: the corrected command starts it
+    anew with one line saying so, instead of refusing "another config"."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    failed = tiny_config(**{"train.learning_rate": 0.5})
+    identity.record_start(failed, workdir, step=0, changes=None)
+    (workdir / "metrics.jsonl").write_text("")
+    summary = _train(workdir, **STEPS_6)
+    assert summary["resumed_from"] is None and summary["final_step"] == 6
+    assert "holds no step yet" in caplog.text
+    recorded = json.loads((workdir / "config.json").read_text())
+    assert recorded["train"]["learning_rate"] == tiny_config().train.learning_rate
