@@ -54,6 +54,12 @@ _DYNAMIC = flags.DEFINE_bool(
 _DYN_LR = flags.DEFINE_float("dynamic_lr", None, "--dynamic: eval.dynamic.learning_rate.")
 _DYN_DECAY = flags.DEFINE_float("dynamic_decay", None, "--dynamic: eval.dynamic.decay.")
 _DYN_SEGMENT = flags.DEFINE_integer("dynamic_segment", None, "--dynamic: eval.dynamic.segment.")
+_ALLOW_CHANGED = flags.DEFINE_bool(
+    "allow_changed_data",
+    False,
+    "Score a split although the corpus differs from the one the run trained on (its "
+    "data.json): the splits then hold other bytes, and the output says so.",
+)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a sentence.")
 flags.mark_flag_as_required("workdir")
 
@@ -64,6 +70,7 @@ def run() -> dict:
     from charrnn_jax.data import corpora, pipeline
     from charrnn_jax.inference import loading, scoring
     from charrnn_jax.store import checkpointing
+    from charrnn_jax.training import identity
 
     config, model, params, step = loading.load_for_inference(
         _WORKDIR.value, checkpointing.parse_step(_STEP.value)
@@ -77,8 +84,13 @@ def run() -> dict:
         if not pipeline.MODES[d.mode].byte_stream:
             raise UserError(f"--split needs byte data; this run has data.mode={d.mode!r}.")
         path = corpora.resolve_path(d.name, d.path)
+        note = identity.check_corpus_for_scoring(
+            config, _WORKDIR.value, allow_changed=_ALLOW_CHANGED.value
+        )
+        if note:
+            print(note, file=sys.stderr)
         tokens = corpora.load_splits(d)[_SPLIT.value]
-        source = f"the {_SPLIT.value} split of {path}"
+        source = f"the {_SPLIT.value} split of {path}" + (" (a changed corpus)" if note else "")
     if len(tokens) < 2:
         raise UserError(f"{source} has {len(tokens)} bytes; at least 2 are needed.")
     if _METRIC.value == "windows":

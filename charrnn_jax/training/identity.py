@@ -106,6 +106,8 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
         return None
     recorded = config_lib.load(workdir.config_file)
     changes = changed_keys(recorded, config)
+    if _corpus_moved(workdir, config):  # The same bytes under another name or path.
+        allowed = allowed | CORPUS_LOCATION_KEYS
     refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS | allowed}
     if refused:
         listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in refused.items())
@@ -114,7 +116,9 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
             f"two runs: use a new workdir, --restart, or --allow_config_change="
             f"{','.join(refused)} to change it deliberately (recorded in {HISTORY_FILE})."
         )
-    _check_data(workdir, config, allowed)
+    data_change = _check_data(workdir, config, allowed)
+    if data_change:
+        changes["data"] = data_change
     if "train.num_steps" in changes and config.train.schedule == "cosine":
         logging.warning(
             "train.num_steps changed %s -> %s under a cosine schedule: the learning rate "
@@ -125,30 +129,114 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
     return changes
 
 
-def _check_data(workdir: Workdir, config, allowed) -> None:
-    recorded_file = workdir.path / DATA_FILE
-    if not recorded_file.exists() or "data" in allowed:  # Older workdirs recorded none.
-        return
+# Where the corpus is found: may change when the bytes found there are the recorded ones.
+CORPUS_LOCATION_KEYS = frozenset({"data.path", "data.name"})
+
+
+def _corpus_moved(workdir: Workdir, config) -> bool:
+    recorded = _recorded_or_none(workdir)
+    return recorded is not None and _compare_corpus(recorded, data_fingerprint(config)) == "moved"
+
+
+def _check_data(workdir: Workdir, config, allowed) -> tuple | None:
+    """Refuses a changed corpus (unless 'data' is allowed); returns (old, new) paths when
+    the same bytes moved to another path, which is accepted and recorded."""
+    recorded = _recorded_data(workdir) if "data" not in allowed else _recorded_or_none(workdir)
+    if recorded is None:  # Older workdirs recorded none.
+        return None
+    now = data_fingerprint(config)
+    verdict = _compare_corpus(recorded, now)
+    if verdict == "same":
+        return None
+    if verdict == "changed" and "data" in allowed:
+        logging.warning(
+            "The corpus changed (--allow_config_change=data): recording the new one, so "
+            "later resumes need not allow it again."
+        )
+        return sorted(recorded), sorted(now)
+    if verdict == "moved":
+        logging.warning(
+            "The corpus moved (%s -> %s, the same bytes); the record is updated.",
+            ", ".join(recorded),
+            ", ".join(now),
+        )
+        return sorted(recorded), sorted(now)
+    raise UserError(
+        f"{_describe_change(workdir, recorded, now, config)} Resuming would move the splits "
+        f"under the run: restore the data, use a new workdir, or --allow_config_change=data."
+    )
+
+
+def _recorded_or_none(workdir: Workdir) -> dict | None:
+    """The record, or None when it is missing or unreadable (an allowed data change)."""
     try:
-        recorded = json.loads(recorded_file.read_text())
+        return _recorded_data(workdir)
+    except UserError:
+        return None
+
+
+def _recorded_data(workdir: Workdir) -> dict | None:
+    recorded_file = workdir.path / DATA_FILE
+    if not recorded_file.exists():
+        return None
+    try:
+        return json.loads(recorded_file.read_text())
     except ValueError:
         raise UserError(f"{recorded_file} is not valid JSON; restore it or delete it.") from None
+
+
+def _compare_corpus(recorded: dict, now: dict) -> str:
+    """'same', 'moved' (the same files' bytes under other paths), or 'changed'."""
+    if recorded == now:
+        return "same"
+    if now and sorted(map(json.dumps, recorded.values())) == sorted(map(json.dumps, now.values())):
+        return "moved"
+    return "changed"
+
+
+def _describe_change(workdir: Workdir, recorded: dict, now: dict, config) -> str:
+    """One sentence: the corpus is missing, or its files differ (and how)."""
+    describe = ", ".join(f"{path} ({info['bytes']:,} bytes)" for path, info in recorded.items())
+    if not now:
+        where = corpora.resolve_path(config.data.name, config.data.path)
+        return (
+            f"The corpus {workdir.path} was trained on ({describe}) is missing: {where} does "
+            f"not exist."
+        )
+    sizes = sorted(i["bytes"] for i in recorded.values()) != sorted(
+        i["bytes"] for i in now.values()
+    )
+    how = "in size" if sizes else "in content (sha256), not in size"
+    return (
+        f"The corpus changed since {workdir.path} started (it recorded {describe}; the files "
+        f"now differ {how})."
+    )
+
+
+def check_corpus_for_scoring(config, workdir, *, allow_changed: bool) -> str | None:
+    """For `evaluate`: refuses to score a split of a corpus other than the one the run
+    trained on (the splits would hold other bytes, and a test split could overlap what
+    it trained on), unless allowed; returns a note to print when it was allowed."""
+    workdir = Workdir(workdir)
+    recorded = _recorded_data(workdir)
+    if recorded is None:
+        return None
     now = data_fingerprint(config)
-    if recorded != now:
-        describe = ", ".join(
-            f"{path} ({info['bytes']:,} bytes)" for path, info in (recorded or {}).items()
-        )
+    if _compare_corpus(recorded, now) != "changed":
+        return None
+    change = _describe_change(workdir, recorded, now, config)
+    if not allow_changed:
         raise UserError(
-            f"The corpus changed since {workdir.path} started (it recorded {describe}; the "
-            f"files now differ in size or sha256). Resuming would move the splits under the "
-            f"run: restore the data, use a new workdir, or --allow_config_change=data."
+            f"{change} Its splits would not be the run's: pass --allow_changed_data to score "
+            f"them anyway."
         )
+    return f"note: {change} Scored anyway (--allow_changed_data)."
 
 
 def record_start(config, workdir, *, step: int, changes: dict | None) -> None:
     """Writes config.json (and data.json at the first start); appends to the history."""
     workdir = Workdir(workdir)
-    if changes is None or not (workdir.path / DATA_FILE).exists():
+    if changes is None or "data" in changes or not (workdir.path / DATA_FILE).exists():
         write_atomic(workdir.path / DATA_FILE, json.dumps(data_fingerprint(config), indent=2))
     write_atomic(workdir.config_file, config_lib.to_json(config))
     entry = {

@@ -249,3 +249,51 @@ def test_a_workdir_with_no_step_accepts_the_corrected_command(tmp_path, caplog):
     assert "holds no step yet" in caplog.text
     recorded = json.loads((workdir / "config.json").read_text())
     assert recorded["train"]["learning_rate"] == tiny_config().train.learning_rate
+
+
+def _small_corpus_run(tmp_path, shakespeare_path):
+    corpus = tmp_path / "data" / "corpus.txt"
+    corpus.parent.mkdir()
+    corpus.write_bytes(shakespeare_path.read_bytes()[:200_000])
+    _train(tmp_path / "run", **STEPS_6, **{"data.path": str(corpus)})
+    return corpus
+
+
+def test_a_moved_corpus_is_accepted_and_recorded(tmp_path, shakespeare_path):
+    corpus = _small_corpus_run(tmp_path, shakespeare_path)
+    moved = tmp_path / "elsewhere.txt"
+    corpus.rename(moved)
+    summary = _train(tmp_path / "run", **{"train.num_steps": 8, "data.path": str(moved)})
+    assert summary["resumed_from"] == 6
+    assert list(json.loads((tmp_path / "run" / "data.json").read_text())) == [str(moved)]
+    history = (tmp_path / "run" / "config_history.jsonl").read_text().splitlines()
+    assert json.loads(history[-1])["changes"]["data"] == [[str(corpus)], [str(moved)]]
+
+
+def test_a_missing_corpus_is_named_missing(tmp_path, shakespeare_path):
+    corpus = _small_corpus_run(tmp_path, shakespeare_path)
+    corpus.unlink()
+    with pytest.raises(UserError, match=r"is missing: .*corpus.txt does not exist"):
+        _train(tmp_path / "run", **{"train.num_steps": 8, "data.path": str(corpus)})
+
+
+def test_an_allowed_corpus_change_is_recorded_once(tmp_path, shakespeare_path):
+    corpus = _small_corpus_run(tmp_path, shakespeare_path)
+    with open(corpus, "ab") as f:
+        f.write(b"More lines.\n")
+    keys = {"data.path": str(corpus)}
+    with pytest.raises(UserError, match="differ in size"):
+        _train(tmp_path / "run", **{"train.num_steps": 8, **keys})
+    _train(tmp_path / "run", allow={"data"}, **{"train.num_steps": 8, **keys})
+    assert _train(tmp_path / "run", **{"train.num_steps": 10, **keys})["resumed_from"] == 8
+
+
+def test_evaluate_refuses_a_split_of_a_changed_corpus_unless_allowed(tmp_path, shakespeare_path):
+    corpus = _small_corpus_run(tmp_path, shakespeare_path)
+    config = tiny_config(**{"data.path": str(corpus)})
+    assert identity.check_corpus_for_scoring(config, tmp_path / "run", allow_changed=False) is None
+    corpus.write_bytes(corpus.read_bytes()[::-1])  # Same size, other bytes.
+    with pytest.raises(UserError, match="in content .*--allow_changed_data"):
+        identity.check_corpus_for_scoring(config, tmp_path / "run", allow_changed=False)
+    note = identity.check_corpus_for_scoring(config, tmp_path / "run", allow_changed=True)
+    assert note.startswith("note: The corpus changed") and "Scored anyway" in note
