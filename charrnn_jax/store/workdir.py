@@ -164,6 +164,11 @@ class Workdir:
 
     def prepare(self) -> bool:
         """Creates the directory and checks it is writable; returns True if it was created."""
+        if not self.is_remote and os.path.islink(self.path) and not self.path.exists():
+            raise UserError(
+                f"Workdir {self.path} is a symbolic link to {os.readlink(self.path)}, which "
+                f"does not exist: create its target, or remove the link."
+            )
         created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)

@@ -53,3 +53,10 @@ def test_deleting_trainer_lock_does_not_let_a_second_trainer_in(tmp_path):
         workdir_lib.WorkdirLock(workdir).acquire()
     first.release()
     workdir_lib.WorkdirLock(workdir).acquire().release()  # Free again once released.
+
+
+def test_a_dangling_symlink_workdir_is_named_as_such(tmp_path):
+    link = tmp_path / "run"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match="symbolic link to .*gone, which does not exist"):
+        workdir_lib.Workdir(link).prepare()
