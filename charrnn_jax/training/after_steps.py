@@ -102,7 +102,9 @@ class AfterSteps:
                 "rates": rates,
                 "wall_time": run.wall_offset + wall_time,
             }
-            run.ckpt.save(done, items_of(self.group, state, i), meta={"pending": pending})
+            meta = run.meta_for(done, pending=pending)
+            meta.pop("row", None)  # The row is made anew when the pass is completed.
+            run.ckpt.save(done, items_of(self.group, state, i), meta=meta)
         _mark_preempted(self.run_list, done, during_eval=True)
 
     def _after_row(self, state, live, records, done: int, evaluated: bool, *, save: bool) -> bool:

@@ -18,6 +18,7 @@ import json
 import pathlib
 import time
 
+import jax
 from absl import logging
 
 from charrnn_jax import config_lib
@@ -59,6 +60,13 @@ RESUMABLE_KEYS = frozenset(
 )
 DATA_FILE = "data.json"
 HISTORY_FILE = "config_history.jsonl"
+META_KEY = "identity"  # A checkpoint's meta: {'config': ..., 'data': ...} of its run.
+
+
+def record_of(config) -> dict:
+    """What every checkpoint keeps of its run's identity: the config and the corpus
+    record (each file's size and sha256), as config.json and data.json hold them."""
+    return {"config": config.to_dict(), "data": data_fingerprint(config)}
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -93,7 +101,9 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
     Raises a UserError naming every change that would mix two runs.
     """
     workdir = Workdir(workdir)
-    if not workdir.config_file.exists():
+    saved = _identity_in_checkpoint(workdir)
+    recorded = _recorded_config(workdir, saved)
+    if recorded is None:
         return None
     if not workdir.has_checkpoints() and not metric_logging.read_jsonl(workdir.metrics_file):
         # A start that failed before its first step (a batching error, the first compile,
@@ -104,7 +114,6 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
             workdir.path,
         )
         return None
-    recorded = config_lib.load(workdir.config_file)
     changes = changed_keys(recorded, config)
     if _corpus_moved(workdir, config):  # The same bytes under another name or path.
         allowed = allowed | CORPUS_LOCATION_KEYS
@@ -116,9 +125,10 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
             f"two runs: use a new workdir, --restart, or --allow_config_change="
             f"{','.join(refused)} to change it deliberately (recorded in {HISTORY_FILE})."
         )
-    data_change = _check_data(workdir, config, allowed)
+    data_change = _check_data(workdir, config, allowed, saved)
     if data_change:
         changes["data"] = data_change
+    _rebuild_records(workdir, saved)
     if "train.num_steps" in changes and config.train.schedule == "cosine":
         logging.warning(
             "train.num_steps changed %s -> %s under a cosine schedule: the learning rate "
@@ -138,10 +148,71 @@ def _corpus_moved(workdir: Workdir, config) -> bool:
     return recorded is not None and _compare_corpus(recorded, data_fingerprint(config)) == "moved"
 
 
-def _check_data(workdir: Workdir, config, allowed) -> tuple | None:
+def _identity_in_checkpoint(workdir: Workdir) -> dict | None:
+    """The identity record in the newest checkpoint's meta (None: no checkpoint, or one
+    written before checkpoints kept it)."""
+    if not workdir.checkpoint_dir.is_dir():
+        return None
+    from charrnn_jax.store import checkpointing  # Opens Orbax only when checkpoints exist.
+
+    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+    try:
+        for step in ckpt.all_steps()[::-1]:
+            record = ckpt.read_meta(step).get(META_KEY)
+            if record:
+                return {**record, "step": step}
+        return None
+    finally:
+        ckpt.close()
+
+
+def _recorded_config(workdir: Workdir, saved: dict | None):
+    """The config the run recorded: config.json, or, when it is missing or damaged, the
+    record in its newest checkpoint (None for a fresh workdir)."""
+    if saved is None:
+        return config_lib.load(workdir.config_file) if workdir.config_file.exists() else None
+    try:
+        return config_lib.load(workdir.config_file)
+    except UserError:
+        pass
+    logging.warning(
+        "%s is %s: the resume is checked against the config recorded in checkpoint step %d, "
+        "and the file is rebuilt from it.",
+        workdir.config_file,
+        "damaged" if workdir.config_file.exists() else "missing",
+        saved["step"],
+    )
+    return config_lib.complete(saved["config"])
+
+
+def _rebuild_records(workdir: Workdir, saved: dict | None) -> None:
+    """After a resume was accepted: config.json and data.json rebuilt from the checkpoint
+    where they were missing or damaged (record_start then writes the new start's)."""
+    if saved is None:
+        return
+    if _recorded_or_none(workdir) is None and saved.get("data") is not None:
+        write_atomic(workdir.path / DATA_FILE, json.dumps(saved["data"], indent=2))
+    try:
+        config_lib.load(workdir.config_file)
+    except UserError:
+        write_atomic(workdir.config_file, config_lib.to_json(config_lib.complete(saved["config"])))
+
+
+def _check_data(workdir: Workdir, config, allowed, saved=None) -> tuple | None:
     """Refuses a changed corpus (unless 'data' is allowed); returns (old, new) paths when
-    the same bytes moved to another path, which is accepted and recorded."""
-    recorded = _recorded_data(workdir) if "data" not in allowed else _recorded_or_none(workdir)
+    the same bytes moved to another path, which is accepted and recorded. A missing or
+    damaged data.json is replaced by the record in the newest checkpoint (`saved`)."""
+    recorded = _recorded_or_none(workdir)
+    if recorded is None and saved is not None and saved.get("data") is not None:
+        logging.warning(
+            "%s is missing or damaged: the corpus is checked against the record in "
+            "checkpoint step %d, and the file is rebuilt from it.",
+            workdir.path / DATA_FILE,
+            saved["step"],
+        )
+        recorded = saved["data"]
+    elif "data" not in allowed:
+        recorded = _recorded_data(workdir)
     if recorded is None:  # Older workdirs recorded none.
         return None
     now = data_fingerprint(config)
@@ -242,6 +313,10 @@ def record_start(config, workdir, *, step: int, changes: dict | None) -> None:
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "step": step,
+        # What ran this start: a resume on other hardware or JAX is visible afterwards.
+        "devices": jax.device_count(),
+        "platform": jax.devices()[0].platform,
+        "jax": jax.__version__,
         "changes": {k: list(v) for k, v in (changes or {}).items()},
         "config": config.to_dict(),
     }

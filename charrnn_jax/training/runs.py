@@ -41,6 +41,10 @@ class Run:
         self.best = (float("inf"), 0)  # (val loss, step) of checkpoints_best/.
         self.last_row: dict | None = None  # The metrics row last written.
         self.pending: dict | None = None  # The restored step's interrupted val pass.
+        # The run's identity (its config and corpus record), kept in every checkpoint's
+        # meta so that a lost or damaged config.json or data.json can be checked against
+        # and rebuilt from the checkpoint (identity.py).
+        self.identity: dict = {}
         self._created = False
         self._lock = WorkdirLock(self.workdir)
         self.ckpt = self.best_ckpt = None
@@ -79,6 +83,7 @@ class Run:
         # Every process reads the best val so far so that all of them make the same
         # best-checkpoint and early-stopping decisions.
         self.best = self._best_so_far(start_step)
+        self.identity = identity.record_of(self.config)
         if not self.is_main:
             return
         identity.record_start(self.config, self.workdir, step=start_step, changes=self.changes)
@@ -117,9 +122,13 @@ class Run:
             )
         return best
 
-    def meta_for(self, step: int) -> dict:
-        """What a checkpoint at `step` keeps beside the arrays: the row written at it."""
-        return {"row": self.last_row} if self.last_row and self.last_row["step"] == step else {}
+    def meta_for(self, step: int, **extra) -> dict:
+        """What a checkpoint at `step` keeps beside the arrays: the run's identity and the
+        row written at it."""
+        meta = {identity.META_KEY: self.identity, **extra}
+        if self.last_row and self.last_row["step"] == step:
+            meta["row"] = self.last_row
+        return meta
 
     def last_good(self) -> str:
         latest = self.ckpt.latest_step()

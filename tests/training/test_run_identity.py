@@ -297,3 +297,36 @@ def test_evaluate_refuses_a_split_of_a_changed_corpus_unless_allowed(tmp_path, s
         identity.check_corpus_for_scoring(config, tmp_path / "run", allow_changed=False)
     note = identity.check_corpus_for_scoring(config, tmp_path / "run", allow_changed=True)
     assert note.startswith("note: The corpus changed") and "Scored anyway" in note
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_lost_config_json_is_checked_against_the_checkpoint_and_rebuilt(run_copy, damage):
+    """config.json deleted (or cut to 0 bytes by a kill mid-write), then a resume with
+    another learning rate: refused against the record in the checkpoint, not accepted
+    as `changes {}`; the run's own command resumes and rebuilds the file."""
+    config_file = run_copy / "config.json"
+    config_file.unlink() if damage == "delete" else config_file.write_text("")
+    with pytest.raises(UserError, match=r"train.learning_rate: .* -> 0.5"):
+        _train(run_copy, **{"train.num_steps": 8, "train.learning_rate": 0.5})
+    summary = _train(run_copy, **{"train.num_steps": 8})
+    assert summary["resumed_from"] == 6
+    assert json.loads(config_file.read_text())["train"]["num_steps"] == 8
+    history = [json.loads(line) for line in (run_copy / "config_history.jsonl").open()]
+    assert history[-1]["jax"] == jax.__version__ and history[-1]["devices"] >= 1
+
+
+def test_a_lost_data_json_is_checked_against_the_checkpoint(tmp_path, shakespeare_path):
+    corpus = _small_corpus_run(tmp_path, shakespeare_path)
+    record = (tmp_path / "run" / "data.json").read_text()
+    (tmp_path / "run" / "data.json").unlink()
+    with open(corpus, "ab") as f:
+        f.write(b"Changed after data.json was lost.\n")
+    with pytest.raises(UserError, match="corpus changed"):
+        _train(tmp_path / "run", **{"train.num_steps": 8, "data.path": str(corpus)})
+    corpus.write_bytes(corpus.read_bytes()[: -len(b"Changed after data.json was lost.\n")])
+    (tmp_path / "run" / "data.json").write_text("{damaged")
+    assert (
+        _train(tmp_path / "run", **{"train.num_steps": 8, "data.path": str(corpus)})["resumed_from"]
+        == 6
+    )
+    assert json.loads((tmp_path / "run" / "data.json").read_text()) == json.loads(record)
