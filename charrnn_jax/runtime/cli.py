@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import logging as logging_std
 import re
@@ -42,7 +43,13 @@ class _QuietLibraries(logging_std.Filter):
 
 def _quiet_unraisable(unraisable) -> None:
     """Orbax/TensorStore coroutines abandoned after a failed read or write print 'Exception
-    ignored' tracebacks at exit; the trainer has already reported that failure itself."""
+    ignored' tracebacks at exit; the trainer has already reported that failure itself.
+
+    A Ctrl-C that lands in such a callback (JAX's gc callback, say) would be swallowed
+    here and the run would go on: it is handed back to the main thread instead."""
+    if issubclass(unraisable.exc_type, KeyboardInterrupt):
+        _thread.interrupt_main()
+        return
     logging.debug("Ignored in %r: %s", unraisable.object, unraisable.exc_value)
 
 
@@ -182,9 +189,14 @@ def failure_line(error: BaseException) -> str | None:
 
 
 def exit_on_user_error(fn, *args, **kwargs):
-    """Calls fn; a failure the user can act on becomes `error: ...` on stderr, exit status 1."""
+    """Calls fn; a failure the user can act on becomes `error: ...` on stderr, exit status 1;
+    Ctrl-C before the training loop takes it over (start-up, data, compile) is one line
+    and exit status 130 (the trainer has removed a workdir it had just created)."""
     try:
         return fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); a run that had started is resumable.", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         line = failure_line(e)
         if line is None:

@@ -66,6 +66,27 @@ def test_sample_cli_prints_each_prompt_continued(trained):
     assert again.stdout == result.stdout
 
 
+def test_sample_cli_takes_a_prompt_that_is_not_utf8(trained):
+    """Bytes that are not UTF-8 on the command line are a prompt like any other."""
+    workdir, _ = trained
+    result = subprocess.run(
+        [
+            sys.executable.encode(),
+            b"-m",
+            b"charrnn_jax.sample",
+            f"--workdir={workdir}".encode(),
+            b"--prompt=KING \xff:",
+            b"--length=10",
+            b"--temperature=0",
+        ],
+        capture_output=True,
+        timeout=300,
+        env=subprocess_env(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert b"Traceback" not in result.stderr
+
+
 def test_sample_cli_prompt_file_and_stop(trained, tmp_path):
     workdir, _ = trained
     prompt = tmp_path / "prompt.txt"
@@ -90,6 +111,7 @@ def test_sample_cli_prompt_file_and_stop(trained, tmp_path):
         (["--top_k=999"], "top_k must be in"),
         (["--stop=ab"], "--stop must be"),
         (["--step=12345"], "No checkpoint for step 12345"),
+        (["--length=3000000000"], "--length=3,000,000,000 for 1 sample(s)"),
     ],
 )
 def test_sample_cli_errors_are_one_line(trained, args, message):
@@ -217,3 +239,37 @@ def test_evaluate_dynamic_and_nanogpt_estimates_write_nothing(trained):
     assert nano.returncode == 0, nano.stderr[-3000:]
     assert json.loads(nano.stdout)["windows"] == 200 * 64
     assert _digests(workdir) == before  # Checkpoints, config and rows untouched.
+
+
+def test_ctrl_c_before_the_loop_is_one_line_exit_130_and_no_workdir(tmp_path):
+    """SIGINT once config.json exists: the run is opening or compiling, before the loop's
+    own handler (which saves and exits cleanly) is installed."""
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "charrnn_jax.main",
+            CONFIG,
+            f"--workdir={workdir}",
+            *tiny_overrides(**{"model.hidden_size": 256, "train.num_steps": 50}),
+        ],
+        env=subprocess_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (workdir / "config.json").exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:  # The loop's handler won the race: it saved and exited.
+        pytest.skip("SIGINT arrived after the loop started")
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
+    assert not workdir.exists()
