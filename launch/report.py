@@ -88,7 +88,8 @@ def _config_of(workdir: Workdir) -> dict:
 
 
 # Keys that do not make two runs different experiments: the seed (what a group averages
-# over) and where and how often the same run logs.
+# over), where and how often the same run logs, and how the same function is computed
+# (models/backend_choices.py: tested equal; training/identity.py lets them change).
 _NOT_THE_EXPERIMENT = (
     "seed",
     "wandb.",
@@ -98,6 +99,10 @@ _NOT_THE_EXPERIMENT = (
     "train.checkpoint_every",
     "train.max_to_keep",
     "eval.bytes_per_call",
+    "eval.dynamic.",
+    "model.gru_impl",
+    "model.scan",
+    "model.unroll",
 )
 
 
