@@ -43,6 +43,7 @@ import time
 
 from benchmarks import common, machine
 from charrnn_jax.runtime import cli
+from charrnn_jax.store.workdir import Workdir
 
 FULL = {
     "sizes": {"tutorial": common.SIZES["tutorial"], "headline": common.SIZES["headline"]},
@@ -669,7 +670,7 @@ def headline(args, seconds: float, report: Report) -> dict:
         proc.send_signal(signal.SIGTERM)  # Saves the step it reached, then exits.
         _, err = proc.communicate(timeout=300)
     train_s = time.perf_counter() - started
-    rows = _read_rows(workdir / "metrics.jsonl")
+    rows = _read_rows(Workdir(workdir).metrics_file)
     result = {
         "train_seconds": train_s,
         "steps": rows[-1]["step"] if rows else 0,

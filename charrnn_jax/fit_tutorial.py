@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from charrnn_jax.errors import UserError
 from charrnn_jax.runtime import cli
+from charrnn_jax.store.workdir import Workdir
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 _OUT = flags.DEFINE_string("out", None, "Output directory (must not hold a run already).")
@@ -31,7 +32,7 @@ flags.mark_flags_as_required(["config", "out"])
 
 
 def check_args(config, out: pathlib.Path, modes) -> None:
-    if (out / "metrics.jsonl").exists():
+    if Workdir(out).metrics_file.exists():
         raise UserError(f"{out} already holds a run (metrics.jsonl); choose a new --out.")
     if _EPOCHS.value < 1:
         raise UserError(f"--epochs must be >= 1, got {_EPOCHS.value}.")
@@ -79,7 +80,7 @@ def run() -> dict:
         return scoring.score_bytes(params, model, val_tokens, streams=streams, chunk=d.seq_len)
 
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "config.json", config_lib.to_json(described_config(config, recipe)))
+    write_atomic(Workdir(out).config_file, config_lib.to_json(described_config(config, recipe)))
     return keras_fit.fit(
         train_tokens,
         score_val,

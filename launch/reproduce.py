@@ -27,6 +27,7 @@ from absl import app, flags
 from charrnn_jax.errors import UserError
 from charrnn_jax.runtime import cli
 from charrnn_jax.store import metric_logging
+from charrnn_jax.store.workdir import Workdir
 
 _REFERENCE = flags.DEFINE_string("reference", None, "The published metrics.jsonl.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the rerun trains (resumes if present).")
@@ -48,7 +49,7 @@ def rerun(main_flags: list[str], workdir: pathlib.Path, until: int, xla_flags: s
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {xla_flags}".strip()
     command = cli.trainer_argv(*main_flags, f"--workdir={workdir}")
     proc = subprocess.Popen(command, env=env, stdout=sys.stderr)  # Our stdout: the verdict.
-    metrics = workdir / "metrics.jsonl"
+    metrics = Workdir(workdir).metrics_file
     while proc.poll() is None:
         if _reached(metrics, until):
             proc.send_signal(signal.SIGTERM)
@@ -84,8 +85,8 @@ def run(main_flags: list[str]) -> None:
         raise UserError(f"{_REFERENCE.value} has no rows.")
     workdir = pathlib.Path(_WORKDIR.value)
     status = rerun(main_flags, workdir, _UNTIL.value, _XLA_FLAGS.value)
-    rows = metric_logging.read_jsonl(workdir / "metrics.jsonl")
-    if not _reached(workdir / "metrics.jsonl", _UNTIL.value):
+    rows = metric_logging.read_jsonl(Workdir(workdir).metrics_file)
+    if not _reached(Workdir(workdir).metrics_file, _UNTIL.value):
         raise UserError(f"The rerun stopped (exit {status}) before step {_UNTIL.value}.")
     for key, r in compare(reference_rows, rows).items():
         if not r["rows"]:

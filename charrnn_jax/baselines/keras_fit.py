@@ -28,6 +28,7 @@ from absl import logging
 from charrnn_jax.baselines import keras_tutorial
 from charrnn_jax.data import corpora
 from charrnn_jax.store import metric_logging
+from charrnn_jax.store.workdir import Workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +176,7 @@ def fit(
         )
     finally:
         writer.close()
-    rows = metric_logging.read_jsonl(workdir / "metrics.jsonl")
+    rows = metric_logging.read_jsonl(Workdir(workdir).metrics_file)
     return {
         "val_loss": rows[-1]["val_loss"] if rows else math.nan,
         "steps": callback.step,

@@ -114,6 +114,16 @@ class Workdir:
         return self.path / "metrics.jsonl"
 
     @property
+    def data_file(self) -> epath.Path:
+        """The corpus the run trained on: each file's size and sha256 (training/identity.py)."""
+        return self.path / "data.json"
+
+    @property
+    def history_file(self) -> epath.Path:
+        """Every start's config and what it changed (training/identity.py)."""
+        return self.path / "config_history.jsonl"
+
+    @property
     def tensorboard_dir(self) -> epath.Path:
         return self.path / "tensorboard"
 
@@ -188,8 +198,8 @@ class Workdir:
             self.metrics_file,
             self.tensorboard_dir,
             self.config_file,
-            self.path / "config_history.jsonl",
-            self.path / "data.json",
+            self.history_file,
+            self.data_file,
         ]
         damaged = list(self.path.glob("metrics.jsonl.damaged-*")) if self.path.exists() else []
         return [p for p in named + damaged if p.exists()]

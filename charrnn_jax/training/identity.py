@@ -58,8 +58,9 @@ RESUMABLE_KEYS = frozenset(
     # backend, which 'auto' already allows.
     {"model.gru_impl", "model.scan", "model.unroll"}
 )
-DATA_FILE = "data.json"
-HISTORY_FILE = "config_history.jsonl"
+# The file names, for messages (store/workdir.py owns them).
+DATA_FILE = Workdir(".").data_file.name
+HISTORY_FILE = Workdir(".").history_file.name
 META_KEY = "identity"  # A checkpoint's meta: {'config': ..., 'data': ...} of its run.
 
 
@@ -191,7 +192,7 @@ def _rebuild_records(workdir: Workdir, saved: dict | None) -> None:
     if saved is None:
         return
     if _recorded_or_none(workdir) is None and saved.get("data") is not None:
-        write_atomic(workdir.path / DATA_FILE, json.dumps(saved["data"], indent=2))
+        write_atomic(workdir.data_file, json.dumps(saved["data"], indent=2))
     try:
         config_lib.load(workdir.config_file)
     except UserError:
@@ -207,7 +208,7 @@ def _check_data(workdir: Workdir, config, allowed, saved=None) -> tuple | None:
         logging.warning(
             "%s is missing or damaged: the corpus is checked against the record in "
             "checkpoint step %d, and the file is rebuilt from it.",
-            workdir.path / DATA_FILE,
+            workdir.data_file,
             saved["step"],
         )
         recorded = saved["data"]
@@ -247,7 +248,7 @@ def _recorded_or_none(workdir: Workdir) -> dict | None:
 
 
 def _recorded_data(workdir: Workdir) -> dict | None:
-    recorded_file = workdir.path / DATA_FILE
+    recorded_file = workdir.data_file
     if not recorded_file.exists():
         return None
     try:
@@ -307,8 +308,8 @@ def check_corpus_for_scoring(config, workdir, *, allow_changed: bool) -> str | N
 def record_start(config, workdir, *, step: int, changes: dict | None) -> None:
     """Writes config.json (and data.json at the first start); appends to the history."""
     workdir = Workdir(workdir)
-    if changes is None or "data" in changes or not (workdir.path / DATA_FILE).exists():
-        write_atomic(workdir.path / DATA_FILE, json.dumps(data_fingerprint(config), indent=2))
+    if changes is None or "data" in changes or not (workdir.data_file).exists():
+        write_atomic(workdir.data_file, json.dumps(data_fingerprint(config), indent=2))
     write_atomic(workdir.config_file, config_lib.to_json(config))
     entry = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -321,4 +322,4 @@ def record_start(config, workdir, *, step: int, changes: dict | None) -> None:
         "config": config.to_dict(),
     }
     # Rewritten whole (buckets cannot append), on a fresh line after a cut one.
-    append_line(workdir.path / HISTORY_FILE, json.dumps(entry))
+    append_line(workdir.history_file, json.dumps(entry))
