@@ -83,6 +83,12 @@ def run() -> dict:
     else:
         if not pipeline.MODES[d.mode].byte_stream:
             raise UserError(f"--split needs byte data; this run has data.mode={d.mode!r}.")
+        if _SPLIT.value == "test" and not d.test_fraction:
+            raise UserError(
+                "This run has no test split (data.test_fraction is 0). A test split is cut "
+                "from the file's end when a run is trained with --config.data.test_fraction=F "
+                "(e.g. 0.05); adding it later would move the val split under the trained run."
+            )
         path = corpora.resolve_path(d.name, d.path)
         note = identity.check_corpus_for_scoring(
             config, _WORKDIR.value, allow_changed=_ALLOW_CHANGED.value

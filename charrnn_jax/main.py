@@ -12,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from charrnn_jax.runtime import cli
+from charrnn_jax.store.workdir import Workdir
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with ':preset'.", lock_config=True
@@ -102,6 +103,33 @@ def main(argv):
             f"Preempted at step {summary['final_step']}; checkpoint saved. Rerun the same "
             f"command to resume."
         )
+        return
+    print(closing_summary(summary, _WORKDIR.value, config.train.num_steps), file=sys.stderr)
+
+
+def closing_summary(summary: dict, workdir: str, num_steps: int) -> str:
+    """What a finished command leaves: the best val, where the checkpoints are, and the
+    commands to run next."""
+    w = Workdir(workdir)
+    best = summary.get("best_val_loss")
+    lines = [
+        f"Done: step {summary['final_step']}/{num_steps}"
+        + (
+            ""
+            if best is None
+            else f"; best val {best:.4f} nats/byte at step {summary['best_step']}"
+        )
+        + (" (stopped early)" if summary.get("early_stopped") else "")
+        + ".",
+        f"Checkpoints: {w.checkpoint_dir} (latest), {w.best_checkpoint_dir} (best); rows: "
+        f"{w.metrics_file}.",
+    ]
+    if not summary["model"].num_classes:
+        lines += [
+            "Next: python -m charrnn_jax.sample --workdir=" + workdir + " --step=best --length=500",
+            "      python -m charrnn_jax.evaluate --workdir=" + workdir + " --step=best",
+        ]
+    return "\n".join(lines)
 
 
 def _vmapped_sweep(config, root) -> None:

@@ -225,5 +225,15 @@ def _summaries(group, run_list, state, model) -> list[dict]:
         variant = state.replace(
             step=group.select(state.step, i), **after_steps.items_of(group, state, i)
         )
-        out.append(dict(run.summary, final_step=final_step, model=model, state=variant))
+        best_val, best_step = run.best
+        out.append(
+            dict(
+                run.summary,
+                final_step=final_step,
+                best_val_loss=None if best_val == float("inf") else best_val,
+                best_step=best_step or None,
+                model=model,
+                state=variant,
+            )
+        )
     return out

@@ -45,6 +45,10 @@ def test_main_trains_logs_progress_and_writes_metrics(trained):
     workdir, result = trained
     assert "step 6/6 | loss" in result.stderr and "tok/s | ETA" in result.stderr
     assert "Sample at step 6:\nROMEO:" in result.stderr
+    # The closing summary: the best val, where things are, what to run next.
+    assert "Done: step 6/6; best val " in result.stderr
+    assert f"{workdir}/checkpoints_best (best)" in result.stderr
+    assert f"Next: python -m charrnn_jax.sample --workdir={workdir} --step=best" in result.stderr
     assert "2 local devices" in result.stderr  # --cpu_devices=2 (the environment asks for 4).
     restarts = result.stderr.count(f"Restarting with GLIBC_TUNABLES={host_memory.TUNABLE}")
     assert restarts == (host_memory.environment_with_huge_pages({}) is not None)  # Once.
@@ -120,6 +124,17 @@ def test_sample_cli_errors_are_one_line(trained, args, message):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_evaluate_without_a_test_split_says_which_key_makes_one(trained):
+    workdir, _ = trained
+    result = _run("charrnn_jax.evaluate", f"--workdir={workdir}", "--split=test")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: This run has no test split (data.test_fraction is 0). A test split is cut "
+        "from the file's end when a run is trained with --config.data.test_fraction=F (e.g. "
+        "0.05); adding it later would move the val split under the trained run."
+    )
 
 
 def test_sample_cli_missing_workdir(tmp_path):
