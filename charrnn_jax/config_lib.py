@@ -51,6 +51,12 @@ def _validate_data(config) -> None:
         0 <= test_fraction < 1 - d.val_fraction,
         f"data.test_fraction must be in [0, 1 - val_fraction), got {test_fraction}.",
     )
+    cutters = tuple(name for name, mode in pipeline.MODES.items() if mode.cuts_test_split)
+    _require(
+        not test_fraction or pipeline.MODES[d.mode].cuts_test_split,
+        f"data.test_fraction={test_fraction} needs a data.mode that cuts a test split "
+        f"{cutters}; data.mode={d.mode!r} splits its examples into train and val only.",
+    )
     _one_of(config.eval.mode, EVAL_MODES, "eval.mode")
     _require(config.eval.streams >= 0, f"eval.streams must be >= 0, got {config.eval.streams}.")
     dyn = config.eval.dynamic

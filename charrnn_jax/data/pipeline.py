@@ -77,6 +77,8 @@ class Mode:
       carries_state: the recurrent state flows from step to step (truncated BPTT).
       labelled: (text, label) examples for a many-to-one classifier.
       prompt_prefix: what every training example starts with, so prompts get it too.
+      cuts_test_split: data.test_fraction cuts a test split off the file's end (the
+        example modes split their examples into train and val only).
     """
 
     build: Callable
@@ -84,13 +86,14 @@ class Mode:
     carries_state: bool = False
     labelled: bool = False
     prompt_prefix: bytes = b""
+    cuts_test_split: bool = False
 
 
 # data.mode -> how it is built and what it means to the rest of the package.
 MODES: dict[str, Mode] = {
-    "random": Mode(_byte_pipeline, byte_stream=True),
-    "epoch": Mode(_byte_pipeline, byte_stream=True),
-    "stream": Mode(_byte_pipeline, byte_stream=True, carries_state=True),
+    "random": Mode(_byte_pipeline, byte_stream=True, cuts_test_split=True),
+    "epoch": Mode(_byte_pipeline, byte_stream=True, cuts_test_split=True),
+    "stream": Mode(_byte_pipeline, byte_stream=True, carries_state=True, cuts_test_split=True),
     "lines": Mode(_line_pipeline, prompt_prefix=b"\n"),
     "labelled": Mode(_labelled_pipeline, labelled=True),
 }

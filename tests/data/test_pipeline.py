@@ -171,3 +171,17 @@ def test_download_checks_sha256_and_caches(tmp_path, monkeypatch, shakespeare_pa
 def test_decode_replaces_invalid_utf8():
     assert corpora.decode(np.array([0x68, 0x69, 0xFF], np.uint8)) == "hi\ufffd"
     assert corpora.decode("小路".encode()) == "小路"
+
+
+@pytest.mark.parametrize("mode", ["lines", "labelled"])
+def test_example_modes_refuse_a_test_fraction_in_one_line(mode):
+    from conftest import tiny_config
+
+    from charrnn_jax import config_lib
+    from charrnn_jax.errors import UserError
+
+    overrides = {"data.mode": mode, "data.test_fraction": 0.05}
+    if mode == "labelled":
+        overrides.update({"model.num_classes": 2, "data.name": "imdb_labelled"})
+    with pytest.raises(UserError, match=rf"data.mode='{mode}' splits its examples into train"):
+        config_lib.validate(tiny_config(**overrides))
