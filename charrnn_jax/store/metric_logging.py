@@ -18,6 +18,7 @@ before it existed restores with the new metric's window starting at zero.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -291,6 +292,22 @@ class WandbWriter:
         self._run.finish()
 
 
+def _side_output(writer, what: str, step: int, write: Callable[[], None]) -> None:
+    """Runs one write to a side stream (TensorBoard, W&B); a failure is one warning."""
+    try:
+        write()
+    except Exception as e:  # noqa: BLE001 - side output never stops a run.
+        first = next((ln for ln in str(e).splitlines() if ln.strip()), "")
+        logging.warning(
+            "%s could not write the %s at step %d (%s: %s); the run goes on.",
+            type(writer).__name__,
+            what,
+            step,
+            type(e).__name__,
+            first[:200],
+        )
+
+
 class MetricWriter:
     """One writer over a run's JSONL, TensorBoard and (optionally) W&B, shaped like clu's
     MetricWriter. Our trainer and the Keras baseline both write through it.
@@ -326,16 +343,22 @@ class MetricWriter:
         return [w for w in (self._tb, self._wandb) if w is not None]
 
     def write_scalars(self, step: int, record: dict) -> dict:
-        """Writes one row to every stream; returns the JSONL row as written."""
+        """Writes one row to every stream; returns the JSONL row as written. The JSONL row
+        is the record: a failure there ends the run; TensorBoard and W&B are side output,
+        whose failure is a warning (the run goes on)."""
         row = self._jsonl.write({"step": step, **record})
         for writer in self._streams():
-            writer.write({"step": step, **record})
+            _side_output(
+                writer, "row", step, functools.partial(writer.write, {"step": step, **record})
+            )
         return row
 
     def write_texts(self, step: int, texts: dict[str, str]) -> None:
         for tag, text in texts.items():
             for writer in self._streams():
-                writer.write_text(tag, text, step)
+                _side_output(
+                    writer, tag, step, functools.partial(writer.write_text, tag, text, step)
+                )
 
     def close(self) -> None:
         self._jsonl.close()

@@ -58,3 +58,26 @@ def test_wandb_offline_gets_every_row_and_resumes_the_same_run(tmp_path, monkeyp
     loop.train_and_evaluate(tiny_config(**overrides), tmp_path, devices=jax.devices()[:1])
     ids = {p.name.rsplit("-", 1)[-1] for p in (tmp_path / "wandb").glob("offline-run-*")}
     assert len(ids) == 1  # The resumed run logs to the same W&B run id.
+
+
+def test_a_failing_side_stream_is_a_warning_and_the_row_is_kept(tmp_path, caplog):
+    writer = metric_logging.MetricWriter(tmp_path, resume_step=0)
+
+    class Broken:
+        def write(self, record):
+            raise OSError(28, "No space left on device")
+
+        def write_text(self, tag, text, step):
+            raise RuntimeError("wandb is down")
+
+        def close(self):
+            pass
+
+    writer._tb = Broken()
+    row = writer.write_scalars(2, {"train_loss": 1.5})
+    writer.write_texts(2, {"sample": "ROMEO:"})
+    writer.close()
+    assert row["train_loss"] == 1.5
+    assert metric_logging.read_jsonl(tmp_path / "metrics.jsonl")[0]["train_loss"] == 1.5
+    assert "Broken could not write the row at step 2 (OSError" in caplog.text
+    assert "could not write the sample at step 2 (RuntimeError: wandb is down)" in caplog.text
