@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: setup train train-full test test-fast lint bench
+.PHONY: setup setup-gpu setup-tpu train train-full test test-fast lint bench
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,16 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 setup: $(BIN)/.installed
+
+# The accelerator builds go into the project's own venv, after `setup` (which installs
+# the CPU jax): installed before it, outside .venv, `make train` would never see them.
+# JAX_CUDA=cuda12 for CUDA 12 drivers; the names are jax's extras (cuda13, cuda12, tpu).
+JAX_CUDA ?= cuda13
+setup-gpu: setup
+	$(BIN)/pip install -q -U "jax[$(JAX_CUDA)]"
+
+setup-tpu: setup
+	$(BIN)/pip install -q -U "jax[tpu]"
 
 train: setup  ## The :tiny preset (a few minutes on a laptop CPU), then a sample.
 	$(BIN)/python -m charrnn_jax.main --config=experiments/shakespeare.py:tiny --workdir=runs/tiny

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import importlib.util
 import logging as logging_std
+import pathlib
 import re
 import sys
 import threading
@@ -107,9 +109,47 @@ def require_non_empty_paths(*names: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with bad flags as one line (see _flag_errors), not a traceback."""
+    """absl's parser, with bad flags as one line (see _flag_errors), not a traceback, and
+    `--config=NAME[:preset]` naming a shipped experiment (see named_config)."""
+    argv = [_with_named_config(arg) for arg in argv]
     with _flag_errors(argv):
         return flags.FLAGS(argv)
+
+
+def shipped_experiments() -> dict[str, pathlib.Path]:
+    """{name: file} of the experiment configs: installed as charrnn_jax.experiments (the
+    wheel ships experiments/ there), or a clone's experiments/ folder."""
+    folders = [pathlib.Path(__file__).resolve().parents[2] / "experiments"]
+    spec = importlib.util.find_spec("charrnn_jax.experiments")
+    if spec is not None and spec.submodule_search_locations:
+        folders += [pathlib.Path(p) for p in spec.submodule_search_locations]
+    found = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*.py")) if folder.is_dir() else []:
+            if path.stem != "__init__":
+                found.setdefault(path.stem, path)
+    return found
+
+
+def named_config(value: str) -> str:
+    """`shakespeare:tiny` -> the shipped file's path with the preset, so the design card's
+    command works after `pip install` from any directory; a path is left as it is."""
+    name, sep, preset = value.partition(":")
+    if "/" in name or name.endswith(".py") or pathlib.Path(name).exists():
+        return value
+    shipped = shipped_experiments()
+    if name not in shipped:
+        sys.exit(
+            f"error: --config={value}: no file {name!r} here and no shipped experiment of "
+            f"that name (shipped: {', '.join(shipped) or 'none'})."
+        )
+    return f"{shipped[name]}{sep}{preset}"
+
+
+def _with_named_config(arg: str) -> str:
+    if arg.startswith("--config=") and arg != "--config=":
+        return "--config=" + named_config(arg[len("--config=") :])
+    return arg
 
 
 def config_value(config_flag, check=None):
