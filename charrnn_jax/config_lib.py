@@ -165,6 +165,12 @@ def _validate_rest(config) -> None:
     _require(config.sweep.vmap >= 0, f"sweep.vmap must be >= 0 (0 = off), got {config.sweep.vmap}.")
     _require(s.length >= 0, f"sample.length must be >= 0 (0 = no samples), got {s.length}.")
     _require(s.temperature >= 0, f"sample.temperature must be >= 0, got {s.temperature}.")
+    spec = config.profile.steps
+    start, sep, count = spec.partition(":")
+    _require(
+        not spec or (sep == ":" and start.isdigit() and count.isdigit() and int(count) >= 1),
+        f"profile.steps must be '' or 'START:COUNT' (e.g. '100:5'), got {spec!r}.",
+    )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -183,6 +189,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample = _sample_defaults()
     config.wandb = _wandb_defaults()
     config.sweep = _sweep_defaults()
+    config.profile = ml_collections.ConfigDict()
+    # 'START:COUNT': a jax.profiler trace of those steps into <workdir>/profile/ ('' = none).
+    config.profile.steps = ""
     return config
 
 

@@ -128,6 +128,11 @@ class Workdir:
         return self.path / "tensorboard"
 
     @property
+    def profile_dir(self) -> epath.Path:
+        """jax.profiler traces of `profile.steps` (training/profiling.py)."""
+        return self.path / "profile"
+
+    @property
     def checkpoint_dir(self) -> epath.Path:
         """Absolute for local paths: Orbax requires it."""
         return (self.path if self.is_remote else self.path.absolute()) / "checkpoints"

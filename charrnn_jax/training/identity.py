@@ -51,6 +51,7 @@ RESUMABLE_KEYS = frozenset(
         "wandb.mode",
         "sweep.vmap",
         "sweep.name",
+        "profile.steps",  # A trace of some steps: the same steps, observed.
     }
 ) | frozenset(
     # How the same function is computed (models/backend_choices.py; each pair tested

@@ -27,6 +27,7 @@ from charrnn_jax.training import (
     identity,
     optim,
     pacing,
+    profiling,
     runs,
     steps,
     validation,
@@ -180,12 +181,17 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
     step_fn, val = _compile_for_loop(group, datas, state, fns, start, dropout_rngs, pending)
     stop = pacing.StopFlag().install()
     after = after_steps.AfterSteps(group, run_list, model, fns.reset, val, stop, start)
+    profiler = profiling.StepProfiler(
+        config.profile.steps, run_list[0].workdir, enabled=run_list[0].is_main
+    )
     try:
         if pending and after.complete_pending(state, start):
             return state
         for step in range(start, t.num_steps):
             local = [d.train_batch(step, process, processes) for d in datas]
+            profiler.before(step)
             state = step_fn(state, group.global_batch(local), dropout_rngs)
+            profiler.after(step, state)
             after.in_flight.add(state.step + 0)  # A copy: the state itself is donated next step.
             done = step + 1
             preempted = stop.is_set() or run_list[0].ckpt.reached_preemption(done)
@@ -195,6 +201,7 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
                 if finished:
                     break
     finally:
+        profiler.stop()
         stop.uninstall()
     return state
 
