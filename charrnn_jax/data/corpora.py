@@ -236,6 +236,25 @@ def load_splits(data_config) -> dict:
     return splits(tokens, d.val_fraction, d.test_fraction)
 
 
+def complete_utf8(data: bytes) -> bytes:
+    """`data` without a UTF-8 character cut off at its end (a sample stopped mid-character):
+    the last lead byte's sequence is dropped if fewer bytes follow it than it announces."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # Not a continuation byte: an ASCII or a lead byte.
+            need = (
+                2
+                if byte >> 5 == 0b110
+                else 3
+                if byte >> 4 == 0b1110
+                else 4
+                if byte >> 3 == 0b11110
+                else 1
+            )
+            return data[:-back] if need > back else data
+    return data
+
+
 def decode(data: bytes | np.ndarray) -> str:
     """Bytes -> text for display; invalid UTF-8 becomes U+FFFD."""
     raw = data if isinstance(data, bytes) else np.asarray(data, dtype=np.uint8).tobytes()

@@ -7,6 +7,7 @@ import sys
 import pytest
 from conftest import REPO, subprocess_env, tiny_overrides
 
+from charrnn_jax.data import corpora
 from charrnn_jax.runtime import distributed, host_memory
 from charrnn_jax.store import metric_logging
 
@@ -288,3 +289,24 @@ def test_ctrl_c_before_the_loop_is_one_line_exit_130_and_no_workdir(tmp_path):
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
     assert not workdir.exists()
+
+
+def test_sample_raw_writes_the_bytes_unchanged(trained):
+    workdir, _ = trained
+    args = ["--prompt=式部", "--length=40", "--seed=1", "--temperature=1.5"]
+    raw = subprocess.run(
+        [sys.executable, "-m", "charrnn_jax.sample", f"--workdir={workdir}", "--raw", *args],
+        capture_output=True,
+        timeout=300,
+        env=subprocess_env(),
+    )
+    assert raw.returncode == 0, raw.stderr[-2000:]
+    assert raw.stdout.startswith("式部".encode()) and len(raw.stdout) == len("式部".encode()) + 40
+    text = subprocess.run(  # Bytes, so no newline translation hides a \r.
+        [sys.executable, "-m", "charrnn_jax.sample", f"--workdir={workdir}", *args],
+        capture_output=True,
+        timeout=300,
+        env=subprocess_env(),
+    )
+    shown = corpora.decode(corpora.complete_utf8(raw.stdout))  # What the text mode prints.
+    assert text.stdout.decode() == shown + ("" if shown.endswith("\n") else "\n")
