@@ -273,6 +273,9 @@ def _eval_defaults() -> ml_collections.ConfigDict:
     # Full eval: val bytes per device call at most (0 = one call). A SIGTERM is honoured
     # between calls, so this bounds how long a preemption waits for an evaluation.
     eval.bytes_per_call = 1 << 18
+    # Also log nanoGPT's estimate_loss() of val beside val_loss (val_loss_nanogpt; byte
+    # data, single process): 200 x 64 random windows of 256 bytes, a seeded draw.
+    eval.nanogpt_estimate = False
     # `evaluate --dynamic`: dynamic evaluation (inference/dynamic.py, Krause et al. 2018):
     # SGD on each scored segment, decaying towards the trained weights.
     eval.dynamic = ml_collections.ConfigDict()

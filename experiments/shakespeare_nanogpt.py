@@ -18,7 +18,8 @@ byte values as the vocabulary (tiny Shakespeare is ASCII: a byte is a character)
 compute (nanoGPT runs bf16 autocast on a GPU; `--config.model.dtype=bfloat16` is ours),
 and the logged val: the full-split metric (every val byte once, a sliding window of 256
 with stride 128, so each byte has at least 128 bytes of context) instead of the 200 x 64
-random windows of estimate_loss(), which `evaluate --metric=nanogpt` computes.
+random windows of estimate_loss(), which `evaluate --metric=nanogpt` computes and each
+val row carries beside it (`val_loss_nanogpt`), so both curves can be drawn.
 
 Not yet measured: a 5,000-step run is many CPU hours (about 1 TFLOP a step); no number
 from this config is published yet (docs/results.md says where the run stands).
@@ -54,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.log_every = 50  # Rows (nanoGPT logs every 10 iterations).
     config.train.eval_every = 250  # eval_interval.
     config.train.checkpoint_every = 250
+    config.eval.nanogpt_estimate = True  # val_loss_nanogpt beside val_loss in every val row.
     config.sample.prompt = "\n"  # nanoGPT's sample.py starts from a newline.
     config.lock()
     return config

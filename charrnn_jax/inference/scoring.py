@@ -181,7 +181,7 @@ def score_nanogpt(
     can be matched on its own estimator."""
     starts = nanogpt_window_starts(len(tokens), seed=seed, iters=iters, batch=batch, block=block)
     offsets = np.arange(block + 1)
-    score = jax.jit(functools.partial(eval_step, apply_fn=model.apply, chunk=block))
+    score = _window_scorer(model, block)
     sums = []
     for row in starts:
         windows_ = tokens[row[:, None] + offsets].astype(np.int32)
@@ -189,6 +189,13 @@ def score_nanogpt(
     sums = jax.device_get(sums)  # One fetch at the end: no host sync per batch.
     total = jax.tree.map(lambda *x: np.sum(x, dtype=np.float64), *sums)
     return {**result(total), "windows": int(starts.size), "block": block, "seed": seed}
+
+
+@functools.lru_cache(maxsize=8)
+def _window_scorer(model, block: int):
+    """One jitted scorer per model and window length, so repeated estimates (every val
+    row of a run) compile once."""
+    return jax.jit(functools.partial(eval_step, apply_fn=model.apply, chunk=block))
 
 
 def result(sums) -> dict:

@@ -82,6 +82,12 @@ ROW_FIELDS = (
         "with train.ema_decay: val of the raw params (val_* is the average's)",
     ),
     Field("val_bpb_raw", "float", "val_loss_raw / ln 2"),
+    Field(
+        "val_loss_nanogpt",
+        "float",
+        "with eval.nanogpt_estimate: nanoGPT's estimate_loss() "
+        "of the same params (200 x 64 random val windows of 256 bytes, seed 0)",
+    ),
     Field("tokens_per_sec", "float", "training throughput since the last row"),
     Field(
         "grad_norm",

@@ -87,6 +87,11 @@ class AfterSteps:
                 return False
         for i, _ in live:
             records[i].update(_val_record(self.group.host_row(sums, i)))
+            if self.validation.nanogpt_tokens is not None:
+                params = self.group.select(steps.eval_params(state), i)
+                records[i]["val_loss_nanogpt"] = self.validation.nanogpt_estimate(
+                    params, self.model
+                )
             if raw is not None:  # The averaged weights' gain, visible beside them.
                 raw_loss = _val_record(self.group.host_row(raw, i))["val_loss"]
                 records[i]["val_loss_raw"] = raw_loss

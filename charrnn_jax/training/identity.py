@@ -40,6 +40,7 @@ RESUMABLE_KEYS = frozenset(
         "train.early_stop_patience",
         "train.init_from",  # Read only at step 0.
         "eval.bytes_per_call",  # Only the order in which the val sums are added.
+        "eval.nanogpt_estimate",  # One more field in the val rows.
         "eval.dynamic.learning_rate",  # Read only by `evaluate --dynamic`.
         "eval.dynamic.decay",
         "eval.dynamic.segment",

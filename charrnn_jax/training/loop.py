@@ -213,8 +213,16 @@ def _compile_for_loop(group, datas, state, fns, start, dropout_rngs, pending: bo
         group.global_batch(batches)
         for batches in zip(*[d.eval_batches(process, processes) for d in datas], strict=True)
     ]
+    c = group.configs[0]
+    estimate = c.eval.nanogpt_estimate and pipeline.MODES[c.data.mode].byte_stream
+    if estimate and processes > 1:
+        logging.warning("eval.nanogpt_estimate is single-process only: not logged here.")
     val = validation.Validation(
-        fns, eval_data, carried=datas[0].eval_carried, stoppable=processes == 1
+        fns,
+        eval_data,
+        carried=datas[0].eval_carried,
+        stoppable=processes == 1,
+        nanogpt_tokens=datas[0].val if estimate and processes == 1 else None,
     )
     step_fn = fns.train
     if start < group.configs[0].train.num_steps:

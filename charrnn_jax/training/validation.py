@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from charrnn_jax.inference import scoring
 from charrnn_jax.training import pacing
 
 
@@ -42,12 +43,20 @@ class Validation:
         waiting).
     """
 
-    def __init__(self, programs, batches: list, *, carried: bool, stoppable: bool):
+    def __init__(
+        self, programs, batches: list, *, carried: bool, stoppable: bool, nanogpt_tokens=None
+    ):
         self.programs = programs
         self.batches = batches
         self.carried = carried
         self.stoppable = stoppable
         self._score = programs.eval_segment if carried else programs.eval
+        # eval.nanogpt_estimate: the val split's bytes, for nanoGPT's estimator.
+        self.nanogpt_tokens = nanogpt_tokens
+
+    def nanogpt_estimate(self, params, model) -> float:
+        """nanoGPT's estimate_loss() of val for one variant's params (seed 0)."""
+        return scoring.score_nanogpt(jax.device_get(params), model, self.nanogpt_tokens)["loss"]
 
     def compile(self, params) -> None:
         """Compiles the scoring program ahead of the loop, for the first batch's shape."""

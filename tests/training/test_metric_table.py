@@ -101,3 +101,20 @@ def test_old_rows_with_infinity_still_read(tmp_path):
     path.write_text('{"step": 2, "val_loss": Infinity}\n{"step": 4, "val_loss": NaN}\n')
     rows = metric_logging.read_jsonl(path)
     assert rows[0]["val_loss"] == math.inf and math.isnan(rows[1]["val_loss"])
+
+
+def test_val_rows_can_carry_nanogpts_estimate_of_the_same_params(tmp_path):
+    from charrnn_jax.data import corpora
+    from charrnn_jax.inference import loading, scoring
+
+    config = tiny_config(**{"eval.nanogpt_estimate": True, "train.eval_every": 6})
+    loop.train_and_evaluate(config, tmp_path)
+    rows = metric_logging.read_jsonl(tmp_path / "metrics.jsonl")
+    val_rows = [r for r in rows if r["val_loss"] is not None]
+    assert val_rows and all(r["val_loss_nanogpt"] is not None for r in val_rows)
+    assert all(r["val_loss_nanogpt"] is None for r in rows if r["val_loss"] is None)
+    _, model, params, step = loading.load_for_inference(tmp_path)
+    assert step == val_rows[-1]["step"]
+    val = corpora.load_splits(config.data)["val"]
+    expected = scoring.score_nanogpt(params, model, val)["loss"]
+    assert val_rows[-1]["val_loss_nanogpt"] == pytest.approx(expected, rel=1e-5)
