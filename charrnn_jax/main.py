@@ -104,7 +104,8 @@ def main(argv):
             f"command to resume."
         )
         return
-    print(closing_summary(summary, _WORKDIR.value, config.train.num_steps), file=sys.stderr)
+    if jax.process_index() == 0:  # Process 0 logs for the run (store/metric_logging.py).
+        print(closing_summary(summary, _WORKDIR.value, config.train.num_steps), file=sys.stderr)
 
 
 def closing_summary(summary: dict, workdir: str, num_steps: int) -> str:

@@ -19,6 +19,7 @@ On restore, three kinds of failure are kept apart:
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import jax
@@ -360,6 +361,25 @@ def _as_wanted(restored: dict, target: dict) -> dict:
         )
 
     return {key: restored[key] if key in restored else zeros(t) for key, t in target.items()}
+
+
+def newest_meta(workdir: Workdir, key: str) -> tuple[int, dict] | None:
+    """(step, meta[key]) of the newest checkpoint whose meta holds `key`, read straight
+    from its JSON file without opening Orbax (no collective: every process of a
+    multi-process run may call it on its own, before the trainer's checkpointer opens)."""
+    directory = workdir.checkpoint_dir
+    if not directory.is_dir():
+        return None
+    steps = sorted((int(d.name) for d in directory.iterdir() if d.name.isdigit()), reverse=True)
+    for step in steps:
+        path = directory / str(step) / META / "metadata"
+        try:
+            value = json.loads(path.read_text()).get(key) if path.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            value = None
+        if value:
+            return step, value
+    return None
 
 
 def _by_key(tree) -> dict:

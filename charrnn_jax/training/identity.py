@@ -24,7 +24,7 @@ from absl import logging
 from charrnn_jax import config_lib
 from charrnn_jax.data import corpora
 from charrnn_jax.errors import UserError
-from charrnn_jax.store import metric_logging
+from charrnn_jax.store import checkpointing, metric_logging
 from charrnn_jax.store.workdir import Workdir, append_line, write_atomic
 
 # May change on resume: how long the run goes on and how often it logs, evaluates, saves
@@ -154,19 +154,8 @@ def _corpus_moved(workdir: Workdir, config) -> bool:
 def _identity_in_checkpoint(workdir: Workdir) -> dict | None:
     """The identity record in the newest checkpoint's meta (None: no checkpoint, or one
     written before checkpoints kept it)."""
-    if not workdir.checkpoint_dir.is_dir():
-        return None
-    from charrnn_jax.store import checkpointing  # Opens Orbax only when checkpoints exist.
-
-    ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-    try:
-        for step in ckpt.all_steps()[::-1]:
-            record = ckpt.read_meta(step).get(META_KEY)
-            if record:
-                return {**record, "step": step}
-        return None
-    finally:
-        ckpt.close()
+    found = checkpointing.newest_meta(workdir, META_KEY)
+    return None if found is None else {**found[1], "step": found[0]}
 
 
 def _recorded_config(workdir: Workdir, saved: dict | None):
