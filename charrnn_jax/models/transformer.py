@@ -79,6 +79,20 @@ def _normal(std: float):
     return nn.initializers.normal(stddev=std)
 
 
+def _linear(features: int, dtype, *, name: str, residual_layers: int = 0) -> nn.Dense:
+    """nanoGPT's bias-free nn.Linear: normal(0, 0.02) init, or 0.02 / sqrt(2 n_layer) for
+    a projection into the residual stream (`c_proj`); bf16 operands, float32 accumulation."""
+    std = 0.02 / math.sqrt(2 * residual_layers) if residual_layers else 0.02
+    return nn.Dense(
+        features,
+        use_bias=False,
+        dtype=dtype,
+        dot_general=dense_dot_general(dtype),
+        kernel_init=_normal(std),
+        name=name,
+    )
+
+
 class _SelfAttention(nn.Module):
     hidden_size: int
     num_heads: int
@@ -90,15 +104,7 @@ class _SelfAttention(nn.Module):
     def __call__(self, x, mask, *, train: bool):
         batch, time, width = x.shape
         heads, head_dim = self.num_heads, width // self.num_heads
-        dense = dense_dot_general(self.dtype)
-        qkv = nn.Dense(
-            3 * width,
-            use_bias=False,
-            dtype=self.dtype,
-            dot_general=dense,
-            kernel_init=_normal(0.02),
-            name="c_attn",
-        )(x)
+        qkv = _linear(3 * width, self.dtype, name="c_attn")(x)
         q, k, v = jnp.split(qkv.astype(jnp.float32), 3, axis=-1)
         q, k, v = (a.reshape(batch, time, heads, head_dim) for a in (q, k, v))
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
@@ -106,14 +112,7 @@ class _SelfAttention(nn.Module):
         weights = jax.nn.softmax(scores, axis=-1)
         weights = nn.Dropout(self.dropout_rate, deterministic=not train)(weights)
         y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, time, width)
-        y = nn.Dense(
-            width,
-            use_bias=False,
-            dtype=self.dtype,
-            dot_general=dense,
-            kernel_init=_normal(0.02 / math.sqrt(2 * self.num_layers)),
-            name="c_proj",
-        )(y)
+        y = _linear(width, self.dtype, name="c_proj", residual_layers=self.num_layers)(y)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(y.astype(jnp.float32))
 
 
@@ -124,24 +123,10 @@ class _MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool):
-        width, dense = x.shape[-1], dense_dot_general(self.dtype)
-        h = nn.Dense(
-            4 * width,
-            use_bias=False,
-            dtype=self.dtype,
-            dot_general=dense,
-            kernel_init=_normal(0.02),
-            name="c_fc",
-        )(x)
+        width = x.shape[-1]
+        h = _linear(4 * width, self.dtype, name="c_fc")(x)
         h = jax.nn.gelu(h.astype(jnp.float32), approximate=False)
-        h = nn.Dense(
-            width,
-            use_bias=False,
-            dtype=self.dtype,
-            dot_general=dense,
-            kernel_init=_normal(0.02 / math.sqrt(2 * self.num_layers)),
-            name="c_proj",
-        )(h)
+        h = _linear(width, self.dtype, name="c_proj", residual_layers=self.num_layers)(h)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(h.astype(jnp.float32))
 
 
