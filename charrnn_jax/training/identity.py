@@ -13,6 +13,7 @@ config and what changed to `config_history.jsonl`, so a mixed run says so afterw
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import pathlib
@@ -73,6 +74,15 @@ def record_of(config) -> dict:
 
 
 def _sha256(path: pathlib.Path) -> str:
+    """The file's sha256, hashed once per version of the file (a start checks the corpus
+    against config.json's record, the checkpoint's and its own: one read, not three)."""
+    stat = path.stat()
+    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # The cache key: a rewritten file is hashed again.
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
