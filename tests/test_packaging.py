@@ -84,9 +84,15 @@ def test_the_wheel_runs_a_named_config_from_another_directory(tmp_path):
 def test_setup_gpu_installs_jaxs_cuda_build_into_the_projects_venv(cuda, extra):
     """As far as a CPU can test it: the command `make setup-gpu` would run, after setup."""
     env = subprocess_env(**({"JAX_CUDA": cuda} if cuda else {}))
-    env.pop("MAKEFLAGS", None)
+    for inherited in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS"):  # Under `make test` too.
+        env.pop(inherited, None)
     dry = subprocess.run(
-        ["make", "-n", "setup-gpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+        ["make", "--no-print-directory", "-n", "setup-gpu"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.strip().splitlines()[-1] == f'.venv/bin/pip install -q -U "{extra}"'
