@@ -128,7 +128,8 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
         )
         return None
     changes = changed_keys(recorded, config)
-    if _corpus_moved(workdir, config):  # The same bytes under another name or path.
+    corpus = _corpus_verdict(workdir, config, allowed, saved)
+    if corpus[0] == "moved":  # The same bytes under another name or path.
         allowed = allowed | CORPUS_LOCATION_KEYS
     refused = {k: v for k, v in changes.items() if k not in RESUMABLE_KEYS | allowed}
     if refused:
@@ -138,7 +139,7 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
             f"two runs: use a new workdir, --restart, or --allow_config_change="
             f"{','.join(refused)} to change it deliberately (recorded in {HISTORY_FILE})."
         )
-    data_change = _check_data(workdir, config, allowed, saved)
+    data_change = _accept_corpus(workdir, config, allowed, corpus)
     if data_change:
         changes["data"] = data_change
     _rebuild_records(workdir, saved)
@@ -154,11 +155,6 @@ def check_resume(config, workdir, *, allowed: frozenset = frozenset()) -> dict |
 
 # Where the corpus is found: may change when the bytes found there are the recorded ones.
 CORPUS_LOCATION_KEYS = frozenset({"data.path", "data.name"})
-
-
-def _corpus_moved(workdir: Workdir, config) -> bool:
-    recorded = _recorded_or_none(workdir)
-    return recorded is not None and _compare_corpus(recorded, data_fingerprint(config)) == "moved"
 
 
 def _identity_in_checkpoint(workdir: Workdir) -> dict | None:
@@ -200,10 +196,11 @@ def _rebuild_records(workdir: Workdir, saved: dict | None) -> None:
         write_atomic(workdir.config_file, config_lib.to_json(config_lib.complete(saved["config"])))
 
 
-def _check_data(workdir: Workdir, config, allowed, saved=None) -> tuple | None:
-    """Refuses a changed corpus (unless 'data' is allowed); returns (old, new) paths when
-    the same bytes moved to another path, which is accepted and recorded. A missing or
-    damaged data.json is replaced by the record in the newest checkpoint (`saved`)."""
+def _corpus_verdict(workdir: Workdir, config, allowed, saved) -> tuple:
+    """(verdict, recorded, now) for the corpus, computed once per resume: 'same', 'moved',
+    'changed', 'damaged' (data.json unreadable, no checkpoint record, not allowed) or
+    'none' (older workdirs recorded none). A missing or damaged data.json is replaced by
+    the record in the newest checkpoint (`saved`)."""
     recorded = _recorded_or_none(workdir)
     if recorded is None and saved is not None and saved.get("data") is not None:
         logging.warning(
@@ -213,31 +210,39 @@ def _check_data(workdir: Workdir, config, allowed, saved=None) -> tuple | None:
             saved["step"],
         )
         recorded = saved["data"]
-    elif "data" not in allowed:
-        recorded = _recorded_data(workdir)
-    if recorded is None:  # Older workdirs recorded none.
-        return None
+    if recorded is None:
+        damaged = workdir.data_file.exists() and "data" not in allowed
+        return ("damaged" if damaged else "none"), None, None
     now = data_fingerprint(config)
-    verdict = _compare_corpus(recorded, now)
-    if verdict == "same":
+    return _compare_corpus(recorded, now), recorded, now
+
+
+def _accept_corpus(workdir: Workdir, config, allowed, corpus: tuple) -> tuple | None:
+    """Refuses a changed corpus (unless 'data' is allowed); returns (old, new) paths when
+    the record must be updated: the same bytes moved, or an allowed change."""
+    verdict, recorded, now = corpus
+    if verdict == "damaged":
+        _recorded_data(workdir)  # Raises its one line.
+    if verdict in ("same", "none", "damaged"):
         return None
     if verdict == "changed" and "data" in allowed:
         logging.warning(
             "The corpus changed (--allow_config_change=data): recording the new one, so "
             "later resumes need not allow it again."
         )
-        return sorted(recorded), sorted(now)
-    if verdict == "moved":
+    elif verdict == "moved":
         logging.warning(
             "The corpus moved (%s -> %s, the same bytes); the record is updated.",
             ", ".join(recorded),
             ", ".join(now),
         )
-        return sorted(recorded), sorted(now)
-    raise UserError(
-        f"{_describe_change(workdir, recorded, now, config)} Resuming would move the splits "
-        f"under the run: restore the data, use a new workdir, or --allow_config_change=data."
-    )
+    else:
+        raise UserError(
+            f"{_describe_change(workdir, recorded, now, config)} Resuming would move the "
+            f"splits under the run: restore the data, use a new workdir, or "
+            f"--allow_config_change=data."
+        )
+    return sorted(recorded), sorted(now)
 
 
 def _recorded_or_none(workdir: Workdir) -> dict | None:
