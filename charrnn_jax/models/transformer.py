@@ -94,7 +94,6 @@ def _linear(features: int, dtype, *, name: str, residual_layers: int = 0) -> nn.
 
 
 class _SelfAttention(nn.Module):
-    hidden_size: int
     num_heads: int
     num_layers: int
     dropout_rate: float
@@ -139,7 +138,7 @@ class _Block(nn.Module):
     @nn.compact
     def __call__(self, x, mask, *, train: bool):
         attn = _SelfAttention(
-            x.shape[-1], self.num_heads, self.num_layers, self.dropout_rate, self.dtype, name="attn"
+            self.num_heads, self.num_layers, self.dropout_rate, self.dtype, name="attn"
         )
         x = x + attn(nn.LayerNorm(use_bias=False, name="ln_1")(x), mask, train=train)
         mlp = _MLP(self.num_layers, self.dropout_rate, self.dtype, name="mlp")
