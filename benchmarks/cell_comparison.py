@@ -62,7 +62,9 @@ RECIPE = {
 
 
 def param_count(cell: str, hidden: int) -> int:
-    model = models.CharRNN(embed_dim=64, hidden_size=hidden, num_layers=2, cell_type=cell)
+    model = models.CharRNN(
+        models.ModelConfig(embed_dim=64, hidden_size=hidden, num_layers=2, cell=cell)
+    )
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
     return sum(x.size for x in jax.tree.leaves(shapes))
 

@@ -170,6 +170,13 @@ def ceilings(settings) -> dict:
 # -- 2. Correctness on the device -------------------------------------------------------------
 
 
+def _sized(models, size, **keys):
+    """The ModelConfig of a benchmark size (embed, hidden, layers) with `keys` set."""
+    return models.ModelConfig(
+        embed_dim=size.embed_dim, hidden_size=size.hidden, num_layers=size.layers, **keys
+    )
+
+
 def _relative_error(a, b) -> float:
     import numpy as np
 
@@ -182,25 +189,19 @@ def fused_gru_against_flax(size: common.Size, dtype: str) -> dict:
     import jax
 
     from charrnn_jax import models
-    from charrnn_jax.inference import scoring
+    from charrnn_jax.models import losses
 
     tokens = jax.random.randint(jax.random.key(3), (8, size.seq_len + 1), 0, common.VOCAB)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
 
     def model(impl):
-        return models.CharRNN(
-            size.embed_dim,
-            size.hidden,
-            size.layers,
-            dtype=models.DTYPES[dtype],
-            gru_impl=impl,
-        )
+        return models.CharRNN(_sized(models, size, dtype=dtype, gru_impl=impl))
 
     params = model("flax").init(jax.random.key(0), inputs)["params"]
 
     def loss(p, impl):
         logits, _ = model(impl).apply({"params": p}, inputs)
-        return scoring.cross_entropy(logits, targets)
+        return losses.cross_entropy(logits, targets)
 
     with jax.default_matmul_precision("highest" if dtype == "float32" else "default"):
         fused = jax.jit(jax.value_and_grad(functools.partial(loss, impl="fused")))(params)
@@ -228,9 +229,8 @@ def parallel_equals_sequential(cell: str, size: common.Size) -> dict:
     tokens = jax.random.randint(jax.random.key(4), (4, 4 * size.seq_len), 0, common.VOCAB)
 
     def run(parallel):
-        model = models.CharRNN(
-            size.embed_dim, size.hidden, size.layers, cell_type=cell, parallel_scan=parallel
-        )
+        scan = "parallel" if parallel else "sequential"
+        model = models.CharRNN(_sized(models, size, cell=cell, scan=scan))
         params = model.init(jax.random.key(0), tokens[:, :8])
         with jax.default_matmul_precision("highest"):
             return jax.jit(model.apply)(params, tokens)[0]
@@ -246,7 +246,7 @@ def same_seed_same_sample(size: common.Size) -> dict:
     from charrnn_jax import models
     from charrnn_jax.inference import sampler
 
-    model = models.CharRNN(size.embed_dim, size.hidden, size.layers)
+    model = models.CharRNN(_sized(models, size))
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
 
     def draw(seed):
@@ -268,7 +268,7 @@ def train_steps_against_cpu(size: common.Size, steps: int = 5) -> dict:
     from charrnn_jax import models
     from charrnn_jax.training import steps as train_steps
 
-    model = models.CharRNN(size.embed_dim, size.hidden, size.layers)
+    model = models.CharRNN(_sized(models, size))
     inputs, targets = common.token_batch(16, size.seq_len)
     schedule = optax.constant_schedule(2e-3)
     step = jax.jit(functools.partial(train_steps.train_step, schedule=schedule))
@@ -368,21 +368,16 @@ def _our_model(impl: str, size: common.Size):
 
     parts = impl.split("_")
     if parts[0] in ("mingru", "lru"):
-        return models.CharRNN(
-            size.embed_dim,
-            size.hidden,
-            size.layers,
-            cell_type=parts[0],
-            parallel_scan=parts[1] == "parallel",
-        )
+        return models.CharRNN(_sized(models, size, cell=parts[0], scan=parts[1]))
     unroll = next((int(p.removeprefix("unroll")) for p in parts if p.startswith("unroll")), 1)
     return models.CharRNN(
-        size.embed_dim,
-        size.hidden,
-        size.layers,
-        dtype=models.DTYPES["bfloat16" if "bf16" in parts else "float32"],
-        gru_impl="flax" if impl == "flax_reference" else "fused",
-        unroll=unroll,
+        _sized(
+            models,
+            size,
+            dtype="bfloat16" if "bf16" in parts else "float32",
+            gru_impl="flax" if impl == "flax_reference" else "fused",
+            unroll=unroll,
+        )
     )
 
 
@@ -595,7 +590,7 @@ def _jax_sampler(size: common.Size, batch: int, length: int):
     from charrnn_jax import models
     from charrnn_jax.inference import sampler
 
-    model = models.CharRNN(size.embed_dim, size.hidden, size.layers)
+    model = models.CharRNN(_sized(models, size))
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     prompts = ["ROMEO: "] * batch
 

@@ -60,7 +60,14 @@ def _layer_step(cell: str, parallel: bool, hidden: int, batch: int, seq_len: int
 
 def _model_step(cell: str, parallel: bool, hidden: int, batch: int, seq_len: int):
     """value_and_grad of the whole one-layer CharRNN's next-byte loss (blocks included)."""
-    model = models.CharRNN(embed_dim=64, hidden_size=hidden, cell_type=cell, parallel_scan=parallel)
+    model = models.CharRNN(
+        models.ModelConfig(
+            embed_dim=64,
+            hidden_size=hidden,
+            cell=cell,
+            scan=("parallel" if parallel else "sequential"),
+        )
+    )
     tokens = np.random.default_rng(0).integers(0, 256, (batch, seq_len + 1)).astype(np.int32)
     inputs, targets = jnp.asarray(tokens[:, :-1]), jnp.asarray(tokens[:, 1:])
     params = model.init(jax.random.key(0), inputs[:, :8])["params"]

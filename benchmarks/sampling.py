@@ -204,7 +204,7 @@ def ours_sampler(model, params, batch: int, length: int):
 def measure_size(size: str, args) -> list[dict]:
     """Every row for one model size."""
     embed_dim, hidden = SIZES[size].embed_dim, SIZES[size].hidden
-    model = models.CharRNN(embed_dim=embed_dim, hidden_size=hidden)
+    model = models.CharRNN(models.ModelConfig(embed_dim=embed_dim, hidden_size=hidden))
     params = model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
     rows = []
     for peer in args.peers.split(",") if args.peers else []:

@@ -27,7 +27,7 @@ SEQ_LEN = common.SIZES["small"].seq_len
 
 
 def _step(embed_dim: int, hidden: int, batch: int, stream: bool):
-    model = models.CharRNN(embed_dim=embed_dim, hidden_size=hidden)
+    model = models.CharRNN(models.ModelConfig(embed_dim=embed_dim, hidden_size=hidden))
     state = steps.create_train_state(
         jax.random.key(0),
         model=model,

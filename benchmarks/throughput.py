@@ -53,15 +53,16 @@ def _jax_step(impl: str, size: common.Size, batch_size: int, num_devices: int = 
 
     mogrifier = impl in MOGRIFIER_RANKS
     model = models.CharRNN(
-        embed_dim=size.embed_dim,
-        hidden_size=size.hidden,
-        num_layers=size.layers,
-        cell_type="mogrifier_gru" if mogrifier else "gru",
-        dtype=models.DTYPES["bfloat16" if impl == "ours_bf16" else "float32"],
-        gru_impl="flax" if impl == "flax_reference" else "fused",
-        options=(
+        models.ModelConfig(
+            embed_dim=size.embed_dim,
+            hidden_size=size.hidden,
+            num_layers=size.layers,
+            cell="mogrifier_gru" if mogrifier else "gru",
+            dtype="bfloat16" if impl == "ours_bf16" else "float32",
+            gru_impl="flax" if impl == "flax_reference" else "fused",
+        ).with_options(
             MogrifierOptions(MOGRIFIER_ROUNDS, MOGRIFIER_RANKS.get(impl, 0)) if mogrifier else None
-        ),
+        )
     )
     return common.jax_train_step(model, batch_size, SEQ_LEN, num_devices=num_devices)
 

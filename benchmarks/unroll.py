@@ -32,7 +32,13 @@ def _step(case: str, unroll: int):
 
     size, dtype, batch = CASES[case]
     model = models.CharRNN(
-        size.embed_dim, size.hidden, size.layers, dtype=models.DTYPES[dtype], unroll=unroll
+        models.ModelConfig(
+            embed_dim=size.embed_dim,
+            hidden_size=size.hidden,
+            num_layers=size.layers,
+            dtype=dtype,
+            unroll=unroll,
+        )
     )
     return common.jax_train_step(model, batch, size.seq_len)
 

@@ -40,7 +40,7 @@ def _train_config() -> ml_collections.ConfigDict:
 def steps(size: str, num_variants: int, batch_size: int):
     """(sequential_step, vmapped_step): each advances all K variants by one step."""
     embed_dim, hidden = SIZES[size].embed_dim, SIZES[size].hidden
-    model = models.CharRNN(embed_dim=embed_dim, hidden_size=hidden)
+    model = models.CharRNN(models.ModelConfig(embed_dim=embed_dim, hidden_size=hidden))
     config = _train_config()
     tx, schedule = optim.make_optimizer(config)
     init = functools.partial(trainer_steps.create_train_state, model=model, tx=tx, seq_len=SEQ_LEN)

@@ -31,7 +31,7 @@ def run() -> list[list[float]]:
     config, model, params, _ = loading.load_for_inference(
         _WORKDIR.value, checkpointing.parse_step(_STEP.value)
     )
-    if not model.num_classes:
+    if not config.model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a language model; use charrnn_jax.sample.")
     texts = [t.encode("utf-8") for t in _TEXT.value]
     return predict(params, model, texts, config.data.seq_len).tolist()

@@ -1,11 +1,17 @@
-"""Checks a resolved config before anything is loaded or compiled.
+"""The config: its typed schema (RunConfig), the door that makes it, and its files.
 
-Unknown keys and wrong types are already caught by the locked ConfigDict; this catches
-values of the right type that make no sense.
+A command loads an experiment file (a locked ml_collections ConfigDict, overridable as
+`--config.a.b=value`) and calls `resolve` once: the ConfigDict becomes a frozen
+RunConfig with every value checked, before anything is loaded or compiled. Below the
+commands only the RunConfig exists. The ConfigDict's keys and defaults (base_config)
+are derived from the dataclasses, so each key is declared and documented once. Also
+here: config.json's text and its reading (`load`, `complete`, MOVED_KEYS), and the
+sweep helpers experiment files use.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -14,7 +20,7 @@ import pathlib
 import ml_collections
 
 from charrnn_jax import models
-from charrnn_jax.data import pipeline
+from charrnn_jax.data import corpora, pipeline
 from charrnn_jax.errors import UserError
 from charrnn_jax.models import registry
 
@@ -29,7 +35,7 @@ def _require(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
+def _validate(config: RunConfig) -> None:
     """Every value checked once, here, before any data loads or anything compiles."""
     _validate_data(config)
     _validate_model(config.model, config.data)
@@ -88,11 +94,15 @@ def _validate_model(m, d) -> None:
     _one_of(m.scan, models.SCAN_MODES, "model.scan")
     _require(m.mlp_ratio > 0, f"model.mlp_ratio must be positive, got {m.mlp_ratio}.")
     for key in ("embed_dim", "hidden_size", "num_layers", "unroll"):
-        _require(m[key] > 0, f"model.{key} must be positive, got {m[key]}.")
+        value = getattr(m, key)
+        _require(value > 0, f"model.{key} must be positive, got {value}.")
     for key in ("dropout", "input_dropout", "recurrent_dropout"):
-        rate = m[key]
+        rate = getattr(m, key)
         _require(0 <= rate < 1, f"model.{key} must be in [0, 1), got {rate}.")
-    _validate_cell_options(m)
+    try:
+        m.options  # noqa: B018 - the chosen cell's options check themselves.
+    except ValueError as e:  # Its options class's __post_init__, naming the field.
+        raise UserError(f"model.{e}") from None
     cell = registry.CELLS[m.cell]
     if cell.whole_model is not None:
         _require(
@@ -111,16 +121,6 @@ def _validate_model(m, d) -> None:
     )
 
 
-def _validate_cell_options(m) -> None:
-    """The chosen cell's own options (`model.<cell>`), checked by its options class."""
-    if not registry.options_fields(m.cell):
-        return
-    try:
-        registry.make_options(m.cell, m[m.cell])
-    except ValueError as e:
-        raise UserError(f"model.{m.cell}.{e}") from None
-
-
 def _validate_train(t) -> None:
     for key in (
         "batch_size",
@@ -131,7 +131,8 @@ def _validate_train(t) -> None:
         "checkpoint_every",
         "max_to_keep",
     ):
-        _require(t[key] > 0, f"train.{key} must be positive, got {t[key]}.")
+        value = getattr(t, key)
+        _require(value > 0, f"train.{key} must be positive, got {value}.")
     _require(
         t.weight_decay >= 0,
         f"train.weight_decay must be >= 0, got {t.weight_decay}.",
@@ -173,139 +174,220 @@ def _validate_rest(config) -> None:
     )
 
 
-def base_config() -> ml_collections.ConfigDict:
-    """Every key a run reads, with neutral defaults; experiments/*.py start from this.
+def _key(default, doc: str):
+    """A config key: its default and its one comment (base_config and the docs read both)."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
 
-    The model defaults to the TF tutorial's (embed 256, one GRU of 1024); the data has no
-    default corpus, and samples logged while training start from a newline, which suits
-    any text.
+
+def _block(cls, doc: str):
+    return dataclasses.field(default_factory=cls, metadata={"doc": doc})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The config's `train` block, typed: the optimizer's keys and the loop's."""
+
+    batch_size: int = _key(64, "Global batch, split over all devices.")
+    num_steps: int = _key(3440, "Total steps; may be raised when resuming.")
+    optimizer: str = _key("adam", "'adam' (optax) or 'keras_adam' (Keras's eps placement).")
+    learning_rate: float = _key(1e-3, "Adam's peak learning rate (Keras default).")
+    schedule: str = _key("constant", "'constant', or 'cosine' decay after warmup.")
+    warmup_steps: int = _key(0, "Linear warmup steps.")
+    grad_clip_norm: float = _key(0.0, "Clip by global norm; 0 turns clipping off.")
+    adam_eps: float = _key(1e-7, "Keras's Adam epsilon (optax's default is 1e-8).")
+    adam_b2: float = _key(0.999, "Adam's second-moment decay (nanoGPT's Shakespeare: 0.99).")
+    end_learning_rate: float = _key(0.0, "Where the cosine ends (nanoGPT's min_lr: 1e-4).")
+    weight_decay: float = _key(0.0, "Decoupled (AdamW) decay of the weight matrices.")
+    ema_decay: float = _key(
+        0.0,
+        "> 0: also keep an exponential moving average of the params (Polyak averaging, with "
+        "a warm-up); val, the best checkpoint, samples, evaluate and sample use the average.",
+    )
+    log_every: int = _key(50, "Steps between progress lines / JSONL records.")
+    eval_every: int = _key(500, "Steps between val evaluations (and samples).")
+    eval_batches: int = _key(16, "Val batches per evaluation in eval.mode='windows'.")
+    checkpoint_every: int = _key(500, "Steps between checkpoints (also saved at the end).")
+    max_to_keep: int = _key(3, "Checkpoints kept on disk (plus the best, checkpoints_best/).")
+    early_stop_patience: int = _key(0, "Stop after this many evals without a better val.")
+    init_from: str = _key("", "Fine-tune: start from WORKDIR[:STEP|best]'s params.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicEvalConfig:
+    """`evaluate --dynamic` (inference/dynamic.py, Krause et al. 2018): SGD on each
+    scored segment, decaying towards the trained weights."""
+
+    learning_rate: float = _key(1e-3, "SGD step on a segment's mean loss.")
+    decay: float = _key(1e-3, "Pull towards the trained weights per segment.")
+    segment: int = _key(0, "Bytes per segment (0: the model's eval chunk, data.seq_len).")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The config's `eval` block: how val is scored while training and by `evaluate`."""
+
+    mode: str = _key(
+        "full",
+        "Byte data: 'full' scores every val byte once, carry kept; 'windows' is the old "
+        "cheap metric (eval_batches fixed windows from a zero carry).",
+    )
+    streams: int = _key(0, "Full eval: contiguous streams scored in parallel (0 = batch_size).")
+    bytes_per_call: int = _key(
+        1 << 18,
+        "Full eval: val bytes per device call at most (0 = one call). A SIGTERM is "
+        "honoured between calls, so this bounds how long a preemption waits.",
+    )
+    nanogpt_estimate: bool = _key(
+        False,
+        "Also log nanoGPT's estimate_loss() of val beside val_loss (val_loss_nanogpt; byte "
+        "data, single process): 200 x 64 random windows of 256 bytes, a seeded draw.",
+    )
+    dynamic: DynamicEvalConfig = _block(DynamicEvalConfig, "Dynamic evaluation's settings.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """The config's `sample` block: the samples logged while training."""
+
+    prompt: str = _key("", "Prompt of the samples logged while training ('' = a newline).")
+    length: int = _key(200, "Bytes per logged sample; 0 turns samples off.")
+    temperature: float = _key(0.8, "Sampling temperature for logged samples.")
+
+
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+    enable: bool = _key(False, "Also log rows to Weights & Biases (`pip install .[wandb]`).")
+    project: str = _key("charrnn_jax", "The W&B project; the run is named after the workdir.")
+    mode: str = _key("online", "'online', 'offline' (sync later with `wandb sync`), 'disabled'.")
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    vmap: int = _key(0, "K > 0: train sweep() K variants per vmapped program (README).")
+    name: str = _key("sweep", "The sweep function in this file (none: K seeds).")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileConfig:
+    steps: str = _key(
+        "", "'START:COUNT': a jax.profiler trace of those steps into <workdir>/profile/."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything a run reads, typed and frozen: made once by `resolve` at a command's
+    door and handed whole below it (Flax lm1b's TransformerConfig, MaxText's frozen
+    config). Its defaults are the schema: base_config() is derived from them."""
+
+    seed: int = _key(0, "Seeds init, the batch order and dropout.")
+    data: corpora.DataConfig = _block(corpora.DataConfig, "The corpus and its windows.")
+    model: models.ModelConfig = _block(models.ModelConfig, "The network.")
+    train: TrainConfig = _block(TrainConfig, "The optimizer and the training loop.")
+    eval: EvalConfig = _block(EvalConfig, "Scoring val.")
+    sample: SampleConfig = _block(SampleConfig, "Samples logged while training.")
+    wandb: WandbConfig = _block(WandbConfig, "Weights & Biases logging.")
+    sweep: SweepConfig = _block(SweepConfig, "Vmapped sweeps.")
+    profile: ProfileConfig = _block(ProfileConfig, "A profiler trace.")
+
+    def to_dict(self) -> dict:
+        """The nested dict config.json holds (ConfigDict.to_dict()'s shape)."""
+        return as_dict(self)
+
+    @property
+    def eval_streams(self) -> int:
+        """Streams of the full-split metric, or 0 where it does not apply (windowed
+        eval, or examples rather than a byte stream)."""
+        if self.eval.mode != "full" or not pipeline.MODES[self.data.mode].byte_stream:
+            return 0
+        return self.eval.streams or self.train.batch_size
+
+    @property
+    def carry_rows(self) -> int:
+        """Rows of the carry kept across training steps (stream mode), else 0."""
+        return self.train.batch_size if pipeline.MODES[self.data.mode].carries_state else 0
+
+    @property
+    def eval_chunk(self) -> int:
+        """Bytes per carried call of the full-split metric (ModelConfig.eval_chunk)."""
+        return self.model.eval_chunk(self.data.seq_len)
+
+
+def as_dict(typed) -> dict:
+    """A typed config block as the nested dict its ConfigDict holds."""
+    if hasattr(typed, "to_dict") and not isinstance(typed, RunConfig):
+        return typed.to_dict()
+    return {
+        f.name: as_dict(v) if dataclasses.is_dataclass(v := getattr(typed, f.name)) else v
+        for f in dataclasses.fields(typed)
+    }
+
+
+def resolve(config: ml_collections.ConfigDict) -> RunConfig:
+    """The typed config of a command's ConfigDict, every value checked: THE door.
+
+    Unknown keys and wrong types were refused by the locked ConfigDict; this refuses
+    values of the right type that make no sense (one UserError each), before any data
+    loads or anything compiles. Nothing below the commands sees the ConfigDict.
     """
-    config = ml_collections.ConfigDict()
-    config.seed = 0  # Seeds init, the batch order and dropout.
-    config.data = _data_defaults()
-    config.model = _model_defaults()
-    config.train = _train_defaults()
-    config.eval = _eval_defaults()
-    config.sample = _sample_defaults()
-    config.wandb = _wandb_defaults()
-    config.sweep = _sweep_defaults()
-    config.profile = ml_collections.ConfigDict()
-    # 'START:COUNT': a jax.profiler trace of those steps into <workdir>/profile/ ('' = none).
-    config.profile.steps = ""
-    return config
+    run = _typed(RunConfig, config)
+    _validate(run)
+    return run
 
 
-def _data_defaults() -> ml_collections.ConfigDict:
-    data = ml_collections.ConfigDict()
-    data.name = ""  # Registered dataset (see corpora.REGISTRY).
-    data.path = ""  # Any local file; overrides data.name when set.
-    data.val_fraction = 0.1  # The val split: this fraction, before the test split.
-    data.test_fraction = 0.0  # The test split: the file's last part (0 = none).
-    # 'random' or 'epoch' windows, 'stream' (state carried across steps), 'lines', 'labelled'.
-    data.mode = "random"
-    data.seq_len = 100  # Bytes per training window (inputs; targets are shifted by 1).
-    return data
+def _typed(cls, block):
+    default = cls()
+    values = {}
+    for f in dataclasses.fields(cls):
+        sub = getattr(default, f.name)
+        if isinstance(sub, models.ModelConfig):
+            values[f.name] = models.ModelConfig.from_block(block[f.name])
+        elif dataclasses.is_dataclass(sub):
+            values[f.name] = _typed(type(sub), block[f.name])
+        else:
+            values[f.name] = block[f.name]
+    return cls(**values)
 
 
-def _model_defaults() -> ml_collections.ConfigDict:
-    model = ml_collections.ConfigDict()
-    # A name in the cell registry (charrnn_jax/models/registry.py); GRU is the default.
-    model.cell = "gru"
-    model.embed_dim = 256  # Byte embedding size.
-    model.hidden_size = 1024  # Units per recurrent layer.
-    model.num_layers = 1  # Stacked recurrent layers.
-    model.dropout = 0.0  # Dropout on each recurrent layer's output while training.
-    model.input_dropout = 0.0  # Dropout on the byte embeddings while training.
-    model.recurrent_dropout = 0.0  # Fused and Mogrifier GRU: DropConnect on W_h.
-    model.variational_dropout = False  # One mask per sequence for all time steps.
-    model.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16' (params stay f32).
-    # 'fused' (hoisted projection, hand-written backward), 'flax' (nn.scan(GRUCell)) or
-    # 'auto': this backend's choice (models/backend_choices.py).
-    model.gru_impl = "auto"
-    model.num_classes = 0  # 0 = language model; >= 2 = many-to-one classifier.
-    # Residual blocks only: 'parallel' (associative scan), 'sequential' (lax.scan) or
-    # 'auto' (this backend's choice, models/backend_choices.py: sequential on CPU).
-    model.scan = "auto"
-    model.mlp_ratio = 2  # Residual blocks only: gated MLP width / hidden_size.
-    # Stacked layers: time steps per iteration of the time loop, forward and backward
-    # (lax.scan's unroll): fewer, larger loop bodies; the same function. Measured in
-    # benchmarks/README.md ("Unrolling the time loop").
-    model.unroll = 1
-    # A cell's own options, one block per cell that has any (`model.mogrifier_gru.rounds`):
-    # the fields and defaults of its options class, documented there (models/registry.py).
-    for name in registry.CELLS:
-        if registry.options_fields(name):
-            model[name] = ml_collections.ConfigDict(registry.options_fields(name))
-    return model
+def base_config() -> ml_collections.ConfigDict:
+    """Every key a run reads, with its default: derived from RunConfig's defaults, the
+    schema (each key documented once, beside its default). experiments/*.py start here."""
+    return ml_collections.ConfigDict(RunConfig().to_dict())
 
 
-def _train_defaults() -> ml_collections.ConfigDict:
-    train = ml_collections.ConfigDict()
-    train.batch_size = 64  # Global batch, split over all devices.
-    train.num_steps = 3440  # Total steps; may be raised when resuming.
-    train.optimizer = "adam"  # 'adam' (optax) or 'keras_adam' (Keras's eps placement).
-    train.learning_rate = 1e-3  # Adam's peak learning rate (Keras default).
-    train.schedule = "constant"  # 'constant', or 'cosine' decay to 0 after warmup.
-    train.warmup_steps = 0  # Linear warmup steps.
-    train.grad_clip_norm = 0.0  # Clip by global norm; 0 turns clipping off.
-    train.adam_eps = 1e-7  # Keras's Adam epsilon (optax's default is 1e-8).
-    train.adam_b2 = 0.999  # Adam's second-moment decay (nanoGPT's Shakespeare: 0.99).
-    train.end_learning_rate = 0.0  # Where the cosine ends (nanoGPT's min_lr: 1e-4).
-    train.weight_decay = 0.0  # Decoupled (AdamW) decay of the weight matrices.
-    # > 0: also keep an exponential moving average of the params (Polyak averaging, with a
-    # warm-up); val, the best checkpoint, samples, evaluate and sample use the average.
-    train.ema_decay = 0.0
-    train.log_every = 50  # Steps between progress lines / JSONL records.
-    train.eval_every = 500  # Steps between val evaluations (and samples).
-    train.eval_batches = 16  # Val batches per evaluation in eval.mode='windows'.
-    train.checkpoint_every = 500  # Steps between checkpoints (also saved at the end).
-    train.max_to_keep = 3  # Checkpoints kept on disk (plus the best, checkpoints_best/).
-    train.early_stop_patience = 0  # Stop after this many evals without a better val.
-    train.init_from = ""  # Fine-tune: start from WORKDIR[:STEP|best]'s params.
-    return train
+def schema() -> list[tuple[str, object, str]]:
+    """[(dotted key, default, doc)] of every key: the documented configuration."""
+    return list(_schema(RunConfig(), ""))
 
 
-def _eval_defaults() -> ml_collections.ConfigDict:
-    eval = ml_collections.ConfigDict()
-    eval.mode = "full"  # Byte data: 'full' scores every val byte once, carry kept;
-    # 'windows' is the old cheap metric (eval_batches fixed windows from a zero carry).
-    eval.streams = 0  # Full eval: contiguous streams scored in parallel (0 = batch_size).
-    # Full eval: val bytes per device call at most (0 = one call). A SIGTERM is honoured
-    # between calls, so this bounds how long a preemption waits for an evaluation.
-    eval.bytes_per_call = 1 << 18
-    # Also log nanoGPT's estimate_loss() of val beside val_loss (val_loss_nanogpt; byte
-    # data, single process): 200 x 64 random windows of 256 bytes, a seeded draw.
-    eval.nanogpt_estimate = False
-    # `evaluate --dynamic`: dynamic evaluation (inference/dynamic.py, Krause et al. 2018):
-    # SGD on each scored segment, decaying towards the trained weights.
-    eval.dynamic = ml_collections.ConfigDict()
-    eval.dynamic.learning_rate = 1e-3  # SGD step on a segment's mean loss.
-    eval.dynamic.decay = 1e-3  # Pull towards the trained weights per segment.
-    eval.dynamic.segment = 0  # Bytes per segment (0: the model's eval chunk, data.seq_len).
-    return eval
+def _schema(typed, prefix: str):
+    for f in dataclasses.fields(typed):
+        value = getattr(typed, f.name)
+        if f.name == "cell_options":
+            for name, block in value:
+                options = registry.CELLS[name].options
+                for k, v in block:
+                    yield f"{prefix}{name}.{k}", v, f"`{name}` only: " + _field_doc(options, k)
+        elif dataclasses.is_dataclass(value):
+            yield from _schema(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, f.metadata.get("doc", "")
 
 
-def _sample_defaults() -> ml_collections.ConfigDict:
-    sample = ml_collections.ConfigDict()
-    sample.prompt = ""  # Prompt of the samples logged while training ('' = a newline).
-    sample.length = 200  # Bytes per logged sample; 0 turns samples off.
-    sample.temperature = 0.8  # Sampling temperature for logged samples.
-    return sample
-
-
-def _wandb_defaults() -> ml_collections.ConfigDict:
-    wandb = ml_collections.ConfigDict()
-    wandb.enable = False  # Also log rows to Weights & Biases (`pip install .[wandb]`).
-    wandb.project = "charrnn_jax"  # The W&B project; the run is named after the workdir.
-    wandb.mode = "online"  # 'online', 'offline' (sync later with `wandb sync`), 'disabled'.
-    return wandb
-
-
-def _sweep_defaults() -> ml_collections.ConfigDict:
-    sweep = ml_collections.ConfigDict()
-    sweep.vmap = 0  # K > 0: train sweep() K variants per vmapped program (README).
-    sweep.name = "sweep"  # The sweep function in this file (none: K seeds).
-    return sweep
+def _field_doc(cls, name: str) -> str:
+    """The `name: ...` entry (with its continuation lines) of a class's docstring: where a
+    cell's options class documents each field once."""
+    lines = (cls.__doc__ or "").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(f"{name}:"):
+            indent = len(line) - len(line.lstrip())
+            more = []
+            for follow in lines[i + 1 :]:
+                if not follow.strip() or len(follow) - len(follow.lstrip()) <= indent:
+                    break
+                more.append(follow.strip())
+            return " ".join([line.strip()[len(name) + 1 :].strip(), *more])
+    return ""
 
 
 def check_declared(config: ml_collections.ConfigDict, source: str = "the config") -> None:
@@ -322,11 +404,13 @@ def check_declared(config: ml_collections.ConfigDict, source: str = "the config"
     raise UserError(f"unknown config key {unknown[0]!r} set in {source}{more}; {hint}")
 
 
-def flatten(config: ml_collections.ConfigDict) -> dict:
-    """{'train.learning_rate': 0.003, ...}: every leaf under its dotted key."""
+def flatten(config) -> dict:
+    """{'train.learning_rate': 0.003, ...}: every leaf under its dotted key (of a
+    RunConfig, a ConfigDict or their nested dict)."""
+    tree = config if isinstance(config, dict) else config.to_dict()
     out = {}
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
+    for key, value in tree.items():
+        if isinstance(value, dict):
             out.update({f"{key}.{k}": v for k, v in flatten(value).items()})
         else:
             out[key] = value
@@ -349,9 +433,10 @@ def with_overrides(config: ml_collections.ConfigDict, overrides: dict) -> ml_col
     return config
 
 
-def to_json(config: ml_collections.ConfigDict) -> str:
+def to_json(config: RunConfig | ml_collections.ConfigDict | dict) -> str:
     """config.json's text (store.workdir.write_atomic writes it)."""
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+    tree = config if isinstance(config, dict) else config.to_dict()
+    return json.dumps(tree, indent=2, sort_keys=True) + "\n"
 
 
 def load(path: pathlib.Path) -> ml_collections.ConfigDict:

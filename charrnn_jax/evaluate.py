@@ -66,7 +66,6 @@ flags.mark_flag_as_required("workdir")
 
 def run() -> dict:
     # These import jax: after cli.run's huge-page restart, which must come first.
-    from charrnn_jax import models
     from charrnn_jax.data import corpora, pipeline
     from charrnn_jax.inference import loading, scoring
     from charrnn_jax.store import checkpointing
@@ -75,7 +74,7 @@ def run() -> dict:
     config, model, params, step = loading.load_for_inference(
         _WORKDIR.value, checkpointing.parse_step(_STEP.value)
     )
-    if model.num_classes:
+    if config.model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
     d = config.data
     if _FILE.value:
@@ -114,8 +113,8 @@ def run() -> dict:
     if _METRIC.value == "nanogpt":
         result = scoring.score_nanogpt(params, model, tokens, seed=_SEED.value)
         return {**result, "step": step, "source": source, "metric": "nanogpt"}
-    streams = _STREAMS.value or scoring.eval_streams(config) or config.train.batch_size
-    chunk = models.eval_chunk(config.model, d.seq_len)
+    streams = _STREAMS.value or config.eval_streams or config.train.batch_size
+    chunk = config.eval_chunk
     result = scoring.score_bytes(params, model, tokens, streams=streams, chunk=chunk)
     return {**result, "step": step, "source": source, "streams": streams, "metric": "full"}
 
@@ -123,14 +122,13 @@ def run() -> dict:
 def _dynamic(config, model, params, tokens) -> dict:
     """`--dynamic`: the flags override the run's eval.dynamic keys."""
     # These import jax: after cli.run's huge-page restart, as in run().
-    from charrnn_jax import models
     from charrnn_jax.inference import dynamic
 
     dyn = config.eval.dynamic
     lr = dyn.learning_rate if _DYN_LR.value is None else _DYN_LR.value
     decay = dyn.decay if _DYN_DECAY.value is None else _DYN_DECAY.value
     segment = dyn.segment if _DYN_SEGMENT.value is None else _DYN_SEGMENT.value
-    segment = segment or models.eval_chunk(config.model, config.data.seq_len)
+    segment = segment or config.eval_chunk
     if lr < 0 or not 0 <= decay <= 1 or segment < 1:
         raise UserError(
             f"--dynamic needs learning_rate >= 0, decay in [0, 1] and segment >= 1; got "

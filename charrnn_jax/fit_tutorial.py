@@ -12,6 +12,7 @@ ours. --budget_s stops fit at that wall-clock: the headline's "same wall-clock" 
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import sys
 
@@ -42,21 +43,32 @@ def check_args(config, out: pathlib.Path, modes) -> None:
         raise UserError(f"The tutorial trains on one byte stream; data.mode={config.data.mode!r}.")
 
 
-def described_config(config, recipe):
-    """Our config describing the Keras run (for launch.curves: batch and seq_len)."""
-    described = config.copy_and_resolve_references()
-    described.unlock()
-    m, t = described.model, described.train
-    m.cell, m.num_layers = "gru", 1
-    m.embed_dim, m.hidden_size = recipe.embed_dim, recipe.hidden_size
-    m.dropout = m.input_dropout = m.recurrent_dropout = 0.0
-    described.data.seq_len = recipe.seq_length
-    t.batch_size, t.learning_rate = recipe.batch_size, recipe.learning_rate
-    t.schedule, t.warmup_steps, t.weight_decay, t.grad_clip_norm = "constant", 0, 0.0, 0.0
-    described.baseline = (
-        f"keras tutorial model.fit, {_EPOCHS.value} epochs, budget {_BUDGET.value}s"
+def described_config(config, recipe) -> dict:
+    """Our config describing the Keras run (for launch.curves: batch and seq_len), as
+    config.json holds it, with a `baseline` line saying what ran."""
+    model = dataclasses.replace(
+        config.model,
+        cell="gru",
+        num_layers=1,
+        embed_dim=recipe.embed_dim,
+        hidden_size=recipe.hidden_size,
+        dropout=0.0,
+        input_dropout=0.0,
+        recurrent_dropout=0.0,
     )
-    return described
+    train = dataclasses.replace(
+        config.train,
+        batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate,
+        schedule="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        grad_clip_norm=0.0,
+    )
+    data = dataclasses.replace(config.data, seq_len=recipe.seq_length)
+    described = dataclasses.replace(config, model=model, train=train, data=data)
+    baseline = f"keras tutorial model.fit, {_EPOCHS.value} epochs, budget {_BUDGET.value}s"
+    return {**described.to_dict(), "baseline": baseline}
 
 
 def run() -> dict:
@@ -67,14 +79,16 @@ def run() -> dict:
     from charrnn_jax.inference import scoring
     from charrnn_jax.store.workdir import write_atomic
 
-    config = cli.config_value(_CONFIG, check=config_lib.check_declared)
+    config = config_lib.resolve(cli.config_value(_CONFIG, check=config_lib.check_declared))
     out = pathlib.Path(_OUT.value)
     check_args(config, out, pipeline.MODES)
     d = config.data
     train_tokens, val_tokens = keras_fit.tutorial_splits(config)
     recipe = keras_fit.TutorialRecipe(epochs=_EPOCHS.value)
-    model = models.CharRNN(embed_dim=recipe.embed_dim, hidden_size=recipe.hidden_size)
-    streams = scoring.eval_streams(config) or config.train.batch_size
+    model = models.CharRNN(
+        models.ModelConfig(embed_dim=recipe.embed_dim, hidden_size=recipe.hidden_size)
+    )
+    streams = config.eval_streams or config.train.batch_size
 
     def score_val(params):
         return scoring.score_bytes(params, model, val_tokens, streams=streams, chunk=d.seq_len)

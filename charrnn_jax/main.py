@@ -125,7 +125,7 @@ def closing_summary(summary: dict, workdir: str, num_steps: int) -> str:
         f"Checkpoints: {w.checkpoint_dir} (latest), {w.best_checkpoint_dir} (best); rows: "
         f"{w.metrics_file}.",
     ]
-    if not summary["model"].num_classes:
+    if not summary["model"].config.num_classes:
         lines += [
             "Next: python -m charrnn_jax.sample --workdir=" + workdir + " --step=best --length=500",
             "      python -m charrnn_jax.evaluate --workdir=" + workdir + " --step=best",

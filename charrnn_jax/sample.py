@@ -140,7 +140,7 @@ def run_bytes() -> list[bytes]:
     config, model, params, step = loading.load_for_inference(
         _WORKDIR.value, checkpointing.parse_step(_STEP.value)
     )
-    if model.num_classes:
+    if config.model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
     model, params = sampler.with_weight_dtype(model, params, _DTYPE.value)
     # Line-per-example runs trained every example after a newline: prompts get one too.

@@ -139,9 +139,7 @@ def test_only_the_registry_compares_a_plugin_name(registry_module, registry_name
     names = set(getattr(importlib.import_module(f"charrnn_jax.{registry_module}"), registry_name))
     offenders = []
     for name, (_, tree) in _modules().items():
-        # A data mode's own folder implements it (data.windows cuts the windows of each).
-        own_folder = registry_module.startswith("data.") and name.startswith("data.")
-        if own_folder or name in (registry_module, "baselines.keras_tutorial"):
+        if name in (registry_module, "baselines.keras_tutorial"):
             continue
         if hits := _compared_strings(tree) & names:
             offenders.append(f"{name}: {sorted(hits)}")

@@ -10,9 +10,9 @@ from charrnn_jax.errors import UserError
 def test_base_config_is_valid_once_a_corpus_is_named():
     config = config_lib.base_config()
     with pytest.raises(UserError, match="Set data.name"):
-        config_lib.validate(config)
+        config_lib.resolve(config)
     config.data.name = "tinyshakespeare"
-    config_lib.validate(config)
+    config_lib.resolve(config)
     assert config.sample.prompt == ""  # Suits any corpus: samples start at a line.
     assert config.eval.mode == "full" and config.data.test_fraction == 0.0
 
@@ -31,7 +31,7 @@ def test_base_config_is_valid_once_a_corpus_is_named():
 )
 def test_each_bad_value_is_one_clear_error(overrides, message):
     with pytest.raises(UserError, match=message):
-        config_lib.validate(tiny_config(**overrides))
+        config_lib.resolve(tiny_config(**overrides))
 
 
 def test_overrides_keep_the_config_locked_and_name_bad_keys():

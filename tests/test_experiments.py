@@ -154,7 +154,7 @@ def _reference_windowed_greedy(model, params, prompt: bytes, length: int, window
 
 
 def test_windowed_greedy_matches_a_reference_loop_and_is_deterministic():
-    model = models.CharRNN(embed_dim=8, hidden_size=16)
+    model = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16))
     params = jax.tree.map(
         lambda p: 3 * p, model.init(jax.random.key(0), np.zeros((1, 4), np.int32))["params"]
     )
@@ -193,4 +193,4 @@ def test_every_experiment_starts_from_the_base_config_and_loads_no_other():
         assert "config_lib.base_config()" in text, path.name
         assert "load_config_file" not in text, path.name
         name, preset = path.stem, ("tiny" if '"tiny"' in text else None)
-        config_lib.validate(load_experiment(name, preset))  # Every value valid.
+        config_lib.resolve(load_experiment(name, preset))  # Every value valid.

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 from jax import export
 
-from charrnn_jax import models
+from charrnn_jax import config_lib, models
 from charrnn_jax.inference import sampler, scoring
 from charrnn_jax.models import registry
 from charrnn_jax.training import optim, steps
@@ -58,8 +58,8 @@ def _lowered_platforms(exported) -> tuple:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_the_train_step_lowers_for_gpu_and_tpu(case):
-    config = tiny_config(**CASES[case])
-    model = models.from_config(config.model)
+    config = config_lib.resolve(tiny_config(**CASES[case]))
+    model = models.CharRNN(config.model)
     tx, schedule = optim.make_optimizer(config.train)
     rows = config.train.batch_size if config.data.mode == "stream" else 0
     init = functools.partial(
@@ -81,8 +81,8 @@ def test_the_train_step_lowers_for_gpu_and_tpu(case):
 
 
 def test_the_full_split_eval_step_lowers_for_gpu_and_tpu():
-    config = tiny_config()
-    model = models.from_config(config.model)
+    config = config_lib.resolve(tiny_config())
+    model = models.CharRNN(config.model)
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     streams, length = 8, 4 * config.data.seq_len  # Four chunks, carried from one to the next.
     batch = {
@@ -103,7 +103,7 @@ def test_the_full_split_eval_step_lowers_for_gpu_and_tpu():
 
 @pytest.mark.parametrize("window", [None, 16])
 def test_the_sampler_lowers_for_gpu_and_tpu(window):
-    model = models.from_config(tiny_config().model)
+    model = models.CharRNN(config_lib.resolve(tiny_config()).model)
     params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
     generate = functools.partial(
         sampler._generate,

@@ -18,22 +18,27 @@ SYSTEMS = ("charrnn_jax", "keras")
 
 
 def prepare_config(config, *, steps: int | None, parity: bool, log_every=0, eval_every=0):
-    """The config both sides train with.
+    """The config both sides train with: a copy of `config` (a ConfigDict) with the
+    cadence and eval mode set.
 
     The cadence fits the steps asked for (a row every ~1/12 of the run, val every ~1/3)
     so the curves have points to draw; log_every / eval_every > 0 set it instead. Both
     sides score val on the same fixed windows (eval.mode='windows'): the Keras model has
     no carried-state evaluation.
     """
-    if steps is not None:
-        config.train.num_steps = steps
-    n = config.train.num_steps
-    config.train.log_every = log_every or max(1, n // 12)
-    config.train.eval_every = eval_every or max(config.train.log_every, n // 3)
-    config.eval.mode = "windows"
+    from charrnn_jax import config_lib  # Imports jax: only when runs are prepared.
+
+    n = config.train.num_steps if steps is None else steps
+    log_every = log_every or max(1, n // 12)
+    overrides = {
+        "train.num_steps": n,
+        "train.log_every": log_every,
+        "train.eval_every": eval_every or max(log_every, n // 3),
+        "eval.mode": "windows",
+    }
     if parity:
-        config.train.optimizer = "keras_adam"
-    return config
+        overrides["train.optimizer"] = "keras_adam"
+    return config_lib.with_overrides(config, overrides)  # A copy: the caller's stays.
 
 
 def run_both(config, out: pathlib.Path, *, parity: bool, ours=None, keras=None) -> dict:
@@ -41,28 +46,30 @@ def run_both(config, out: pathlib.Path, *, parity: bool, ours=None, keras=None) 
     # jax and keras load only when runs are trained (plots alone need neither).
     import jax
 
+    from charrnn_jax import config_lib
     from charrnn_jax.baselines import keras_tutorial
     from charrnn_jax.training import loop, steps
 
-    keras_tutorial.check_supported(config)
+    typed = config_lib.resolve(config)  # Both sides read the one typed config.
+    keras_tutorial.check_supported(typed)
     info = {
         "charrnn_jax": pathlib.Path(ours) if ours else out / "charrnn_jax",
         "keras": pathlib.Path(keras) if keras else out / "keras",
     }
-    params = steps.initial_params(config)
+    params = steps.initial_params(typed)
     info["params_ours"] = steps.count_params(params)
     if not ours:
         loop.train_and_evaluate(config, info["charrnn_jax"], devices=jax.devices()[:1])
     initial = keras_tutorial.flax_to_keras(jax.device_get(params)) if parity else None
     model = keras_tutorial.build_model(
-        embed_dim=config.model.embed_dim,
-        hidden_size=config.model.hidden_size,
-        num_layers=config.model.num_layers,
+        embed_dim=typed.model.embed_dim,
+        hidden_size=typed.model.hidden_size,
+        num_layers=typed.model.num_layers,
     )
     info["params_keras"] = keras_tutorial.count_params(model)
     info["backend"] = keras_tutorial.import_keras().backend.backend()
     if not keras:
-        keras_tutorial.train(config, info["keras"], initial_weights=initial)
+        keras_tutorial.train(typed, info["keras"], initial_weights=initial)
     return info
 
 

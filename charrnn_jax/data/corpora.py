@@ -171,12 +171,6 @@ def load_bytes(path: pathlib.Path) -> np.ndarray:
     return np.fromfile(path, dtype=np.uint8)
 
 
-def split(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Splits by position: the last `val_fraction` is val (nanoGPT's split)."""
-    parts = splits(tokens, val_fraction, 0.0)
-    return parts["train"], parts["val"]
-
-
 def splits(tokens: np.ndarray, val_fraction: float, test_fraction: float) -> dict:
     """{'train', 'val', 'test'} by position: test is the file's last `test_fraction`, val
     the `val_fraction` before it (with test_fraction 0, nanoGPT's 90/10 split exactly)."""
@@ -206,32 +200,37 @@ def check_long_enough(tokens: np.ndarray, seq_len: int, what: str) -> None:
         )
 
 
+def _key(default, doc: str):
+    """A config key: its default and its one comment (config_lib.base_config reads both)."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """The config's `data` block, typed (defaults live in config_lib.base_config only)."""
+    """The config's `data` block, typed; its defaults are the schema (base_config).
 
-    name: str
-    path: str
-    val_fraction: float
-    test_fraction: float
-    mode: str
-    seq_len: int
+    There is no default corpus: a run names one (data.name) or a file (data.path).
+    """
 
-    @classmethod
-    def of(cls, block) -> DataConfig:
-        """From a DataConfig or any mapping with these keys (e.g. the ConfigDict block)."""
-        if isinstance(block, cls):
-            return block
-        return cls(**{field.name: block[field.name] for field in dataclasses.fields(cls)})
+    name: str = _key("", "Registered dataset (see corpora.REGISTRY).")
+    path: str = _key("", "Any local file; overrides data.name when set.")
+    val_fraction: float = _key(0.1, "The val split: this fraction, before the test split.")
+    test_fraction: float = _key(0.0, "The test split: the file's last part (0 = none).")
+    mode: str = _key(
+        "random",
+        "'random' or 'epoch' windows, 'stream' (state carried across steps), 'lines', "
+        "'labelled' (data/pipeline.py MODES).",
+    )
+    seq_len: int = _key(100, "Bytes per training window (inputs; targets are shifted by 1).")
 
 
-def load_splits(data_config) -> dict:
+def load_splits(data_config: DataConfig) -> dict:
     """{'train', 'val', 'test'} uint8 bytes of the configured corpus: THE split path.
 
     The test split (data.test_fraction) is cut off first, so no caller can see its
     bytes through 'train' or 'val'.
     """
-    d = DataConfig.of(data_config)
+    d = data_config
     tokens = load_bytes(resolve_path(d.name, d.path))
     return splits(tokens, d.val_fraction, d.test_fraction)
 

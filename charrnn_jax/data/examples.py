@@ -13,6 +13,22 @@ from charrnn_jax.data.corpora import DataError, load_bytes, resolve_path
 from charrnn_jax.data.windows import local_rows
 
 
+def pad_bytes(texts, width: int, *, empty: bytes = b"\n") -> tuple[np.ndarray, np.ndarray]:
+    """Byte strings as one right-padded batch: THE padding of examples, of texts to
+    classify and of prompts.
+
+    Each text is cut to `width` bytes; an empty one becomes `empty` (a model reads at
+    least one byte per row). Returns tokens [len(texts), width] int32 (zeros past each
+    row's end) and lengths [len(texts)] int32.
+    """
+    tokens = np.zeros((len(texts), width), np.int32)
+    lengths = np.ones(len(texts), np.int32)
+    for row, text in enumerate(texts):
+        data = np.frombuffer(bytes(text[:width]) or empty, np.uint8)
+        tokens[row, : len(data)], lengths[row] = data, len(data)
+    return tokens, lengths
+
+
 def _example_ids(seed: int, step: int, num_examples: int, global_batch: int) -> np.ndarray:
     return np.random.default_rng((seed, step)).integers(0, num_examples, size=global_batch)
 
@@ -92,16 +108,10 @@ class LabelledPipeline(_ExamplePipeline):
 
     def _encode(self, split, ids: np.ndarray) -> dict[str, np.ndarray]:
         texts, labels = split
-        inputs = np.zeros((len(ids), self.seq_len), np.int32)
-        lengths = np.ones(len(ids), np.int32)
-        out_labels = np.zeros(len(ids), np.int32)
-        weights = np.zeros(len(ids), np.float32)
-        for row, i in enumerate(ids):
-            if i < 0:
-                continue
-            text = np.frombuffer(texts[i][: self.seq_len] or b"\n", np.uint8)
-            inputs[row, : len(text)], lengths[row] = text, len(text)
-            out_labels[row], weights[row] = labels[i], 1.0
+        real = ids >= 0  # The rest pad a last partial batch: one zero byte, weight 0.
+        inputs, lengths = pad_bytes([texts[i] if i >= 0 else b"\0" for i in ids], self.seq_len)
+        out_labels = np.where(real, labels[np.maximum(ids, 0)], 0).astype(np.int32)
+        weights = real.astype(np.float32)
         return {"inputs": inputs, "lengths": lengths, "labels": out_labels, "weights": weights}
 
 

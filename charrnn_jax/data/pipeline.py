@@ -8,6 +8,7 @@ compiles.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 from charrnn_jax.data import corpora, examples, windows
@@ -17,30 +18,37 @@ from charrnn_jax.data.corpora import DataError
 def _byte_pipeline(
     d,
     *,
+    order: Callable,
     seed: int,
     global_batch: int,
     num_eval_batches: int,
     eval_streams: int,
     eval_bytes_per_call: int,
 ):
-    """'random', 'epoch' or 'stream': windows of one long byte stream."""
+    """'random', 'epoch' or 'stream': windows of one long byte stream in `order`."""
     parts = corpora.load_splits(d)
     train, val = parts["train"], parts["val"]
     corpora.check_long_enough(train, d.seq_len, "train")
     corpora.check_long_enough(val, d.seq_len, "val")
-    if d.mode == "stream":
-        windows.stream_layout(len(train), global_batch=global_batch, seq_len=d.seq_len)
+    # The first batch's layout, drawn once here: an order's own data error (too few
+    # chunks for an epoch, too short a split for the streams) comes before anything compiles.
+    order(len(train), seed=seed, step=0, global_batch=global_batch, seq_len=d.seq_len)
     return windows.BytePipeline(
         train,
         val,
         d.seq_len,
-        d.mode,
+        order,
         seed,
         global_batch,
         num_eval_batches,
         eval_streams,
         eval_bytes_per_call,
     )
+
+
+def _windowed(order: Callable) -> Callable:
+    """The builder of a byte mode whose training windows come in `order`."""
+    return functools.partial(_byte_pipeline, order=order)
 
 
 def _line_pipeline(d, *, seed: int, global_batch: int, **_):
@@ -91,16 +99,18 @@ class Mode:
 
 # data.mode -> how it is built and what it means to the rest of the package.
 MODES: dict[str, Mode] = {
-    "random": Mode(_byte_pipeline, byte_stream=True, cuts_test_split=True),
-    "epoch": Mode(_byte_pipeline, byte_stream=True, cuts_test_split=True),
-    "stream": Mode(_byte_pipeline, byte_stream=True, carries_state=True, cuts_test_split=True),
+    "random": Mode(_windowed(windows.random_starts), byte_stream=True, cuts_test_split=True),
+    "epoch": Mode(_windowed(windows.epoch_starts), byte_stream=True, cuts_test_split=True),
+    "stream": Mode(
+        _windowed(windows.stream_starts), byte_stream=True, carries_state=True, cuts_test_split=True
+    ),
     "lines": Mode(_line_pipeline, prompt_prefix=b"\n"),
     "labelled": Mode(_labelled_pipeline, labelled=True),
 }
 
 
 def build(
-    data_config,
+    data_config: corpora.DataConfig,
     *,
     seed: int,
     global_batch: int,
@@ -113,7 +123,6 @@ def build(
     eval_streams > 0 scores the whole val split in that many streams (byte data only),
     eval_bytes_per_call bytes per device call at most (0: one call).
     """
-    data_config = corpora.DataConfig.of(data_config)
     mode = MODES.get(data_config.mode)
     if mode is None:
         raise DataError(f"Unknown data.mode {data_config.mode!r}; known: {tuple(MODES)}.")

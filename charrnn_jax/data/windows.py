@@ -9,6 +9,7 @@ global batch, and each process cuts out only its own rows of it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,32 +31,44 @@ def _windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict[str, 
     return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
 
 
-def window_starts(
-    num_tokens: int, *, seed: int, step: int, global_batch: int, seq_len: int, mode: str
-) -> np.ndarray:
-    """Start offsets of the global batch's windows at `step`: `[global_batch]` int64.
+def random_starts(
+    num_tokens: int, *, seed: int, step: int, global_batch: int, seq_len: int
+) -> tuple[np.ndarray, dict]:
+    """'random' order: uniform windows of seq_len + 1 bytes, a fresh draw per step.
 
-    'random': uniform windows of seq_len + 1 bytes, a fresh draw per step.
-    'epoch': the TF tutorial's order: non-overlapping chunks of seq_len + 1 bytes,
-      shuffled by a seeded permutation per epoch, a partial last batch dropped.
+    Every order returns (starts [global_batch] int64, extra per-row arrays); the data
+    modes' registry (data/pipeline.py) names each mode's order.
     """
-    if mode == "random":
-        rng = np.random.default_rng((seed, step))
-        return rng.integers(0, num_tokens - seq_len, size=global_batch)
-    if mode == "epoch":
-        num_chunks = num_tokens // (seq_len + 1)
-        batches_per_epoch = num_chunks // global_batch
-        if batches_per_epoch == 0:
-            raise DataError(
-                f"Epoch mode needs {global_batch} chunks of {seq_len + 1} bytes per batch; the "
-                f"train split has only {num_chunks}."
-            )
-        epoch, index = divmod(step, batches_per_epoch)
-        order = np.random.default_rng((seed, epoch)).permutation(num_chunks)
-        chunk_ids = order[index * global_batch : (index + 1) * global_batch]
-        return chunk_ids * (seq_len + 1)
-    # 'stream' rows also carry reset flags: train_batch calls stream_window_starts itself.
-    raise DataError(f"Unknown data.mode {mode!r}; expected 'random', 'epoch' or 'stream'.")
+    rng = np.random.default_rng((seed, step))
+    return rng.integers(0, num_tokens - seq_len, size=global_batch), {}
+
+
+def epoch_starts(
+    num_tokens: int, *, seed: int, step: int, global_batch: int, seq_len: int
+) -> tuple[np.ndarray, dict]:
+    """'epoch' order, the TF tutorial's: non-overlapping chunks of seq_len + 1 bytes,
+    shuffled by a seeded permutation per epoch, a partial last batch dropped."""
+    num_chunks = num_tokens // (seq_len + 1)
+    batches_per_epoch = num_chunks // global_batch
+    if batches_per_epoch == 0:
+        raise DataError(
+            f"Epoch mode needs {global_batch} chunks of {seq_len + 1} bytes per batch; the "
+            f"train split has only {num_chunks}."
+        )
+    epoch, index = divmod(step, batches_per_epoch)
+    order = np.random.default_rng((seed, epoch)).permutation(num_chunks)
+    chunk_ids = order[index * global_batch : (index + 1) * global_batch]
+    return chunk_ids * (seq_len + 1), {}
+
+
+def stream_starts(
+    num_tokens: int, *, seed: int, step: int, global_batch: int, seq_len: int
+) -> tuple[np.ndarray, dict]:
+    """'stream' order (stream_window_starts), with each row's carry-reset flag."""
+    starts, reset = stream_window_starts(
+        num_tokens, seed=seed, step=step, global_batch=global_batch, seq_len=seq_len
+    )
+    return starts, {"reset": reset}
 
 
 def stream_layout(num_tokens: int, *, global_batch: int, seq_len: int) -> tuple[int, int]:
@@ -142,26 +155,23 @@ def train_batch(
     step: int,
     global_batch: int,
     seq_len: int,
-    mode: str = "random",
+    order: Callable = random_starts,
     process_index: int = 0,
     process_count: int = 1,
 ) -> dict[str, np.ndarray]:
-    """This process's rows of the training batch for `step`.
+    """This process's rows of the training batch for `step`, in the given order
+    (random_starts, epoch_starts or stream_starts).
 
     Returns:
       {'inputs': [local_batch, seq_len] int32, 'targets': [local_batch, seq_len] int32},
-      targets being inputs shifted left by one byte.
+      targets being inputs shifted left by one byte, plus the order's per-row arrays
+      (stream order: 'reset').
     """
     rows = local_rows(global_batch, process_index, process_count)
-    if mode == "stream":
-        starts, reset = stream_window_starts(
-            len(tokens), seed=seed, step=step, global_batch=global_batch, seq_len=seq_len
-        )
-        return {**_windows(tokens, starts[rows], seq_len), "reset": reset[rows]}
-    starts = window_starts(
-        len(tokens), seed=seed, step=step, global_batch=global_batch, seq_len=seq_len, mode=mode
+    starts, extra = order(
+        len(tokens), seed=seed, step=step, global_batch=global_batch, seq_len=seq_len
     )
-    return _windows(tokens, starts[rows], seq_len)
+    return {**_windows(tokens, starts[rows], seq_len), **{k: v[rows] for k, v in extra.items()}}
 
 
 def eval_batches(
@@ -184,7 +194,8 @@ def eval_batches(
 
 @dataclasses.dataclass
 class BytePipeline:
-    """A byte stream: windows of seq_len + 1 ('random', 'epoch' or 'stream' order).
+    """A byte stream: windows of seq_len + 1 in its mode's order (random_starts,
+    epoch_starts or stream_starts).
 
     Eval is the whole val split in `eval_streams` contiguous streams (eval_streams > 0,
     the default 'full' metric) cut along time into calls of at most eval_bytes_per_call
@@ -194,7 +205,7 @@ class BytePipeline:
     train: np.ndarray
     val: np.ndarray
     seq_len: int
-    mode: str
+    order: Callable
     seed: int
     global_batch: int
     num_eval_batches: int
@@ -208,7 +219,7 @@ class BytePipeline:
             step=step,
             global_batch=self.global_batch,
             seq_len=self.seq_len,
-            mode=self.mode,
+            order=self.order,
             process_index=process_index,
             process_count=process_count,
         )

@@ -27,6 +27,7 @@ import numpy as np
 
 from charrnn_jax.data import windows
 from charrnn_jax.inference import scoring
+from charrnn_jax.models import losses
 
 
 def dynamic_sums(params, batch, carry, *, apply_fn, segment: int, lr: float, decay: float):
@@ -41,8 +42,8 @@ def dynamic_sums(params, batch, carry, *, apply_fn, segment: int, lr: float, dec
         theta, carry = state
 
         def loss_fn(p):
-            logits, scored, new_carry = scoring.logits_and_labels(apply_fn, p, piece, carry)
-            sums = scoring.loss_sums(logits, scored)
+            logits, scored, new_carry = losses.logits_and_labels(apply_fn, p, piece, carry)
+            sums = losses.loss_sums(logits, scored)
             return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), (sums, new_carry)
 
         (_, (sums, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(theta)

@@ -23,13 +23,13 @@ def load_for_inference(workdir, step: int | str | None = None):
         lowest val loss (kept in checkpoints_best/ however old it is).
 
     Returns:
-      (config, model, params, step).
+      (config, model, params, step): the run's typed config (config_lib.RunConfig).
     """
     workdir = Workdir(workdir)
     if not workdir.path.is_dir():
         raise UserError(f"Workdir {workdir.path} does not exist.")
-    config = config_lib.load(workdir.config_file)
-    model = models.from_config(config.model)
+    config = config_lib.resolve(config_lib.load(workdir.config_file))  # The door.
+    model = models.CharRNN(config.model)
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"]
     )

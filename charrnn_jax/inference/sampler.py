@@ -10,6 +10,7 @@ key, so a batched run reproduces per-prompt runs given the same per-row keys.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from charrnn_jax import models
+from charrnn_jax.data import examples
 
 EMPTY_PROMPT = b"\n"  # An empty prompt starts from a newline, i.e. "the start of a line".
 MIN_BUCKET = 8
@@ -37,12 +39,8 @@ def encode_prompts(prompts: Sequence[bytes | str]) -> tuple[np.ndarray, np.ndarr
     if not prompts:
         raise ValueError("Give at least one prompt.")
     encoded = [p.encode("utf-8") if isinstance(p, str) else bytes(p) for p in prompts]
-    encoded = [p if p else EMPTY_PROMPT for p in encoded]
-    lengths = np.array([len(p) for p in encoded], np.int32)
-    tokens = np.zeros((len(encoded), _bucket(int(lengths.max()))), np.int32)
-    for row, p in enumerate(encoded):
-        tokens[row, : len(p)] = np.frombuffer(p, np.uint8)
-    return tokens, lengths
+    longest = max(len(p) or len(EMPTY_PROMPT) for p in encoded)
+    return examples.pad_bytes(encoded, _bucket(longest), empty=EMPTY_PROMPT)
 
 
 def check_args(
@@ -228,7 +226,7 @@ def with_weight_dtype(model: models.CharRNN, params, dtype: str):
     if dtype == "float32":
         return model, params
     cast = jax.tree.map(lambda x: x.astype(models.DTYPES[dtype]) if x.ndim >= 2 else x, params)
-    return model.clone(dtype=models.DTYPES[dtype]), cast
+    return model.clone(config=dataclasses.replace(model.config, dtype=dtype)), cast
 
 
 def sample(

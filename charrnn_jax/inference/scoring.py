@@ -15,51 +15,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from charrnn_jax.data import pipeline, windows
+from charrnn_jax.data import windows
+from charrnn_jax.models.losses import logits_and_labels, loss_sums
 from charrnn_jax.runtime import parallel
-
-
-def cross_entropy(logits, targets):
-    """Mean softmax cross-entropy in nats. logits [B, T, V] float32, targets [B, T] int."""
-    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-
-def loss_sums(logits, batch) -> dict:
-    """Weighted sums for the batch's task; the task is read off the batch's keys.
-
-    Language model batches have 'targets' (and optionally per-token 'weights', 0 on
-    padding); classification batches have 'labels' and per-row 'weights'.
-    """
-    labels = batch["labels"] if "labels" in batch else batch["targets"]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    weights = batch.get("weights", jnp.ones_like(ce))
-    sums = {"loss_sum": jnp.sum(ce * weights), "weight": jnp.sum(weights)}
-    if "labels" in batch:
-        sums["correct"] = jnp.sum((jnp.argmax(logits, -1) == labels) * weights)
-    return sums
-
-
-def logits_and_labels(apply_fn, params, batch, carry=None, **kwargs):
-    """The logits, the batch that scores them, and the new carry.
-
-    Language models keep their logits time-major, as the model computes them, and the
-    small integer targets and weights are transposed instead: transposing the largest
-    activation (and its gradient) costs more than the loss needs.
-    """
-    language_model = "targets" in batch
-    logits, new_carry = apply_fn(
-        {"params": params},
-        batch["inputs"],
-        carry,
-        lengths=batch.get("lengths"),
-        time_major_logits=language_model,
-        **kwargs,
-    )
-    if language_model:
-        batch = {key: batch[key].T for key in ("targets", "weights") if key in batch}
-    return logits, batch, new_carry
 
 
 def eval_step(params, batch, *, apply_fn, chunk: int):
@@ -103,13 +62,6 @@ def zero_carry(params, batch, *, apply_fn, chunk: int):
     first = jax.tree.map(lambda x: x[:, :chunk], batch)
     shapes = jax.eval_shape(lambda: logits_and_labels(apply_fn, params, first)[2])
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-def eval_streams(config) -> int:
-    """Streams of the full-split val metric, or 0 for fixed windows (and non-byte data)."""
-    if config.eval.mode != "full" or not pipeline.MODES[config.data.mode].byte_stream:
-        return 0
-    return config.eval.streams or config.train.batch_size
 
 
 def score_bytes(params, model, tokens: np.ndarray, *, streams: int, chunk: int, mesh=None):

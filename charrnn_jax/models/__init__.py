@@ -1,4 +1,4 @@
-"""Models: the cell registry and `from_config`, CharRNN, the flax cells under nn.scan, the
+"""Models: the cell registry, ModelConfig and CharRNN, the flax cells under nn.scan, the
 fused GRU, mixed precision, the linear scans, the linear cells and their residual blocks.
 
 Imports nothing else of the package. The names below are the models' public API.
@@ -12,8 +12,6 @@ from charrnn_jax.models.char_rnn import (
     VOCAB_SIZE,
     CharRNN,
     ModelConfig,
-    eval_chunk,
-    from_config,
     scan_mode,
     zero_carry,
 )
@@ -29,8 +27,6 @@ __all__ = [
     "CharRNN",
     "ModelConfig",
     "FusedGRULayer",
-    "eval_chunk",
-    "from_config",
     "gru_recurrence",
     "mixed_matmul",
     "scan_mode",

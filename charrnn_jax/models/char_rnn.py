@@ -28,71 +28,160 @@ GRU_IMPLS = ("auto", *backend_choices.GRU_IMPLS)
 Carry = tuple[Any, ...]  # Per layer: h (GRU, minGRU, minLSTM), (c, h) (LSTMs), (re, im) (LRU).
 
 
-def zero_carry(
-    cell_type: str, num_layers: int, batch_size: int, hidden_size: int, options=None
-) -> Carry:
+def zero_carry(config: ModelConfig, batch_size: int) -> Carry:
     """The all-zero starting state; kept in float32 even for bfloat16 compute (a whole
     model's: its own zero state, e.g. the Transformer's empty context).
 
     Every leaf is a buffer of its own, so a carry built outside jit can be donated.
     """
-    cell = registry.CELLS[cell_type]
+    cell = registry.CELLS[config.cell]
     if cell.whole_model is not None:
-        options = options if options is not None else registry.make_options(cell_type)
-        return (cell.zero_state(batch_size, options),)
-    return tuple(cell.zero_state(batch_size, hidden_size) for _ in range(num_layers))
+        return (cell.zero_state(batch_size, config.options),)
+    return tuple(cell.zero_state(batch_size, config.hidden_size) for _ in range(config.num_layers))
+
+
+def _key(default, doc: str):
+    """A config key: its default and its one comment (config_lib.base_config and the
+    documented schema read both from here)."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+def _default_cell_options() -> tuple:
+    return tuple(
+        (name, tuple(registry.options_fields(name).items()))
+        for name in registry.CELLS
+        if registry.options_fields(name)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The config's `model` block, typed; its defaults are the schema (base_config).
+
+    Made once from the command's ConfigDict (config_lib.resolve) and handed whole to
+    CharRNN, like Flax lm1b's TransformerConfig. The defaults are the TF tutorial's
+    model: embed 256, one GRU of 1024.
+    """
+
+    cell: str = _key("gru", "A name in the cell registry (models/registry.py); GRU is the default.")
+    embed_dim: int = _key(256, "Byte embedding size.")
+    hidden_size: int = _key(1024, "Units per recurrent layer.")
+    num_layers: int = _key(1, "Stacked recurrent layers.")
+    dropout: float = _key(
+        0.0,
+        "Dropout on each recurrent layer's output while training (residual blocks: on "
+        "each branch's output).",
+    )
+    input_dropout: float = _key(0.0, "Dropout on the byte embeddings while training.")
+    recurrent_dropout: float = _key(
+        0.0, "Cells whose registry entry takes DropConnect (fused and Mogrifier GRU): on W_h."
+    )
+    variational_dropout: bool = _key(
+        False,
+        "One dropout mask per sequence for all time steps, on the inputs and between "
+        "layers (Gal and Ghahramani 2016, Section 4).",
+    )
+    dtype: str = _key("float32", "Compute dtype: 'float32' or 'bfloat16' (params stay f32).")
+    gru_impl: str = _key(
+        "auto",
+        "'fused' (hoisted projection, hand-written backward), 'flax' (nn.scan(GRUCell)) or "
+        "'auto': this backend's choice (models/backend_choices.py); same params, same function.",
+    )
+    num_classes: int = _key(0, "0 = language model; >= 2 = many-to-one classifier.")
+    scan: str = _key(
+        "auto",
+        "Residual blocks only: 'parallel' (associative scan), 'sequential' (lax.scan) or "
+        "'auto' (this backend's choice, models/backend_choices.py: sequential on CPU).",
+    )
+    mlp_ratio: int = _key(2, "Residual blocks only: gated MLP width / hidden_size.")
+    unroll: int = _key(
+        1,
+        "Stacked layers: time steps per iteration of the time loop, forward and backward "
+        "(lax.scan's unroll); the same function (benchmarks/README.md, 'Unrolling').",
+    )
+    cell_options: tuple = dataclasses.field(
+        default_factory=_default_cell_options,
+        metadata={
+            "doc": "Each cell's own options, one block per cell that has any "
+            "(`model.mogrifier_gru.rounds`): its options class (models/registry.py). Kept "
+            "as written, ((cell, ((key, value), ...)), ...), so that config.json round-trips; "
+            "the chosen cell's are typed and checked by `options`."
+        },
+    )
+
+    @classmethod
+    def from_block(cls, block) -> ModelConfig:
+        """From the ConfigDict's `model` block, at the door (config_lib.resolve) only."""
+        shared = {
+            f.name: block[f.name] for f in dataclasses.fields(cls) if f.name != "cell_options"
+        }
+        blocks = tuple((name, tuple(block[name].items())) for name, _ in _default_cell_options())
+        return cls(**shared, cell_options=blocks)
+
+    def to_dict(self) -> dict:
+        """The block as config.json holds it: the shared keys and one block per cell."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del out["cell_options"]
+        out.update({name: dict(values) for name, values in self.cell_options})
+        return out
+
+    @property
+    def options(self):
+        """The chosen cell's own options: its registry entry's frozen dataclass.
+
+        Raises ValueError('<cell>.<field> ...') for a value that makes no sense (the
+        door, config_lib.resolve, asks once, so that it is one `error:` line there).
+        """
+        try:
+            own = dict(dict(self.cell_options).get(self.cell, ()))
+            return registry.make_options(self.cell, own)
+        except ValueError as e:
+            raise ValueError(f"{self.cell}.{e}") from None
+
+    def with_options(self, options) -> ModelConfig:
+        """A copy whose block for `options`'s cell holds `options` (None: this config)."""
+        if options is None:
+            return self
+        name = next(n for n, c in registry.CELLS.items() if c.options is type(options))
+        blocks = dict(self.cell_options) | {name: tuple(dataclasses.asdict(options).items())}
+        return dataclasses.replace(self, cell_options=tuple(blocks.items()))
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def parallel_scan(self) -> bool:
+        """Residual blocks: the associative scan, on this backend ('auto' resolved)."""
+        return scan_mode(self.scan) == "parallel"
+
+    def layer_spec(self) -> registry.LayerSpec:
+        """What every stacked layer gets, with gru_impl resolved for this backend."""
+        impl = backend_choices.gru_impl(
+            self.gru_impl, jax.default_backend(), recurrent_dropout=self.recurrent_dropout
+        )
+        return registry.LayerSpec(
+            self.hidden_size, self.compute_dtype, self.recurrent_dropout, self.unroll, impl
+        )
+
+    def eval_chunk(self, seq_len: int) -> int:
+        """Bytes per carried call of the full-split metric: seq_len for the recurrent
+        cells, the Transformer's eval_stride (its sliding window's step)."""
+        return registry.CELLS[self.cell].eval_chunk(self.options, seq_len)
 
 
 class CharRNN(nn.Module):
-    """Byte-level recurrent language model.
+    """Byte-level recurrent language model, built from its typed config (ModelConfig):
+    the cell's registry entry decides which layer it gets.
 
-    Attributes:
-      embed_dim: size of each byte's embedding.
-      hidden_size: width of every recurrent layer.
-      num_layers: number of stacked recurrent layers.
-      cell_type: a name in the cell registry (models/registry.py); 'gru' by default.
-      dropout_rate: dropout on each recurrent layer's output during training (residual
-        blocks: on each branch's output).
-      dtype: compute dtype; params stay float32.
-      gru_impl: 'fused' (hoisted input projection, hand-written backward pass), 'flax'
-        (nn.scan over nn.GRUCell, the reference) or 'auto' (this backend's choice,
-        models/backend_choices.py); same params, same function.
-      num_classes: 0 for a language model; else a many-to-one classifier whose logits come
-        from the last layer's hidden state at each row's length (padding never counts).
-      input_dropout: dropout on the byte embeddings during training.
-      recurrent_dropout: layers whose registry entry takes DropConnect (the fused and
-        the Mogrifier GRU): DropConnect on each layer's recurrent kernel.
-      variational_dropout: one dropout mask per sequence, shared by all its time steps
-        (Gal and Ghahramani 2016, "A Theoretically Grounded Application of Dropout in
-        Recurrent Neural Networks", Section 4), for the input and between-layer dropout.
-      parallel_scan: residual blocks only: associative scan over time (True) or lax.scan.
-      mlp_ratio: residual blocks only: the gated MLP's width over hidden_size.
-      unroll: stacked layers: time steps per iteration of the time loop (lax.scan's
-        unroll), forward and backward; the same function, fewer and larger loop bodies.
-      options: the cell's own options (its registry entry's `options` dataclass, e.g.
-        the Mogrifier's rounds and rank), or None for the cell's defaults.
+    With `num_classes` it is a many-to-one classifier whose logits come from the last
+    layer's hidden state at each row's length (padding never counts).
     """
 
-    embed_dim: int
-    hidden_size: int
-    num_layers: int = 1
-    cell_type: str = "gru"
-    dropout_rate: float = 0.0
-    dtype: Any = jnp.float32
-    num_classes: int = 0
-    gru_impl: str = "fused"
-    input_dropout: float = 0.0
-    recurrent_dropout: float = 0.0
-    variational_dropout: bool = False
-    parallel_scan: bool = False
-    mlp_ratio: int = 2
-    unroll: int = 1
-    options: Any = None
+    config: ModelConfig
 
     def initialize_carry(self, batch_size: int) -> Carry:
-        return zero_carry(
-            self.cell_type, self.num_layers, batch_size, self.hidden_size, self._options()
-        )
+        return zero_carry(self.config, batch_size)
 
     @nn.compact
     def __call__(
@@ -127,14 +216,15 @@ class CharRNN(nn.Module):
             carry = self.initialize_carry(batch)
         if valid is None and lengths is not None:
             valid = jnp.arange(time)[None, :] < lengths[:, None]
-        if (cell := registry.CELLS[self.cell_type]).whole_model is not None:
+        if (cell := registry.CELLS[self.config.cell]).whole_model is not None:
             return self._whole_model(cell, tokens, carry, valid, train, time_major_logits)
         tokens_tm = tokens.T  # Time-major inside: the recurrences scan over the leading axis.
         valid_tm = None if valid is None else valid.T
-        embed = nn.Embed(VOCAB_SIZE, self.embed_dim, dtype=self.dtype, name="embed")
+        c = self.config
+        embed = nn.Embed(VOCAB_SIZE, c.embed_dim, dtype=c.compute_dtype, name="embed")
         # Time is axis 0 inside: a variational mask is broadcast over it.
-        drop_dims = (0,) if self.variational_dropout else ()
-        drop_inputs = train and self.input_dropout > 0
+        drop_dims = (0,) if c.variational_dropout else ()
+        drop_inputs = train and c.input_dropout > 0
         if cell.residual_block:
             x = self._drop_inputs(embed(tokens_tm), drop_dims, train)
             x, new_carry = self._residual_blocks(carry, x, valid_tm, train)
@@ -142,8 +232,8 @@ class CharRNN(nn.Module):
         # Folding the embedding into the first projection pays once there are more
         # positions than byte values (training); one-step sampling projects directly.
         # (Not with input dropout while training: each position needs its own dropped row.)
-        folds = cell.folds_embedding(self._layer_spec())
-        fold = folds and time * batch > VOCAB_SIZE and not drop_inputs
+        fold = cell.folds_embedding(c.layer_spec()) and time * batch > VOCAB_SIZE
+        fold = fold and not drop_inputs
         x = embed(jnp.arange(VOCAB_SIZE)) if fold else embed(tokens_tm)
         if not fold:
             x = self._drop_inputs(x, drop_dims, train)
@@ -151,17 +241,17 @@ class CharRNN(nn.Module):
             x, carry, valid_tm, tokens_tm if fold else None, drop_dims, train
         )
         last = cell.hidden_of(new_carry[-1])
-        if self.num_classes and self.dropout_rate > 0:
-            last = nn.Dropout(self.dropout_rate, deterministic=not train)(last)
+        if c.num_classes and c.dropout > 0:
+            last = nn.Dropout(c.dropout, deterministic=not train)(last)
         return self._outputs(x, last, new_carry, time_major_logits)
 
     def _whole_model(self, cell, tokens, carry, valid, train, time_major_logits):
         """A registered whole model (the Transformer): its one carry, batch-major."""
         network = cell.whole_model(
-            self._layer_spec(),
-            self._options(),
-            num_layers=self.num_layers,
-            dropout_rate=self.dropout_rate,
+            self.config.layer_spec(),
+            self.config.options,
+            num_layers=self.config.num_layers,
+            dropout_rate=self.config.dropout,
             name="transformer",
         )
         logits, new_carry = network(tokens, carry[0], valid, train=train)
@@ -170,14 +260,14 @@ class CharRNN(nn.Module):
     def _residual_blocks(self, carry, x, valid_tm, train):
         """num_layers pre-norm residual blocks around the registered linear recurrence."""
         return blocks.BlockStack(
-            self.cell_type,
-            self.hidden_size,
-            self.num_layers,
-            self.mlp_ratio,
-            self.dropout_rate,
-            self.dtype,
-            self.parallel_scan,
-            dense_dot_general(self.dtype),
+            self.config.cell,
+            self.config.hidden_size,
+            self.config.num_layers,
+            self.config.mlp_ratio,
+            self.config.dropout,
+            self.config.compute_dtype,
+            self.config.parallel_scan,
+            dense_dot_general(self.config.compute_dtype),
             name="blocks",
         )(carry, x, valid_tm, train=train)
 
@@ -187,114 +277,46 @@ class CharRNN(nn.Module):
         folded_tokens: with the embedding folded into the first layer's projection, the
         [time, batch] bytes whose rows of the embedding table that layer gathers.
         """
-        cell, spec, options = registry.CELLS[self.cell_type], self._layer_spec(), self._options()
+        cell, spec, options = (
+            registry.CELLS[self.config.cell],
+            self.config.layer_spec(),
+            self.config.options,
+        )
         new_carry = []
-        for i in range(self.num_layers):
+        for i in range(self.config.num_layers):
             layer = cell.layer(spec, options, name=f"rnn_{i}")
             tokens = folded_tokens if i == 0 else None
             layer_carry, x = layer(carry[i], x, valid_tm, tokens, train=train)
             new_carry.append(layer_carry)
-            if self.dropout_rate > 0:
-                x = nn.Dropout(self.dropout_rate, drop_dims, deterministic=not train)(x)
+            if self.config.dropout > 0:
+                x = nn.Dropout(self.config.dropout, drop_dims, deterministic=not train)(x)
         return x, new_carry
 
-    def _layer_spec(self) -> registry.LayerSpec:
-        impl = backend_choices.gru_impl(
-            self.gru_impl, jax.default_backend(), recurrent_dropout=self.recurrent_dropout
-        )
-        return registry.LayerSpec(
-            self.hidden_size, self.dtype, self.recurrent_dropout, self.unroll, impl
-        )
-
-    def _options(self):
-        """The cell's options: as given, or the cell's defaults."""
-        return self.options if self.options is not None else registry.make_options(self.cell_type)
-
     def _drop_inputs(self, x, drop_dims, train):
-        if not (train and self.input_dropout > 0):
+        if not (train and self.config.input_dropout > 0):
             return x
-        return nn.Dropout(self.input_dropout, drop_dims, deterministic=False, name="drop_in")(x)
+        return nn.Dropout(
+            self.config.input_dropout, drop_dims, deterministic=False, name="drop_in"
+        )(x)
 
     def _outputs(self, xs, last, new_carry, time_major_logits):
         """The head: next-byte logits from every step, or class logits from `last`."""
-        if self.num_classes:
+        if self.config.num_classes:
             logits = nn.Dense(
-                self.num_classes,
-                dtype=self.dtype,
-                dot_general=dense_dot_general(self.dtype),
+                self.config.num_classes,
+                dtype=self.config.compute_dtype,
+                dot_general=dense_dot_general(self.config.compute_dtype),
                 name="classifier",
             )(last)
             return logits.astype(jnp.float32), tuple(new_carry)
         logits = nn.Dense(
-            VOCAB_SIZE, dtype=self.dtype, dot_general=dense_dot_general(self.dtype), name="head"
+            VOCAB_SIZE,
+            dtype=self.config.compute_dtype,
+            dot_general=dense_dot_general(self.config.compute_dtype),
+            name="head",
         )(xs)
         logits = logits.astype(jnp.float32)
         return (logits if time_major_logits else logits.transpose(1, 0, 2)), tuple(new_carry)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """The config's `model` block, typed (defaults live in config_lib.base_config only).
-
-    options: the cell's own options, built from the block `model.<cell>` (registry).
-    """
-
-    cell: str
-    embed_dim: int
-    hidden_size: int
-    num_layers: int
-    dropout: float
-    input_dropout: float
-    recurrent_dropout: float
-    variational_dropout: bool
-    dtype: str
-    gru_impl: str
-    num_classes: int
-    scan: str
-    mlp_ratio: int
-    unroll: int
-    options: Any
-
-    @classmethod
-    def of(cls, block) -> ModelConfig:
-        """From a ModelConfig or any mapping with these keys (e.g. the ConfigDict block)."""
-        if isinstance(block, cls):
-            return block
-        shared = {f.name: block[f.name] for f in dataclasses.fields(cls) if f.name != "options"}
-        cell = block["cell"]
-        own = block[cell] if registry.options_fields(cell) else {}
-        return cls(**shared, options=registry.make_options(cell, own))
-
-
-def from_config(model_config) -> CharRNN:
-    """Builds the model from the config's `model` block (a ModelConfig or the ConfigDict)."""
-    m = ModelConfig.of(model_config)
-    return CharRNN(
-        embed_dim=m.embed_dim,
-        hidden_size=m.hidden_size,
-        num_layers=m.num_layers,
-        cell_type=m.cell,
-        dropout_rate=m.dropout,
-        dtype=DTYPES[m.dtype],
-        num_classes=m.num_classes,
-        gru_impl=backend_choices.gru_impl(
-            m.gru_impl, jax.default_backend(), recurrent_dropout=m.recurrent_dropout
-        ),
-        parallel_scan=scan_mode(m.scan) == "parallel",
-        mlp_ratio=m.mlp_ratio,
-        input_dropout=m.input_dropout,
-        recurrent_dropout=m.recurrent_dropout,
-        variational_dropout=m.variational_dropout,
-        unroll=m.unroll,
-        options=m.options,
-    )
-
-
-def eval_chunk(model_config, seq_len: int) -> int:
-    """Bytes per carried call of the full-split metric: seq_len for the recurrent cells,
-    the Transformer's eval_stride (its sliding window's step)."""
-    m = ModelConfig.of(model_config)
-    return registry.CELLS[m.cell].eval_chunk(m.options, seq_len)
 
 
 def scan_mode(configured: str) -> str:

@@ -43,7 +43,7 @@ RECURRENT_INITS = {"orthogonal": nn.initializers.orthogonal(), "identity": _iden
 class ElmanOptions:
     """The Elman RNN's own options (config block `model.elman`).
 
-    nonlinearity: f above, 'tanh' or 'relu'.
+    nonlinearity: the f of h_t = f(W_x x_t + W_h h_{t-1} + b), 'tanh' or 'relu'.
     recurrent_init: W_h at init, 'orthogonal' or 'identity' (the IRNN's).
     """
 

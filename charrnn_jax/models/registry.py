@@ -161,7 +161,7 @@ class Cell:
       whole_model: whole models: the factory of the network (WholeModel).
       eval_chunk: (options, seq_len) -> bytes per call of the full-split metric (the
         carried chunk); seq_len for the recurrent cells.
-      check: (model block, data block) -> a config error line or None, for what only
+      check: (ModelConfig, DataConfig) -> a config error line or None, for what only
         this cell requires.
     """
 

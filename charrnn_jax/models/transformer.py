@@ -208,26 +208,27 @@ def eval_chunk(options: TransformerOptions, seq_len: int) -> int:
     return options.eval_stride
 
 
-def check(model_block, data_block) -> str | None:
-    """What the Transformer alone requires of a config, as an error line (or None)."""
-    options = model_block["transformer"]
-    heads, block, stride = options["num_heads"], options["block_size"], options["eval_stride"]
-    if model_block["hidden_size"] % heads:
+def check(model, data) -> str | None:
+    """What the Transformer alone requires of a typed config (ModelConfig, DataConfig), as
+    an error line (or None)."""
+    options = model.options
+    heads, block, stride = options.num_heads, options.block_size, options.eval_stride
+    if model.hidden_size % heads:
         return (
-            f"model.hidden_size={model_block['hidden_size']} must divide by "
+            f"model.hidden_size={model.hidden_size} must divide by "
             f"model.transformer.num_heads={heads}."
         )
-    if data_block["seq_len"] > block:
+    if data.seq_len > block:
         return (
-            f"data.seq_len={data_block['seq_len']} must be <= model.transformer.block_size="
+            f"data.seq_len={data.seq_len} must be <= model.transformer.block_size="
             f"{block} (the Transformer sees at most block_size bytes)."
         )
-    if data_block["seq_len"] % stride:
+    if data.seq_len % stride:
         return (
-            f"data.seq_len={data_block['seq_len']} must divide by "
+            f"data.seq_len={data.seq_len} must divide by "
             f"model.transformer.eval_stride={stride} (the full-split metric's step)."
         )
-    if model_block["num_classes"]:
+    if model.num_classes:
         return "model.cell='transformer' is a language model: model.num_classes must be 0."
     return None
 

@@ -157,7 +157,7 @@ def _keep_best(group, live, state, records, done) -> None:
 
 def _log_samples(group, live, state, done, model, sample_rngs) -> None:
     """A sample from each run's evaluated params (process 0, language models only)."""
-    if model.num_classes or not live[0][1].config.sample.length or not live[0][1].is_main:
+    if model.config.num_classes or not live[0][1].config.sample.length or not live[0][1].is_main:
         return
     for i, run in live:
         params = group.select(steps.eval_params(state), i)

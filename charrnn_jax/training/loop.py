@@ -11,6 +11,7 @@ variant (variants.Single); a vmapped sweep trains K at once (variants.Stacked).
 from __future__ import annotations
 
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -19,7 +20,6 @@ from absl import logging
 
 from charrnn_jax import config_lib, models
 from charrnn_jax.data import pipeline
-from charrnn_jax.inference import scoring
 from charrnn_jax.runtime import parallel
 from charrnn_jax.store.workdir import Workdir
 from charrnn_jax.training import (
@@ -50,9 +50,12 @@ def train_and_evaluate(
     `restart`, a previous run's outputs are moved aside and training starts at step 0.
     A resume whose config or data differ from the workdir's is refused (identity.py),
     except for keys named in `allow_config_change` (or "data" for the corpus).
+
+    This is the training library's door: the experiment's ConfigDict is resolved into
+    its typed RunConfig here, once, and only that travels below.
     """
     return _train(
-        [config],
+        [config_lib.resolve(config)],
         [workdir],
         variants.Single,
         devices=devices,
@@ -71,11 +74,12 @@ def train_vmapped(configs, workdirs, *, devices=None, restart: bool = False) -> 
     """
     if len(configs) != len(workdirs) or not configs:
         raise ValueError("train_vmapped needs one workdir per config, and at least one.")
+    configs = [config_lib.resolve(c) for c in configs]  # The door, as train_and_evaluate.
     variants.check_vmappable(configs)
     return _train(list(configs), list(workdirs), variants.Stacked, devices=devices, restart=restart)
 
 
-def load_data(configs) -> list:
+def load_data(configs: list[config_lib.RunConfig]) -> list:
     """One pipeline per variant; batches depend on the seed only, so seeds share one."""
     pipelines = {}
     for c in configs:
@@ -85,7 +89,7 @@ def load_data(configs) -> list:
                 seed=c.seed,
                 global_batch=c.train.batch_size,
                 num_eval_batches=c.train.eval_batches,
-                eval_streams=scoring.eval_streams(c),
+                eval_streams=c.eval_streams,
                 eval_bytes_per_call=c.eval.bytes_per_call,
             )
     return [pipelines[c.seed] for c in configs]
@@ -94,8 +98,6 @@ def load_data(configs) -> list:
 def _train(
     configs, workdirs, group_type, *, devices, restart: bool, allow=frozenset()
 ) -> list[dict]:
-    for config in configs:
-        config_lib.validate(config)
     # Before any data loads or anything is created: a resume must mean the same run.
     if not restart:
         for w in workdirs:
@@ -108,38 +110,48 @@ def _train(
     datas = load_data(configs)  # Every data error before anything is created or compiled.
     mesh = parallel.make_mesh(devices)
     parallel.check_batch_divides(t.batch_size, mesh)
-    if scoring.eval_streams(config):
-        parallel.check_batch_divides(scoring.eval_streams(config), mesh, name="eval.streams")
+    if config.eval_streams:
+        parallel.check_batch_divides(config.eval_streams, mesh, name="eval.streams")
     group = group_type(configs, mesh)
     is_main = jax.process_index() == 0
     opened = []
     try:
         for c, w, change in zip(configs, workdirs, changes, strict=True):
             opened.append(runs.Run(c, w, is_main=is_main, changes=change).open(restart=restart))
-        setup = _setup(config, group, opened, datas)
+        setup = _set_up(config, group, opened)
     except BaseException:
         for run in opened:
             run.close()
             run.discard_if_new()
         raise
     try:
-        state = _loop(config, group, opened, datas, *setup)
+        state = _loop(config, group, opened, datas, setup)
     finally:
         for run in opened:
             run.close()
-    return _summaries(group, opened, state, setup[1])
+    return _summaries(group, opened, state, setup.model)
 
 
-def _setup(config, group, run_list, datas):
-    """Restores or initialises the state and compiles the steps: (state, model, fns, start)."""
-    model = models.from_config(config.model)
+class Setup(NamedTuple):
+    """What the loop starts from: the restored or fresh state, the model, the group's
+    compiled programs, and the first step to train."""
+
+    state: Any
+    model: models.CharRNN
+    programs: variants.Programs
+    start: int
+
+
+def _set_up(config, group, run_list) -> Setup:
+    """Restores or initialises the state and compiles the group's programs."""
+    model = models.CharRNN(config.model)
     tx, schedule = optim.make_optimizer(config.train)
     init = functools.partial(
         steps.create_train_state,
         model=model,
         tx=tx,
         seq_len=config.data.seq_len,
-        carry_rows=config.train.batch_size if pipeline.MODES[config.data.mode].carries_state else 0,
+        carry_rows=config.carry_rows,
         ema_decay=config.train.ema_decay,
     )
     state, state_sharding, start = group.restore_or_init([r.ckpt for r in run_list], init)
@@ -155,8 +167,7 @@ def _setup(config, group, run_list, datas):
         logging.info(
             "Checkpoint step %d already reaches num_steps=%d.", start, config.train.num_steps
         )
-    chunk = models.eval_chunk(config.model, config.data.seq_len)
-    fns = group.compile(model, schedule, state_sharding, chunk=chunk)
+    programs = group.compile(model, schedule, state_sharding, chunk=config.eval_chunk)
     logging.info(
         "Devices: %d global, %d local, process %d of %d. Model: %s params%s.",
         jax.device_count(),
@@ -166,11 +177,12 @@ def _setup(config, group, run_list, datas):
         f"{steps.count_params(state.params) // group.size:,}",
         f", {group.size} vmapped variants" if group.stacked else "",
     )
-    return state, model, fns, start
+    return Setup(state, model, programs, start)
 
 
-def _loop(config, group, run_list, datas, state, model, fns, start):
-    t = config.train
+def _loop(config, group, run_list, datas, setup: Setup):
+    """Steps from setup.start to train.num_steps; after_steps does what falls due."""
+    t, state, start, programs = config.train, setup.state, setup.start, setup.programs
     pending = any(run.pending for run in run_list)
     if start and not pending and all(run.patience_exhausted(start) for run in run_list):
         # Stopped early before: rerunning trains no further.
@@ -178,9 +190,9 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
         return state
     process, processes = jax.process_index(), jax.process_count()
     dropout_rngs = group.keys(1)
-    step_fn, val = _compile_for_loop(group, datas, state, fns, start, dropout_rngs, pending)
+    step_fn, val = _compile_for_loop(group, datas, state, programs, start, dropout_rngs, pending)
     stop = pacing.StopFlag().install()
-    after = after_steps.AfterSteps(group, run_list, model, fns.reset, val, stop, start)
+    after = after_steps.AfterSteps(group, run_list, setup.model, programs.reset, val, stop, start)
     profiler = profiling.StepProfiler(
         config.profile.steps, run_list[0].workdir, enabled=run_list[0].is_main
     )
@@ -206,7 +218,7 @@ def _loop(config, group, run_list, datas, state, model, fns, start):
     return state
 
 
-def _compile_for_loop(group, datas, state, fns, start, dropout_rngs, pending: bool):
+def _compile_for_loop(group, datas, state, programs, start, dropout_rngs, pending: bool):
     """The train step and the val pass, compiled for their batches ahead of the loop."""
     process, processes = jax.process_index(), jax.process_count()
     eval_data = [
@@ -218,16 +230,16 @@ def _compile_for_loop(group, datas, state, fns, start, dropout_rngs, pending: bo
     if estimate and processes > 1:
         logging.warning("eval.nanogpt_estimate is single-process only: not logged here.")
     val = validation.Validation(
-        fns,
+        programs,
         eval_data,
         carried=datas[0].eval_carried,
         stoppable=processes == 1,
         nanogpt_tokens=datas[0].val if estimate and processes == 1 else None,
     )
-    step_fn = fns.train
+    step_fn = programs.train
     if start < group.configs[0].train.num_steps:
         first = group.global_batch([d.train_batch(start, process, processes) for d in datas])
-        step_fn = validation.compile_ahead("train step", fns.train, state, first, dropout_rngs)
+        step_fn = validation.compile_ahead("train step", programs.train, state, first, dropout_rngs)
     if start < group.configs[0].train.num_steps or pending:
         val.compile(state.params)
     return step_fn, val

@@ -6,43 +6,22 @@ learning rates and clip norms (steps.vmapped_train_step).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import optax
 
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    """The optimizer's keys of the config's `train` block, typed (defaults: base_config)."""
-
-    optimizer: str
-    learning_rate: float
-    schedule: str
-    warmup_steps: int
-    num_steps: int
-    grad_clip_norm: float
-    adam_eps: float
-    adam_b2: float
-    weight_decay: float
-    end_learning_rate: float
-
-    @classmethod
-    def of(cls, block) -> OptimizerConfig:
-        """From an OptimizerConfig or any mapping with these keys (the `train` block)."""
-        if isinstance(block, cls):
-            return block
-        return cls(**{field.name: block[field.name] for field in dataclasses.fields(cls)})
+from charrnn_jax import config_lib
 
 
-def make_optimizer(train_config, *, learning_rate=None, grad_clip_norm=None):
+def make_optimizer(
+    train_config: config_lib.TrainConfig, *, learning_rate=None, grad_clip_norm=None
+):
     """Adam (Keras's epsilon by default), optional global-norm clipping and warmup+cosine.
 
     `learning_rate` and `grad_clip_norm` replace the config's values; a vmapped sweep
     passes them as traced per-variant scalars (the optimizer state does not depend on them).
     """
-    t = OptimizerConfig.of(train_config)
+    t = train_config
     peak = t.learning_rate if learning_rate is None else learning_rate
     clip = t.grad_clip_norm if grad_clip_norm is None else grad_clip_norm
     if t.schedule == "cosine":

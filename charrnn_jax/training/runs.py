@@ -10,6 +10,7 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from charrnn_jax import config_lib
 from charrnn_jax.data import corpora, pipeline
 from charrnn_jax.errors import NonFiniteLossError, UserError
 from charrnn_jax.inference import sampler
@@ -90,7 +91,10 @@ class Run:
         self.writer = metric_logging.MetricWriter(
             self.workdir,
             resume_step=start_step - 1 if self.pending else start_step,
-            wandb_config={**self.config.wandb, "run_config": self.config.to_dict()},
+            wandb_config={
+                **config_lib.as_dict(self.config.wandb),
+                "run_config": self.config.to_dict(),
+            },
             restored_row=meta.get("row"),
         )
         self.wall_offset = self.writer.wall_time_offset

@@ -14,14 +14,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import struct
 from flax.training import train_state
 
-from charrnn_jax import models
-from charrnn_jax.inference import scoring
+from charrnn_jax import config_lib, models
+from charrnn_jax.models import losses
 from charrnn_jax.store.metric_logging import TRAIN_METRICS, bits_per_byte
 from charrnn_jax.training import optim
 
@@ -121,9 +120,9 @@ def create_train_state(
     return state.replace(step=jnp.zeros([], jnp.int32))
 
 
-def initial_params(config: ml_collections.ConfigDict):
+def initial_params(config: config_lib.RunConfig):
     """The params a fresh run with this config starts from (for parity comparisons)."""
-    model = models.from_config(config.model)
+    model = models.CharRNN(config.model)
     return model.init(
         jax.random.fold_in(jax.random.key(config.seed), 0),
         jnp.zeros((1, config.data.seq_len), jnp.int32),
@@ -149,10 +148,10 @@ def train_step(state: TrainState, batch, dropout_rng, *, schedule):
     carry = _carry_in(state, batch)
 
     def loss_fn(params):
-        logits, scored, new_carry = scoring.logits_and_labels(
+        logits, scored, new_carry = losses.logits_and_labels(
             state.apply_fn, params, batch, carry, train=True, rngs={"dropout": rng}
         )
-        sums = scoring.loss_sums(logits, scored)
+        sums = losses.loss_sums(logits, scored)
         return sums["loss_sum"] / jnp.maximum(sums["weight"], 1.0), (sums, new_carry)
 
     (loss, (sums, new_carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

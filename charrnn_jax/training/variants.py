@@ -214,7 +214,7 @@ class Stacked(Single):
     def train_fn(self, schedule):
         hparams = jax.device_put(
             {
-                key: jnp.array([c.train[key] for c in self.configs], jnp.float32)
+                key: jnp.array([getattr(c.train, key) for c in self.configs], jnp.float32)
                 for key in steps.VMAPPED_HPARAMS
             },
             self.repl,

@@ -41,11 +41,14 @@ def test_each_epoch_is_a_fresh_permutation_with_the_remainder_dropped():
 
 def _tiny_data():
     tokens = corpora.load_bytes(DATA_DIR / "tinyshakespeare.txt")[:12_000]
-    return corpora.split(tokens, 0.1)
+    parts = corpora.splits(tokens, 0.1, 0.0)
+    return parts["train"], parts["val"]
 
 
 def _scorer(val):
-    model = models.CharRNN(embed_dim=TINY.embed_dim, hidden_size=TINY.hidden_size)
+    model = models.CharRNN(
+        models.ModelConfig(embed_dim=TINY.embed_dim, hidden_size=TINY.hidden_size)
+    )
     return lambda params: scoring.score_bytes(params, model, val, streams=4, chunk=16)
 
 

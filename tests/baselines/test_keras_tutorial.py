@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 pytest.importorskip("keras")
 
-from charrnn_jax import models  # noqa: E402
+from charrnn_jax import config_lib, models  # noqa: E402
 from charrnn_jax.baselines import keras_tutorial  # noqa: E402
 from charrnn_jax.baselines import parity as compare  # noqa: E402
 from charrnn_jax.training import loop, steps
@@ -35,7 +35,7 @@ PARITY = {
 
 
 def _flax_params(num_layers=1, seed=0):
-    model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=num_layers)
+    model = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16, num_layers=num_layers))
     return jax.device_get(model.init(jax.random.key(seed), np.zeros((1, 4), np.int32))["params"])
 
 
@@ -55,7 +55,7 @@ def test_converted_weights_give_the_same_logits():
     keras_model = keras_tutorial.build_model(embed_dim=8, hidden_size=16, num_layers=2)
     keras_tutorial.set_weights(keras_model, keras_tutorial.flax_to_keras(params))
     tokens = np.random.default_rng(0).integers(0, 256, (3, 11)).astype(np.int32)
-    ours, _ = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2).apply(
+    ours, _ = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16, num_layers=2)).apply(
         {"params": params}, tokens
     )
     np.testing.assert_allclose(np.asarray(keras_model(tokens)), ours, atol=1e-5)
@@ -64,7 +64,7 @@ def test_converted_weights_give_the_same_logits():
     weights["gru_0"][2] = np.random.default_rng(1).normal(size=(2, 48)).astype(np.float32)
     keras_tutorial.set_weights(keras_model, weights)
     folded = keras_tutorial.keras_to_flax(weights)
-    ours, _ = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2).apply(
+    ours, _ = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16, num_layers=2)).apply(
         {"params": folded}, tokens
     )
     np.testing.assert_allclose(np.asarray(keras_model(tokens)), ours, atol=1e-5)
@@ -72,12 +72,13 @@ def test_converted_weights_give_the_same_logits():
 
 def _parity_curves(tmp_path, initial_weights_fn=None):
     config = compare.prepare_config(tiny_config(**PARITY), steps=None, parity=True)
-    params = steps.initial_params(config)
+    typed = config_lib.resolve(config)
+    params = steps.initial_params(typed)
     loop.train_and_evaluate(config, tmp_path / "ours", devices=jax.devices()[:1])
     weights = keras_tutorial.flax_to_keras(jax.device_get(params))
     if initial_weights_fn:
         weights = initial_weights_fn(weights)
-    keras_tutorial.train(config, tmp_path / "keras", initial_weights=weights)
+    keras_tutorial.train(typed, tmp_path / "keras", initial_weights=weights)
     curves = compare.load_curves({"charrnn_jax": tmp_path / "ours", "keras": tmp_path / "keras"})
     ours = np.array([r["train_loss"] for r in curves["charrnn_jax"]])
     theirs = np.array([r["train_loss"] for r in curves["keras"]])

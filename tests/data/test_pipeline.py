@@ -31,14 +31,18 @@ def test_large_files_are_memory_mapped(tmp_path, monkeypatch):
 
 
 def test_split_is_positional_nanogpt_style(tokens):
-    train, val = corpora.split(tokens, 0.1)
+    parts = corpora.splits(tokens, 0.1, 0.0)
+    train, val = parts["train"], parts["val"]
     assert len(train) == int(len(tokens) * 0.9)
     np.testing.assert_array_equal(np.concatenate([train, val]), tokens)
 
 
-@pytest.mark.parametrize("mode", ["random", "epoch"])
-def test_targets_are_inputs_shifted_by_one(tokens, mode):
-    batch = windows.train_batch(tokens, seed=0, step=3, global_batch=8, seq_len=50, mode=mode)
+ORDERS = [windows.random_starts, windows.epoch_starts, windows.stream_starts]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_targets_are_inputs_shifted_by_one(tokens, order):
+    batch = windows.train_batch(tokens, seed=0, step=3, global_batch=8, seq_len=50, order=order)
     assert batch["inputs"].shape == batch["targets"].shape == (8, 50)
     np.testing.assert_array_equal(batch["inputs"][:, 1:], batch["targets"][:, :-1])
     # Each row is a real window of the file.
@@ -48,9 +52,9 @@ def test_targets_are_inputs_shifted_by_one(tokens, mode):
         assert window in text
 
 
-@pytest.mark.parametrize("mode", ["random", "epoch"])
-def test_batch_is_a_pure_function_of_the_step(tokens, mode):
-    kwargs = dict(seed=7, global_batch=8, seq_len=20, mode=mode)
+@pytest.mark.parametrize("order", ORDERS)
+def test_batch_is_a_pure_function_of_the_step(tokens, order):
+    kwargs = dict(seed=7, global_batch=8, seq_len=20, order=order)
     first = windows.train_batch(tokens, step=5, **kwargs)
     for step in range(5):  # Drawing other steps first changes nothing.
         windows.train_batch(tokens, step=step, **kwargs)
@@ -63,14 +67,14 @@ def test_batch_is_a_pure_function_of_the_step(tokens, mode):
     assert not np.array_equal(reseeded["inputs"], first["inputs"])
 
 
-@pytest.mark.parametrize("mode", ["random", "epoch"])
-def test_process_slices_tile_the_global_batch(tokens, mode):
-    kwargs = dict(seed=1, step=2, global_batch=12, seq_len=16, mode=mode)
+@pytest.mark.parametrize("order", ORDERS)
+def test_process_slices_tile_the_global_batch(tokens, order):
+    kwargs = dict(seed=1, step=2, global_batch=12, seq_len=16, order=order)
     whole = windows.train_batch(tokens, **kwargs)
     parts = [
         windows.train_batch(tokens, process_index=i, process_count=3, **kwargs) for i in range(3)
     ]
-    for key in ("inputs", "targets"):
+    for key in whole:  # Stream order's reset flags too.
         np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
 
 
@@ -79,21 +83,21 @@ def test_epoch_mode_visits_every_chunk_once_per_epoch():
     seq_len, batch = 100, 8  # 40 chunks -> 5 batches per epoch.
     starts = np.concatenate(
         [
-            windows.window_starts(
-                len(tokens), seed=0, step=s, global_batch=batch, seq_len=seq_len, mode="epoch"
-            )
+            windows.epoch_starts(len(tokens), seed=0, step=s, global_batch=batch, seq_len=seq_len)[
+                0
+            ]
             for s in range(5)
         ]
     )
     assert sorted(starts.tolist()) == [i * (seq_len + 1) for i in range(40)]
-    next_epoch = windows.window_starts(
-        len(tokens), seed=0, step=5, global_batch=batch, seq_len=seq_len, mode="epoch"
-    )
+    next_epoch = windows.epoch_starts(
+        len(tokens), seed=0, step=5, global_batch=batch, seq_len=seq_len
+    )[0]
     assert not np.array_equal(next_epoch, starts[:batch])  # Reshuffled.
 
 
 def test_eval_batches_are_fixed_and_tile_over_processes(tokens):
-    _, val = corpora.split(tokens, 0.1)
+    val = corpora.splits(tokens, 0.1, 0.0)["val"]
     kwargs = dict(global_batch=8, seq_len=32, num_batches=3)
     a, b = windows.eval_batches(val, **kwargs), windows.eval_batches(val, **kwargs)
     assert len(a) == 3
@@ -184,4 +188,4 @@ def test_example_modes_refuse_a_test_fraction_in_one_line(mode):
     if mode == "labelled":
         overrides.update({"model.num_classes": 2, "data.name": "imdb_labelled"})
     with pytest.raises(UserError, match=rf"data.mode='{mode}' splits its examples into train"):
-        config_lib.validate(tiny_config(**overrides))
+        config_lib.resolve(tiny_config(**overrides))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import REPO, main_command, subprocess_env, tiny_config
 
-from charrnn_jax import models
+from charrnn_jax import config_lib, models
 from charrnn_jax.errors import NonFiniteLossError, UserError
 from charrnn_jax.store import checkpointing, metric_logging
 from charrnn_jax.store.workdir import Workdir
@@ -126,8 +126,9 @@ def saved_run(tmp_path_factory):
 
 
 def _abstract_items(config):
+    config = config_lib.resolve(config)
     group = variants.Single([config], jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)))
-    model = models.from_config(config.model)
+    model = models.CharRNN(config.model)
     tx, _ = optim.make_optimizer(config.train)
     state = jax.eval_shape(
         lambda: steps.create_train_state(

@@ -12,7 +12,7 @@ from charrnn_jax.inference import dynamic, scoring
 
 @pytest.fixture(scope="module")
 def setup():
-    model = models.CharRNN(embed_dim=8, hidden_size=32, num_layers=1)
+    model = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=32, num_layers=1))
     params = model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
     tokens = corpora.load_bytes(corpora.resolve_path("tinyshakespeare", ""))[:2_001]
     return model, params, tokens

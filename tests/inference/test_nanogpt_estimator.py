@@ -12,7 +12,7 @@ from charrnn_jax.inference import scoring
 
 @pytest.fixture(scope="module")
 def model_and_tokens():
-    model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2)
+    model = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16, num_layers=2))
     params = model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
     tokens = corpora.load_bytes(corpora.resolve_path("tinyshakespeare", ""))[:20_000]
     return model, params, tokens

@@ -23,7 +23,7 @@ class FixedLogits(nn.Module):
 
 @pytest.fixture(scope="module")
 def model_and_params():
-    model = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=2)
+    model = models.CharRNN(models.ModelConfig(embed_dim=16, hidden_size=32, num_layers=2))
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     # Sharpen the random model so greedy paths are not decided by float noise.
     params = jax.tree.map(lambda p: p * 3.0, params)
@@ -221,7 +221,8 @@ def test_top_p_samples_only_inside_the_nucleus_and_reuses_the_program():
 def test_bfloat16_weights_are_cast_once_and_vectors_stay_float32(model_and_params):
     model, params = model_and_params
     bf16_model, bf16_params = sampler.with_weight_dtype(model, params, "bfloat16")
-    assert bf16_model.dtype == jnp.bfloat16 and model.dtype == jnp.float32
+    assert bf16_model.config.compute_dtype == jnp.bfloat16
+    assert model.config.compute_dtype == jnp.float32
     for leaf in jax.tree.leaves(bf16_params):
         assert leaf.dtype == (jnp.bfloat16 if leaf.ndim >= 2 else jnp.float32)
     assert sampler.with_weight_dtype(model, params, "float32") == (model, params)

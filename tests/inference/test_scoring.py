@@ -51,7 +51,9 @@ def test_eval_segments_are_the_batch_cut_along_time(bytes_per_call, calls):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])  # A single and a tuple carry.
 def test_segments_scored_in_turn_with_the_carry_equal_one_call(shakespeare_path, cell):
-    model = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=2, cell_type=cell)
+    model = models.CharRNN(
+        models.ModelConfig(embed_dim=16, hidden_size=32, num_layers=2, cell=cell)
+    )
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     tokens = np.fromfile(shakespeare_path, np.uint8)[:2049]
     kw = {"apply_fn": model.apply, "chunk": 16}
@@ -84,7 +86,9 @@ def _reference_loss(model, params, tokens, streams, chunk):
 @pytest.mark.parametrize("streams, chunk", [(1, 7), (4, 16), (8, 5)])
 @pytest.mark.slow
 def test_chunked_scan_with_the_carry_kept_equals_one_pass(shakespeare_path, cell, streams, chunk):
-    model = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=2, cell_type=cell)
+    model = models.CharRNN(
+        models.ModelConfig(embed_dim=16, hidden_size=32, num_layers=2, cell=cell)
+    )
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     tokens = np.fromfile(shakespeare_path, np.uint8)[:3001]
     got = scoring.score_bytes(params, model, tokens, streams=streams, chunk=chunk)
@@ -95,7 +99,7 @@ def test_chunked_scan_with_the_carry_kept_equals_one_pass(shakespeare_path, cell
 
 
 def test_full_eval_is_sharded_like_training(shakespeare_path):
-    model = models.CharRNN(embed_dim=16, hidden_size=32)
+    model = models.CharRNN(models.ModelConfig(embed_dim=16, hidden_size=32))
     params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
     tokens = np.fromfile(shakespeare_path, np.uint8)[:2001]
     one = scoring.score_bytes(params, model, tokens, streams=8, chunk=10)
@@ -199,7 +203,7 @@ def test_splits_carve_test_off_the_end_and_leave_the_two_way_split_alone():
     parts = corpora.splits(tokens, 0.05, 0.05)
     assert [len(parts[k]) for k in ("train", "val", "test")] == [900, 50, 50]
     np.testing.assert_array_equal(np.concatenate(list(parts.values())), tokens)
-    train_part, val = corpora.split(tokens, 0.1)
+    train_part, val = (corpora.splits(tokens, 0.1, 0.0)[k] for k in ("train", "val"))
     assert len(train_part) == 900 and len(val) == 100
     with pytest.raises(DataError, match="test_fraction"):
         corpora.splits(tokens, 0.5, 0.5)
@@ -236,6 +240,8 @@ def test_windows_metric_reproduces_the_trainers_windowed_val(tmp_path):
     loop.train_and_evaluate(config, tmp_path, devices=jax.devices()[:1])
     logged = metric_logging.read_jsonl(tmp_path / "metrics.jsonl")[-1]["val_loss"]
     _, model, params, _ = loading.load_for_inference(tmp_path)
-    val = corpora.split(corpora.load_bytes(corpora.resolve_path("tinyshakespeare", "")), 0.1)[1]
+    val = corpora.splits(corpora.load_bytes(corpora.resolve_path("tinyshakespeare", "")), 0.1, 0.0)[
+        "val"
+    ]
     got = scoring.score_windows(params, model, val, batch=8, seq_len=32, batches=2)
     assert got["loss"] == pytest.approx(logged, rel=1e-5) and got["bytes"] == 2 * 8 * 32

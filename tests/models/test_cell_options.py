@@ -24,9 +24,8 @@ def test_the_config_block_is_the_options_class(cell):
     block = config_lib.base_config().model[cell]
     assert dict(block) == registry.options_fields(cell)
     # The defaults build the options class's defaults.
-    assert models.ModelConfig.of(tiny_config(**{"model.cell": cell}).model).options == (
-        registry.CELLS[cell].options()
-    )
+    typed = models.ModelConfig.from_block(tiny_config(**{"model.cell": cell}).model)
+    assert typed.options == (registry.CELLS[cell].options())
 
 
 @pytest.mark.parametrize("cell", WITH_OPTIONS)
@@ -34,8 +33,8 @@ def test_an_override_reaches_the_built_model(cell):
     field = dataclasses.fields(registry.CELLS[cell].options)[0]
     value = _other_valid_value(cell, field)
     config = tiny_config(**{"model.cell": cell, f"model.{cell}.{field.name}": value})
-    model = models.from_config(config.model)
-    assert getattr(model.options, field.name) == value
+    model = models.CharRNN(models.ModelConfig.from_block(config.model))
+    assert getattr(model.config.options, field.name) == value
 
 
 @pytest.mark.parametrize("cell", WITH_OPTIONS)
@@ -51,7 +50,7 @@ def test_unknown_keys_and_wrong_types_are_refused(cell):
 def test_a_bad_value_is_one_line_naming_the_key():
     config = tiny_config(**{"model.cell": "elman", "model.elman.nonlinearity": "sigmoid"})
     with pytest.raises(UserError) as info:
-        config_lib.validate(config)
+        config_lib.resolve(config)
     assert str(info.value) == (
         "model.elman.nonlinearity must be one of ('tanh', 'relu'), got 'sigmoid'."
     )
@@ -59,7 +58,7 @@ def test_a_bad_value_is_one_line_naming_the_key():
 
 def test_options_of_another_cell_are_not_checked():
     """A GRU run does not care what the Mogrifier's block says."""
-    config_lib.validate(tiny_config(**{"model.mogrifier_gru.rounds": -1}))
+    config_lib.resolve(tiny_config(**{"model.mogrifier_gru.rounds": -1}))
 
 
 def test_a_config_saved_before_the_move_keeps_its_mogrifier_options():

@@ -1,5 +1,6 @@
 """CharRNN: shapes, carries, parameter counts and the loss at init."""
 
+import dataclasses
 import functools
 import math
 
@@ -7,11 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_experiment
+from conftest import load_experiment, tiny_config
 
-from charrnn_jax import models
-from charrnn_jax.inference import scoring
-from charrnn_jax.models import registry
+from charrnn_jax import config_lib, models
+from charrnn_jax.models import losses, registry
 from charrnn_jax.training import steps
 
 # Every registered stacked cell gets the generic tests below the moment it is registered
@@ -32,7 +32,7 @@ def _init(model, batch=2, time=12, seed=0):
 
 @pytest.mark.parametrize("cell", STACKED_CELLS)
 def test_shapes(cell):
-    model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2, cell_type=cell)
+    model = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16, num_layers=2, cell=cell))
     params, tokens = _init(model, batch=3, time=7)
     logits, carry = model.apply({"params": params}, tokens)
     assert logits.shape == (3, 7, 256) and logits.dtype == jnp.float32
@@ -45,7 +45,7 @@ def test_shapes(cell):
 @pytest.mark.parametrize("cell", STACKED_CELLS)
 def test_carry_round_trip(cell):
     """Two halves with the carry passed along equal one pass over the whole sequence."""
-    model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2, cell_type=cell)
+    model = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16, num_layers=2, cell=cell))
     params, tokens = _init(model, time=20)
     whole, whole_carry = model.apply({"params": params}, tokens)
     first, carry = model.apply({"params": params}, tokens[:, :9])
@@ -57,7 +57,7 @@ def test_carry_round_trip(cell):
 
 @pytest.mark.parametrize("cell", STACKED_CELLS)
 def test_lengths_give_each_row_its_own_carry(cell):
-    model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2, cell_type=cell)
+    model = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16, num_layers=2, cell=cell))
     params, tokens = _init(model, batch=3, time=10)
     lengths = jnp.array([10, 4, 1])
     _, carry = model.apply({"params": params}, tokens, lengths=lengths)
@@ -76,8 +76,7 @@ def test_tutorial_param_count_against_keras():
     has no recurrent bias on r and z (only on n), i.e. 2*1024 fewer: 4,264,192. Those two
     biases only ever appear summed with the input biases, so nothing is lost.
     """
-    config = load_experiment("shakespeare")
-    model = models.from_config(config.model)
+    model = models.CharRNN(config_lib.resolve(load_experiment("shakespeare")).model)
     params = jax.eval_shape(lambda: _init(model)[0])
     count = steps.count_params(params)
     keras_count_at_vocab = lambda v: v * 256 + 3 * 1024 * (256 + 1024) + 2 * 3 * 1024 + 1024 * v + v  # noqa: E731
@@ -86,16 +85,16 @@ def test_tutorial_param_count_against_keras():
 
 
 def test_loss_at_init_is_about_ln_256():
-    model = models.CharRNN(embed_dim=32, hidden_size=64)
+    model = models.CharRNN(models.ModelConfig(embed_dim=32, hidden_size=64))
     params, tokens = _init(model, batch=8, time=50)
     logits, _ = model.apply({"params": params}, tokens)
-    loss = float(scoring.cross_entropy(logits, tokens))
+    loss = float(losses.cross_entropy(logits, tokens))
     assert abs(loss - math.log(256)) < 0.05
 
 
 def test_bfloat16_compute_keeps_float32_params_and_is_close():
-    f32 = models.CharRNN(embed_dim=16, hidden_size=32)
-    bf16 = models.CharRNN(embed_dim=16, hidden_size=32, dtype=jnp.bfloat16)
+    f32 = models.CharRNN(models.ModelConfig(embed_dim=16, hidden_size=32))
+    bf16 = models.CharRNN(models.ModelConfig(embed_dim=16, hidden_size=32, dtype="bfloat16"))
     params, tokens = _init(f32, time=16)
     assert all(
         p.dtype == jnp.float32 for p in jax.tree.leaves(bf16.init(jax.random.key(0), tokens))
@@ -126,7 +125,7 @@ def test_mixed_matmul_gradients_match_autodiff():
 
 
 def test_time_major_logits_are_the_transpose():
-    model = models.CharRNN(embed_dim=8, hidden_size=16)
+    model = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16))
     params, tokens = _init(model, batch=3, time=7)
     batch_major, _ = model.apply({"params": params}, tokens)
     time_major, _ = model.apply({"params": params}, tokens, time_major_logits=True)
@@ -134,7 +133,9 @@ def test_time_major_logits_are_the_transpose():
 
 
 def test_dropout_is_active_only_in_training():
-    model = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2, dropout_rate=0.5)
+    model = models.CharRNN(
+        models.ModelConfig(embed_dim=8, hidden_size=16, num_layers=2, dropout=0.5)
+    )
     params, tokens = _init(model)
     eval_a, _ = model.apply({"params": params}, tokens)
     eval_b, _ = model.apply({"params": params}, tokens)
@@ -150,8 +151,10 @@ def test_dropout_is_active_only_in_training():
 def test_fused_gru_matches_nn_gru_cell_forward_and_gradients(num_layers, use_lengths):
     """The fast path (hoisted projection, folded embedding, hand-written backward) computes
     the same function and gradients as nn.scan over nn.GRUCell, with the same params."""
-    reference = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=num_layers, gru_impl="flax")
-    fused = models.CharRNN(embed_dim=16, hidden_size=32, num_layers=num_layers)
+    reference = models.CharRNN(
+        models.ModelConfig(embed_dim=16, hidden_size=32, num_layers=num_layers, gru_impl="flax")
+    )
+    fused = models.CharRNN(models.ModelConfig(embed_dim=16, hidden_size=32, num_layers=num_layers))
     tokens = jax.random.randint(jax.random.key(1), (4, 70), 0, 256)  # 280 > 256: folded.
     params = reference.init(jax.random.key(0), tokens)["params"]
     assert jax.tree.map(jnp.shape, fused.init(jax.random.key(0), tokens)["params"]) == (
@@ -187,19 +190,17 @@ def test_auto_is_each_backends_entry_and_keeps_dropconnect_on_the_fused_gru():
 
 
 def test_the_default_config_builds_this_backends_choice():
-    """from_config resolves 'auto' (the default) to a concrete choice, and CharRNN given
-    'auto' directly runs the same program: equal logits, bit for bit."""
-    from charrnn_jax import config_lib
-
-    config = config_lib.base_config()
-    config.model.update(hidden_size=32, embed_dim=16, num_layers=2)
-    assert config.model.gru_impl == "auto"
-    built = models.from_config(config.model)
-    assert built.gru_impl == "fused" and not built.parallel_scan  # This is a CPU.
-    direct = built.clone(gru_impl="auto")
+    """The config's 'auto' (the default) resolves to this backend's concrete choice, and
+    runs the same program as that choice named: equal logits, bit for bit."""
+    config = tiny_config(**{"model.hidden_size": 32, "model.embed_dim": 16})
+    auto = config_lib.resolve(config).model
+    assert auto.gru_impl == "auto" and auto.scan == "auto"
+    assert auto.layer_spec().gru_impl == "fused" and not auto.parallel_scan  # This is a CPU.
+    built = models.CharRNN(auto)
+    named = models.CharRNN(dataclasses.replace(auto, gru_impl="fused", scan="sequential"))
     params, tokens = _init(built, batch=4, time=70)
     np.testing.assert_array_equal(
-        built.apply({"params": params}, tokens)[0], direct.apply({"params": params}, tokens)[0]
+        built.apply({"params": params}, tokens)[0], named.apply({"params": params}, tokens)[0]
     )
 
 
@@ -207,9 +208,9 @@ def test_the_default_config_builds_this_backends_choice():
 def test_unrolling_the_time_loop_computes_the_same_function(cell, gru_impl):
     """model.unroll changes only how many steps one loop iteration holds (70 steps in
     eights leave a remainder), never the loss or the gradients."""
-    kw = {"embed_dim": 16, "hidden_size": 32, "num_layers": 2, "cell_type": cell}
-    plain = models.CharRNN(**kw, gru_impl=gru_impl)
-    unrolled = models.CharRNN(**kw, gru_impl=gru_impl, unroll=8)
+    kw = {"embed_dim": 16, "hidden_size": 32, "num_layers": 2, "cell": cell}
+    plain = models.CharRNN(models.ModelConfig(**kw, gru_impl=gru_impl))
+    unrolled = models.CharRNN(models.ModelConfig(**kw, gru_impl=gru_impl, unroll=8))
     tokens = jax.random.randint(jax.random.key(1), (4, 70), 0, 256)
     params = plain.init(jax.random.key(0), tokens)["params"]
     lengths = jnp.array([70, 3, 1, 40])
@@ -229,7 +230,7 @@ def test_unrolling_the_time_loop_computes_the_same_function(cell, gru_impl):
 
 
 def test_fused_gru_single_step_matches_the_sequence_path():
-    model = models.CharRNN(embed_dim=8, hidden_size=16)
+    model = models.CharRNN(models.ModelConfig(embed_dim=8, hidden_size=16))
     params, tokens = _init(model, batch=2, time=300)  # Folded embedding path.
     _, whole = model.apply({"params": params}, tokens)
     carry = model.initialize_carry(2)

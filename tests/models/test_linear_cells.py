@@ -1,6 +1,8 @@
 """minGRU, minLSTM, LRU and RG-LRU: the papers' equations, parallel == sequential == one step, and
 the same trainer, sampler, sweep and data modes as the classic cells."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,9 +23,9 @@ LEFT_PADDED = jnp.arange(41)[None, :] >= jnp.array([0, 5, 17])[:, None]
 
 
 def _model(cell, parallel=True, **kwargs):
-    return models.CharRNN(
-        embed_dim=16, hidden_size=32, num_layers=2, cell_type=cell, parallel_scan=parallel, **kwargs
-    )
+    scan = "parallel" if parallel else "sequential"
+    config = models.ModelConfig(embed_dim=16, hidden_size=32, num_layers=2, cell=cell, scan=scan)
+    return models.CharRNN(dataclasses.replace(config, **kwargs))
 
 
 def _params(cell):
@@ -165,7 +167,7 @@ def test_a_sequence_split_in_two_with_the_carry_equals_one_pass(cell):
 def test_bfloat16_stays_close_to_float32(cell):
     params = {"params": _params(cell)}
     f32, _ = _model(cell).apply(params, TOKENS)
-    bf16, carry = _model(cell, dtype=jnp.bfloat16).apply(params, TOKENS)
+    bf16, carry = _model(cell, dtype="bfloat16").apply(params, TOKENS)
     assert bf16.dtype == jnp.float32 and all(c.dtype == jnp.float32 for c in jax.tree.leaves(carry))
     np.testing.assert_allclose(jax.nn.softmax(bf16), jax.nn.softmax(f32), atol=0.02)
 

@@ -16,9 +16,9 @@ from charrnn_jax.training import loop
 TOKENS = jax.random.randint(jax.random.key(1), (3, 13), 0, 256)
 
 
-def _model(**kwargs):
-    base = {"embed_dim": 8, "hidden_size": 16, "num_layers": 2, "cell_type": "mogrifier_gru"}
-    return models.CharRNN(**{**base, **kwargs})
+def _model(options=None, **kwargs):
+    base = {"embed_dim": 8, "hidden_size": 16, "num_layers": 2, "cell": "mogrifier_gru"}
+    return models.CharRNN(models.ModelConfig(**{**base, **kwargs}).with_options(options))
 
 
 def _reference_layer(params, xs, h, rounds, valid=None):
@@ -82,7 +82,9 @@ def test_low_rank_factorises_each_rounds_matrix():
 
 
 def test_zero_rounds_is_the_gru_with_the_same_params():
-    gru = models.CharRNN(embed_dim=8, hidden_size=16, num_layers=2, gru_impl="flax")
+    gru = models.CharRNN(
+        models.ModelConfig(embed_dim=8, hidden_size=16, num_layers=2, gru_impl="flax")
+    )
     params = gru.init(jax.random.key(0), TOKENS)["params"]
     lengths = jnp.array([13, 5, 1])
     expected, expected_carry = gru.apply({"params": params}, TOKENS, lengths=lengths)
@@ -134,11 +136,11 @@ def test_drop_connect_acts_only_in_training_and_follows_the_key():
 
 
 def test_config_accepts_drop_connect_and_rejects_negative_rounds():
-    config_lib.validate(
+    config_lib.resolve(
         tiny_config(**{"model.cell": "mogrifier_gru", "model.recurrent_dropout": 0.25})
     )
     with pytest.raises(UserError, match=r"^model.mogrifier_gru.rounds must be >= 0, got -1.$"):
-        config_lib.validate(
+        config_lib.resolve(
             tiny_config(**{"model.cell": "mogrifier_gru", "model.mogrifier_gru.rounds": -1})
         )
 

@@ -27,14 +27,14 @@ def _apply(model, params, rng=0, train=True):
     [
         {"recurrent_dropout": 0.5},
         {"input_dropout": 0.3},
-        {"dropout_rate": 0.3, "variational_dropout": True},
-        {"input_dropout": 0.3, "variational_dropout": True, "cell_type": "mingru"},
+        {"dropout": 0.3, "variational_dropout": True},
+        {"input_dropout": 0.3, "variational_dropout": True, "cell": "mingru"},
     ],
 )
 def test_dropouts_act_only_in_training_and_follow_the_key(kwargs):
     base = {"embed_dim": 16, "hidden_size": 32, "num_layers": 2}
-    plain = models.CharRNN(**{**base, "cell_type": kwargs.get("cell_type", "gru")})
-    model = models.CharRNN(**{**base, **kwargs})
+    plain = models.CharRNN(models.ModelConfig(**base, cell=kwargs.get("cell", "gru")))
+    model = models.CharRNN(models.ModelConfig(**{**base, **kwargs}))
     params = plain.init(jax.random.key(0), TOKENS)["params"]
     reference = _apply(plain, params, train=False)
     np.testing.assert_allclose(_apply(model, params, train=False), reference, atol=1e-6)
@@ -46,7 +46,9 @@ def test_dropouts_act_only_in_training_and_follow_the_key(kwargs):
 
 def test_variational_masks_are_shared_over_time():
     model = models.CharRNN(
-        embed_dim=16, hidden_size=32, input_dropout=0.5, variational_dropout=True
+        models.ModelConfig(
+            embed_dim=16, hidden_size=32, input_dropout=0.5, variational_dropout=True
+        )
     )
     params = model.init(jax.random.key(0), TOKENS)["params"]
     # The same byte at every step: with one mask per row, every step sees the same input.
@@ -64,7 +66,7 @@ def test_variational_masks_are_shared_over_time():
 
 
 def test_recurrent_dropout_gradients_are_finite_and_masked():
-    model = models.CharRNN(embed_dim=16, hidden_size=32, recurrent_dropout=0.5)
+    model = models.CharRNN(models.ModelConfig(embed_dim=16, hidden_size=32, recurrent_dropout=0.5))
     params = model.init(jax.random.key(0), TOKENS)["params"]
     grads = jax.grad(lambda p: _apply(model, p).mean())(params)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
@@ -73,11 +75,11 @@ def test_recurrent_dropout_gradients_are_finite_and_masked():
 def test_recurrent_dropout_needs_the_fused_gru():
     config = tiny_config(**{"model.cell": "lstm", "model.recurrent_dropout": 0.2})
     with pytest.raises(UserError, match="recurrent_dropout .* needs model.cell='gru'"):
-        config_lib.validate(config)
+        config_lib.resolve(config)
     flax_gru = tiny_config(**{"model.gru_impl": "flax", "model.recurrent_dropout": 0.2})
     with pytest.raises(UserError, match="gru_impl='flax'"):
-        config_lib.validate(flax_gru)
-    config_lib.validate(tiny_config(**{"model.recurrent_dropout": 0.2}))  # 'auto': fused.
+        config_lib.resolve(flax_gru)
+    config_lib.resolve(tiny_config(**{"model.recurrent_dropout": 0.2}))  # 'auto': fused.
 
 
 def test_weight_decay_shrinks_matrices_only():

@@ -25,12 +25,9 @@ OPTIONS = TransformerOptions(num_heads=2, block_size=16, eval_stride=8)
 
 def _model(dropout=0.0, options=OPTIONS):
     return models.CharRNN(
-        embed_dim=8,
-        hidden_size=16,
-        num_layers=2,
-        cell_type="transformer",
-        options=options,
-        dropout_rate=dropout,
+        models.ModelConfig(
+            embed_dim=8, hidden_size=16, num_layers=2, cell="transformer", dropout=dropout
+        ).with_options(options)
     )
 
 
@@ -55,8 +52,7 @@ def test_changing_a_byte_never_changes_the_logits_before_it(model_and_params):
 def test_the_parameter_count_is_nanogpts():
     """nanoGPT prints 10.65M for train_shakespeare_char.py: its get_num_params leaves out
     the position embeddings and its vocabulary is 65; ours is 256."""
-    config = load_experiment("shakespeare_nanogpt")
-    model = models.from_config(config.model)
+    model = models.CharRNN(config_lib.resolve(load_experiment("shakespeare_nanogpt")).model)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 256), jnp.int32)))
     count = steps.count_params(shapes["params"])
     n = 384
@@ -156,7 +152,7 @@ def test_configs_it_cannot_run_are_one_line(overrides, message):
         "model.transformer.eval_stride": 16,
     }
     with pytest.raises(UserError, match=message):
-        config_lib.validate(tiny_config(**{**base, **overrides}))
+        config_lib.resolve(tiny_config(**{**base, **overrides}))
 
 
 KILLED_RUN = {

@@ -33,6 +33,6 @@ def test_the_profiled_steps_leave_a_trace_and_the_same_rows(tmp_path):
 @pytest.mark.parametrize("spec", ["5", "a:2", "3:0", "-1:2"])
 def test_a_bad_spec_is_one_line(spec):
     with pytest.raises(UserError, match="profile.steps must be"):
-        config_lib.validate(tiny_config(**{"profile.steps": spec}))
+        config_lib.resolve(tiny_config(**{"profile.steps": spec}))
     with pytest.raises(ValueError):
         profiling.parse_steps(spec)
