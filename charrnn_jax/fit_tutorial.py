@@ -115,7 +115,8 @@ def main(argv):
     print(
         f"Keras tutorial ({result['backend']}, {result['num_params']:,} params): "
         f"{result['steps']} steps in {result['wall_time']:.0f}s, "
-        f"last val {result['val_loss']:.4f} nats/byte; metrics in {_OUT.value}/metrics.jsonl"
+        f"last val {result['val_loss']:.4f} nats/byte; "
+        f"metrics in {Workdir(_OUT.value).metrics_file}"
     )
 
 
