@@ -250,6 +250,11 @@ class SampleConfig:
     """The config's `sample` block: the samples logged while training."""
 
     prompt: str = _key("", "Prompt of the samples logged while training ('' = a newline).")
+    prompt_corpus: str = _key(
+        "",
+        "The data.name the prompt was written for ('' = any corpus): a run on another "
+        "corpus or on a file of its own (data.path) logs samples from a newline instead.",
+    )
     length: int = _key(200, "Bytes per logged sample; 0 turns samples off.")
     temperature: float = _key(0.8, "Sampling temperature for logged samples.")
 
@@ -306,6 +311,15 @@ class RunConfig:
     def carry_rows(self) -> int:
         """Rows of the carry kept across training steps (stream mode), else 0."""
         return self.train.batch_size if pipeline.MODES[self.data.mode].carries_state else 0
+
+    @property
+    def logged_prompt(self) -> str:
+        """The prompt of the samples logged while training: sample.prompt, unless it was
+        written for another corpus than the one this run reads (sample.prompt_corpus)."""
+        corpus = self.sample.prompt_corpus
+        if corpus and (self.data.path or self.data.name != corpus):
+            return ""
+        return self.sample.prompt
 
     @property
     def eval_chunk(self) -> int:

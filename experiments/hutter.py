@@ -59,5 +59,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 1_000  # Steps between checkpoints.
     config.train.early_stop_patience = 5  # Evals without a better val before stopping.
     config.sample.prompt = PROMPTS[corpus]  # Where logged samples start.
+    config.sample.prompt_corpus = corpus  # Only on this corpus.
     config.lock()
     return config

@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.name = "tinyshakespeare"  # ../shared/data/tinyshakespeare.txt or the download.
     config.train.num_steps = 3440  # The tutorial's 20 epochs of 172 batches.
     config.sample.prompt = "ROMEO:"  # Prompt for the samples logged while training.
+    config.sample.prompt_corpus = "tinyshakespeare"  # On another file, from a newline.
 
     if preset == "tiny":
         config.model.embed_dim = 64

@@ -62,5 +62,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every = 250  # Full-split val every 250 steps.
     config.train.checkpoint_every = 250  # Steps between checkpoints.
     config.sample.prompt = "ROMEO:"  # Prompt of the logged samples.
+    config.sample.prompt_corpus = "tinyshakespeare"  # On another file, from a newline.
     config.lock()
     return config

@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = config_lib.base_config()
     config.data.name = "tinyshakespeare"  # ../shared/data/tinyshakespeare.txt or the download.
     config.sample.prompt = "ROMEO:"  # Prompt for the samples logged while training.
+    config.sample.prompt_corpus = "tinyshakespeare"  # On another file, from a newline.
     config.model.cell = "optimized_lstm"  # Flax's fused-gate LSTM.
     config.model.num_layers = 2  # Stacked layers.
     if preset == "tiny":

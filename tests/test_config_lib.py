@@ -1,7 +1,7 @@
 """Config checks, the base config, dotted overrides and sweep helpers."""
 
 import pytest
-from conftest import tiny_config
+from conftest import load_experiment, tiny_config
 
 from charrnn_jax import config_lib
 from charrnn_jax.errors import UserError
@@ -49,3 +49,19 @@ def test_config_round_trips_through_config_json(tmp_path):
     assert config_lib.load(tmp_path / "config.json").to_dict() == config.to_dict()
     with pytest.raises(UserError, match="No config.json"):
         config_lib.load(tmp_path / "missing" / "config.json")
+
+
+def test_a_prompt_written_for_one_corpus_is_not_logged_on_another(tmp_path):
+    """The Shakespeare config's 'ROMEO:' is for tinyshakespeare: a run on a file of its
+    own (or on another named corpus) logs samples from a newline instead."""
+    own = tmp_path / "novel.txt"
+    own.write_text("It was a dark and stormy night. " * 40)
+    shakespeare = load_experiment("shakespeare", "tiny")
+    assert config_lib.resolve(shakespeare).logged_prompt == "ROMEO:"
+    for key, value in (("data.path", str(own)), ("data.name", "dinos")):
+        other = config_lib.resolve(config_lib.with_overrides(shakespeare, {key: value}))
+        assert other.logged_prompt == "", key
+    anywhere = {"data.path": str(own), "sample.prompt_corpus": ""}
+    assert config_lib.resolve(config_lib.with_overrides(shakespeare, anywhere)).logged_prompt == (
+        "ROMEO:"
+    )

@@ -46,6 +46,7 @@ RESUMABLE_KEYS = frozenset(
         "eval.dynamic.decay",
         "eval.dynamic.segment",
         "sample.prompt",
+        "sample.prompt_corpus",
         "sample.length",
         "sample.temperature",
         "wandb.enable",

@@ -214,7 +214,7 @@ def generate_text(params, model, config, rng) -> str:
     prefix = pipeline.prompt_prefix(config.data.mode)
     # Any prompt is bytes: a shell argument that is not UTF-8 reaches Python as lone
     # surrogates, which surrogateescape turns back into the bytes that were typed.
-    prompt = config.sample.prompt.encode("utf-8", "surrogateescape")
+    prompt = config.logged_prompt.encode("utf-8", "surrogateescape")
     tokens, lengths = sampler.sample(
         jax.device_get(params),
         model,
