@@ -25,6 +25,7 @@ from absl import logging
 from charrnn_jax import config_lib
 from charrnn_jax.data import corpora
 from charrnn_jax.errors import UserError
+from charrnn_jax.runtime import machine
 from charrnn_jax.store import checkpointing, metric_logging
 from charrnn_jax.store.workdir import Workdir, append_line, write_atomic
 
@@ -325,6 +326,7 @@ def record_start(config, workdir, *, step: int, changes: dict | None) -> None:
         "devices": jax.device_count(),
         "platform": jax.devices()[0].platform,
         "jax": jax.__version__,
+        "machine": machine.describe(jax.devices()),  # Whose wall-clock the rows measure.
         "changes": {k: list(v) for k, v in (changes or {}).items()},
         "config": config.to_dict(),
     }
