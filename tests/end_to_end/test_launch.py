@@ -89,13 +89,15 @@ def test_local_launcher_runs_records_a_failure_skips_finished_and_reports(tmp_pa
 
     # The curves of one finished run, against wall-clock and bytes seen.
     done = next(root / n for n, s in statuses.items() if s == "done")
-    c = curves.curves(done)
+    c = curves.read_run(done, "run")
     config = config_lib.load(done / "config.json")
     per_step = config.train.batch_size * config.data.seq_len
-    assert c["mbytes"] == [r * per_step / 1e6 for r in (2, 4, 6)]
-    assert c["hours"] == sorted(c["hours"]) and None not in c["train"]
-    curves.plot({"run": c}, [(1.4697, "nanoGPT")], str(tmp_path / "c.png"), ymax=6.0)
+    assert c.mbytes == [r * per_step / 1e6 for r in (2, 4, 6)]
+    assert c.hours == sorted(c.hours) and None not in c.train
+    assert c.machine and c.machine.startswith("cpu: ")  # Named by the run's history.
+    fig, note = curves.plot([c], [(1.4697, "nanoGPT")], tmp_path / "c.png", ymax=6.0)
     assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
+    assert len(fig.axes) == 2 and not note  # One machine: the wall-clock panel is drawn.
 
 
 def test_slurm_script_and_tpu_vm_commands_are_well_formed():
