@@ -51,7 +51,9 @@ def reexec_with_huge_pages() -> None:
     env = environment_with_huge_pages(os.environ)
     if env is None:
         return
-    logging.info("Restarting with GLIBC_TUNABLES=%s (huge pages for XLA:CPU).", TUNABLE)
+    # Said only when asked (--verbosity=1): every command restarts this way, and a line
+    # about it on every start is noise to a user.
+    logging.debug("Restarting with GLIBC_TUNABLES=%s (huge pages for XLA:CPU).", TUNABLE)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
