@@ -80,14 +80,15 @@ def main(argv):
         )
     elif distributed.should_initialize_distributed(_DISTRIBUTED.value):
         jax.distributed.initialize()
-    logging.info(
-        "Process %d/%d; %d local devices, %d global: %s",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-        jax.devices()[0].platform,
-    )
+    if jax.process_count() > 1:  # One process: the start line says it all.
+        logging.info(
+            "Process %d/%d; %d local devices, %d global: %s",
+            jax.process_index(),
+            jax.process_count(),
+            jax.local_device_count(),
+            jax.device_count(),
+            jax.devices()[0].platform,
+        )
     if config.sweep.vmap:
         cli.exit_on_user_error(_vmapped_sweep, config, _WORKDIR.value)
         return

@@ -10,6 +10,7 @@ import pathlib
 import re
 import sys
 import threading
+import time
 
 from absl import app, flags, logging
 
@@ -203,8 +204,29 @@ def _one_line_thread_error(args) -> None:
     logging.warning("Background thread %s failed: %s: %s", name, args.exc_type.__name__, first)
 
 
+class _PlainFormatter(logging_std.Formatter):
+    """`07:17:02 message` (and `warning: message`): what a user reads, without absl's
+    thread id and source line. `--log_prefix` brings absl's own format back."""
+
+    def format(self, record):
+        text = super().format(record)
+        if record.levelno >= logging_std.WARNING:
+            return f"{time.strftime('%H:%M:%S')} {record.levelname.lower()}: {text}"
+        return f"{time.strftime('%H:%M:%S')} {text}"
+
+
+_LOG_PREFIX = flags.DEFINE_bool(
+    "log_prefix", False, "absl's full log prefix (level, date, thread, file:line) on each line."
+)
+
+
 def setup_logging() -> None:
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    """Quiet library chatter and plain lines on stderr. `--verbosity=-1` keeps only
+    warnings and errors (a sweep's logs), `--verbosity=1` adds debug lines."""
+    handler = logging.get_absl_handler()
+    handler.addFilter(_QuietLibraries())
+    if not _LOG_PREFIX.value:
+        handler.setFormatter(_PlainFormatter())
     # asyncio's "exception was never retrieved" repeats, as a traceback, a checkpoint write
     # failure that checkpointing.Checkpointer turns into one error line.
     logging_std.getLogger("asyncio").setLevel(logging_std.CRITICAL)

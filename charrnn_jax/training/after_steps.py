@@ -31,7 +31,25 @@ class AfterSteps:
             tokens_per_step=group.size * config.train.batch_size * config.data.seq_len,
         )
         self.in_flight = pacing.InFlight()
-        self.run_start = time.perf_counter()
+        self.start, self.run_start = start, time.perf_counter()
+
+    def first_estimate(self, state, done: int, first_row: int) -> None:
+        """One line, long before the first row: how fast the steps go and how long the run
+        will take (one wait for the device, once per command)."""
+        jax.block_until_ready(state.step)
+        elapsed = time.perf_counter() - self.run_start
+        rate = (done - self.start) / max(elapsed, 1e-9)
+        left = (self.progress.num_steps - done) / rate
+        logging.info(
+            "Step %d/%d after %.1f s (%.2f steps/s): about %s of training to go, "
+            "evaluations and saves aside; the first row comes at step %d.",
+            done,
+            self.progress.num_steps,
+            elapsed,
+            rate,
+            metric_logging.format_duration(left),
+            first_row,
+        )
 
     def step(self, state, done: int, due, preempted: bool):
         """(state, whether training stops here) after step `done`."""

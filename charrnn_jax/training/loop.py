@@ -20,7 +20,7 @@ from absl import logging
 
 from charrnn_jax import config_lib, models
 from charrnn_jax.data import pipeline
-from charrnn_jax.runtime import parallel
+from charrnn_jax.runtime import machine, parallel
 from charrnn_jax.store.workdir import Workdir
 from charrnn_jax.training import (
     after_steps,
@@ -168,16 +168,31 @@ def _set_up(config, group, run_list) -> Setup:
             "Checkpoint step %d already reaches num_steps=%d.", start, config.train.num_steps
         )
     programs = group.compile(model, schedule, state_sharding, chunk=config.eval_chunk)
+    _log_start(config, group, run_list, state, start)
+    return Setup(state, model, programs, start)
+
+
+def _log_start(config, group, run_list, state, start: int) -> None:
+    """One line saying what this command is about to do, and on what."""
+    t = config.train
+    where = str(run_list[0].workdir.path) + (
+        f" and {group.size - 1} more vmapped variants" if group.stacked else ""
+    )
     logging.info(
-        "Devices: %d global, %d local, process %d of %d. Model: %s params%s.",
-        jax.device_count(),
-        jax.local_device_count(),
+        "Training %s: steps %d to %d, %s params, on %s (%s, process %d of %d); a row "
+        "every %d steps, val every %d, a checkpoint every %d.",
+        where,
+        start,
+        t.num_steps,
+        f"{steps.count_params(state.params) // group.size:,}",
+        machine.describe(jax.devices()),
+        f"{jax.device_count()} device" + ("s" if jax.device_count() > 1 else ""),
         jax.process_index(),
         jax.process_count(),
-        f"{steps.count_params(state.params) // group.size:,}",
-        f", {group.size} vmapped variants" if group.stacked else "",
+        t.log_every,
+        t.eval_every,
+        t.checkpoint_every,
     )
-    return Setup(state, model, programs, start)
 
 
 def _loop(config, group, run_list, datas, setup: Setup):
@@ -196,6 +211,9 @@ def _loop(config, group, run_list, datas, setup: Setup):
     profiler = profiling.StepProfiler(
         config.profile.steps, run_list[0].workdir, enabled=run_list[0].is_main
     )
+    # A first estimate after a few steps, where the first row is still far off.
+    first_row = (start // t.log_every + 1) * t.log_every
+    probe = start + 5 if first_row - start > 10 and run_list[0].is_main else None
     try:
         if pending and after.complete_pending(state, start):
             return state
@@ -206,6 +224,8 @@ def _loop(config, group, run_list, datas, setup: Setup):
             profiler.after(step, state)
             after.in_flight.add(state.step + 0)  # A copy: the state itself is donated next step.
             done = step + 1
+            if done == probe:
+                after.first_estimate(state, done, first_row)
             preempted = stop.is_set() or run_list[0].ckpt.reached_preemption(done)
             due = pacing.due(t, done, preempted=preempted)
             if due:

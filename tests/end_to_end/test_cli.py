@@ -1,6 +1,7 @@
 """The command lines as a user runs them: train, then sample; bad input gives one line."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -50,7 +51,8 @@ def test_main_trains_logs_progress_and_writes_metrics(trained):
     assert "Done: step 6/6; best val " in result.stderr
     assert f"{workdir}/checkpoints_best (best)" in result.stderr
     assert f"Next: python -m charrnn_jax.sample --workdir={workdir} --step=best" in result.stderr
-    assert "2 local devices" in result.stderr  # --cpu_devices=2 (the environment asks for 4).
+    assert "(2 devices, process 0 of 1)" in result.stderr  # --cpu_devices=2 (env asks for 4).
+    assert f"Training {workdir}: steps 0 to 6," in result.stderr  # The start line.
     assert "Restarting with GLIBC_TUNABLES" not in result.stderr  # Said only when asked.
     records = metric_logging.read_jsonl(workdir / "metrics.jsonl")
     assert records[-1]["step"] == 6 and records[-1]["val_loss"] > 0
@@ -65,6 +67,15 @@ def test_the_huge_page_restart_happens_once_and_is_said_only_when_asked(trained)
     assert result.returncode == 0, result.stderr[-3000:]
     restarts = result.stderr.count(f"Restarting with GLIBC_TUNABLES={host_memory.TUNABLE}")
     assert restarts == (host_memory.environment_with_huge_pages({}) is not None)  # Once.
+
+
+def test_logs_are_plain_lines_and_verbosity_minus_one_keeps_a_sweep_quiet(trained):
+    workdir, result = trained
+    start = next(ln for ln in result.stderr.splitlines() if "Training " in ln)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d Training .*", start)  # No absl prefix.
+    quiet = _run("charrnn_jax.evaluate", f"--workdir={workdir}", "--verbosity=-1")
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr[-2000:]
+    assert "nats/byte" in quiet.stdout
 
 
 def test_sample_cli_prints_each_prompt_continued(trained):
