@@ -15,8 +15,9 @@ numbers quoted from it (a different quantity: each byte sees ~128 bytes of conte
 import json
 import pathlib
 import sys
+import time
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from charrnn_jax.errors import UserError
 from charrnn_jax.runtime import cli
@@ -114,9 +115,31 @@ def run() -> dict:
         result = scoring.score_nanogpt(params, model, tokens, seed=_SEED.value)
         return {**result, "step": step, "source": source, "metric": "nanogpt"}
     streams = _STREAMS.value or config.eval_streams or config.train.batch_size
-    chunk = config.eval_chunk
-    result = scoring.score_bytes(params, model, tokens, streams=streams, chunk=chunk)
+    logging.info("Scoring %s bytes of %s in %d streams...", f"{len(tokens):,}", source, streams)
+    result = scoring.score_bytes(
+        params,
+        model,
+        tokens,
+        streams=streams,
+        chunk=config.eval_chunk,
+        bytes_per_call=config.eval.bytes_per_call,  # The trainer's val segments.
+        progress=_progress_line(),
+    )
     return {**result, "step": step, "source": source, "streams": streams, "metric": "full"}
+
+
+def _progress_line(every_s: float = 5.0):
+    """A progress(done, total) that logs at most every `every_s` seconds, and at the end
+    of a split that takes more than one device call."""
+    last = [time.perf_counter()]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if total > 1 and (now - last[0] >= every_s or done == total):
+            logging.info("Scored %d of %d device calls (%.0f%%).", done, total, 100 * done / total)
+            last[0] = now
+
+    return progress
 
 
 def _dynamic(config, model, params, tokens) -> dict:

@@ -64,7 +64,17 @@ def zero_carry(params, batch, *, apply_fn, chunk: int):
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def score_bytes(params, model, tokens: np.ndarray, *, streams: int, chunk: int, mesh=None):
+def score_bytes(
+    params,
+    model,
+    tokens: np.ndarray,
+    *,
+    streams: int,
+    chunk: int,
+    mesh=None,
+    bytes_per_call: int = 0,
+    progress=None,
+):
     """Cross-entropy of `tokens[1:]` given everything before each byte in its stream.
 
     Args:
@@ -72,22 +82,52 @@ def score_bytes(params, model, tokens: np.ndarray, *, streams: int, chunk: int, 
       tokens: [n] uint8 bytes (n >= 2).
       streams: contiguous streams scored in parallel (a multiple of the mesh size).
       chunk: bytes per scan step (the training seq_len: same program shape as training).
+      bytes_per_call: at most this many bytes per device call (0: one call), the carry
+        passed from call to call: the same segments, so the same sums, as the trainer's
+        val pass with eval.bytes_per_call.
+      progress: called as progress(calls done, calls) after each call.
 
     Returns:
       {'bytes': scored bytes (n - 1), 'loss': nats/byte, 'bpb': bits/byte}.
     """
     mesh = mesh or parallel.make_mesh(jax.local_devices()[:1])
     parallel.check_batch_divides(streams, mesh, name="streams")
-    batch = windows.stream_eval_batch(tokens, streams=streams, chunk=chunk)
-    sharded = parallel.global_batch(batch, mesh)
-    repl = parallel.replicated(mesh)
-    score = jax.jit(
-        functools.partial(eval_step, apply_fn=model.apply, chunk=chunk),
-        in_shardings=(repl, parallel.data_sharded(mesh)),
-        out_shardings=repl,
+    segments = windows.stream_eval_segments(
+        tokens, streams=streams, chunk=chunk, bytes_per_call=bytes_per_call
     )
-    sums = jax.device_get(score(jax.device_put(params, repl), sharded))
-    return result(sums)
+    repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    params = jax.device_put(params, repl)
+    if len(segments) == 1:  # One call over the whole split, as before segments existed.
+        score = jax.jit(
+            functools.partial(eval_step, apply_fn=model.apply, chunk=chunk),
+            in_shardings=(repl, data),
+            out_shardings=repl,
+        )
+        sums = score(params, parallel.global_batch(segments[0], mesh))
+        if progress:
+            progress(1, 1)
+        return result(jax.device_get(sums))
+    segment = jax.jit(
+        functools.partial(eval_segment, apply_fn=model.apply, chunk=chunk),
+        in_shardings=(repl, data, data),
+        out_shardings=(repl, data),
+        donate_argnums=2,
+    )
+    first = parallel.global_batch(segments[0], mesh)
+    carry = jax.jit(
+        functools.partial(zero_carry, apply_fn=model.apply, chunk=chunk), out_shardings=data
+    )(params, first)
+    pieces = []
+    for i, batch in enumerate(segments):
+        piece, carry = segment(
+            params, first if i == 0 else parallel.global_batch(batch, mesh), carry
+        )
+        pieces.append(piece)
+        if progress:
+            jax.block_until_ready(piece)
+            progress(i + 1, len(segments))
+    # Added on the device in one reduction, as the trainer's val pass adds its segments.
+    return result(jax.device_get(jax.tree.map(lambda *x: jnp.sum(jnp.stack(x), axis=0), *pieces)))
 
 
 def score_windows(params, model, tokens: np.ndarray, *, batch: int, seq_len: int, batches: int):

@@ -108,6 +108,25 @@ def test_full_eval_is_sharded_like_training(shakespeare_path):
     assert four["loss"] == pytest.approx(one["loss"], rel=1e-6)
 
 
+def test_scoring_in_device_calls_with_the_carry_passed_on_is_scoring_at_once(shakespeare_path):
+    """evaluate scores a long split in calls of at most eval.bytes_per_call bytes (as the
+    trainer's val pass does), reporting progress after each: the same loss as one call,
+    on every device layout."""
+    model = models.CharRNN(models.ModelConfig(embed_dim=16, hidden_size=32))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    tokens = np.fromfile(shakespeare_path, np.uint8)[:4001]
+    whole = scoring.score_bytes(params, model, tokens, streams=8, chunk=10)
+    calls = []
+    mesh = parallel.make_mesh(jax.devices()[:2])
+    parts = scoring.score_bytes(
+        params, model, tokens, streams=8, chunk=10, mesh=mesh, bytes_per_call=800,
+        progress=lambda done, total: calls.append((done, total)),
+    )  # fmt: skip
+    assert [d for d, _ in calls] == list(range(1, len(calls) + 1)) and len(calls) == 5
+    assert parts["bytes"] == whole["bytes"] == 4000
+    assert parts["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+
+
 def test_stream_windows_walk_contiguously_and_reset_per_epoch():
     n, batch, seq = 10_000, 4, 50
     stream_len, per_epoch = windows.stream_layout(n, global_batch=batch, seq_len=seq)
