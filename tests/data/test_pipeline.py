@@ -152,17 +152,7 @@ def test_download_checks_sha256_and_caches(tmp_path, monkeypatch, shakespeare_pa
     monkeypatch.setattr(corpora, "CACHE_DIR", tmp_path / "cache")
     served = {"body": shakespeare_path.read_bytes()}
 
-    class Response:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def read(self):
-            return served["body"]
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Response())
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: _Response(served["body"]))
     path = corpora.resolve_path("tinyshakespeare", "")
     assert path == tmp_path / "cache" / "tinyshakespeare.txt" and path.stat().st_size == 1_115_394
     path.unlink()
@@ -170,6 +160,57 @@ def test_download_checks_sha256_and_caches(tmp_path, monkeypatch, shakespeare_pa
     with pytest.raises(corpora.DataError, match="sha256"):
         corpora.resolve_path("tinyshakespeare", "")
     assert not path.exists()
+
+
+class _Response:
+    """A server's answer: `body` from byte `start` (206 when a range was asked), read in
+    pieces; `fail_after` cuts the connection after that many bytes."""
+
+    def __init__(self, body: bytes, start: int = 0, fail_after: int | None = None):
+        self.body, self.pos, self.fail_after = body, start, fail_after
+        self.status = 206 if start else 200
+        self.headers = {"Content-Length": str(len(body) - start)}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def read(self, size=-1):
+        if self.fail_after is not None and self.pos >= self.fail_after:
+            raise urllib.error.URLError("connection reset")
+        end = len(self.body) if size < 0 else self.pos + size
+        if self.fail_after is not None:
+            end = min(end, self.fail_after)
+        piece, self.pos = self.body[self.pos : end], min(end, len(self.body))
+        return piece
+
+
+def test_a_cut_download_resumes_where_it_stopped(tmp_path, monkeypatch, shakespeare_path):
+    monkeypatch.delenv(corpora.DATA_DIR_ENV)
+    monkeypatch.setattr(corpora, "CACHE_DIR", tmp_path / "cache")
+    body, asked = shakespeare_path.read_bytes(), []
+
+    def first_cut(request, timeout):
+        asked.append(request.get_header("Range"))
+        return _Response(body, fail_after=(1 << 20) + 5)  # Dies after a piece and 5 bytes.
+
+    monkeypatch.setattr(urllib.request, "urlopen", first_cut)
+    with pytest.raises(corpora.DataError, match="rerun to resume"):
+        corpora.resolve_path("tinyshakespeare", "")
+    part = tmp_path / "cache" / ".tinyshakespeare.part"
+    got = (1 << 20) + 5
+    assert part.stat().st_size == got  # Every byte it got is kept.
+
+    def rest(request, timeout):
+        asked.append(request.get_header("Range"))
+        return _Response(body, start=int(request.get_header("Range")[6:-1]))
+
+    monkeypatch.setattr(urllib.request, "urlopen", rest)
+    path = corpora.resolve_path("tinyshakespeare", "")
+    assert asked == [None, f"bytes={got}-"]
+    assert path.read_bytes() == body and not part.exists()
 
 
 def test_decode_replaces_invalid_utf8():
