@@ -102,10 +102,24 @@ def make_callback(keras, *, score_val, writer, tokens_per_step: int, budget_s: f
             self.start = time.perf_counter()
             self.step, self.epoch_start_step, self.epoch_start = 0, 0, self.start
 
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.last_line = epoch, time.perf_counter()
+
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
-            if budget_s is not None and time.perf_counter() - self.start >= budget_s:
+            now = time.perf_counter()
+            if budget_s is not None and now - self.start >= budget_s:
                 self.model.stop_training = True
+            if now - self.last_line >= 30:  # An epoch can take minutes: say it is going.
+                rate = (self.step - self.epoch_start_step) / max(now - self.epoch_start, 1e-9)
+                logging.info(
+                    "keras tutorial: epoch %d, step %d (%.1f steps/s), %.0fs in",
+                    self.epoch + 1,
+                    self.step,
+                    rate,
+                    now - self.start,
+                )
+                self.last_line = now
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.epoch_start
