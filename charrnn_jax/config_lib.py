@@ -518,10 +518,9 @@ def _overlay(config: ml_collections.ConfigDict, saved: dict) -> None:
 
 
 def load_config_file(path: pathlib.Path, preset: str | None = None) -> ml_collections.ConfigDict:
-    """get_config(preset) of a config file, as `--config=path:preset` would load it.
-
-    Lets one experiment file build on another (e.g. dinos.py on shakespeare.py).
-    """
+    """get_config(preset) of a config file, as `--config=path:preset` would load it
+    (for tests and benchmarks; an experiment file starts from base_config() alone, so that
+    each reads top to bottom, as tests/test_experiments.py checks)."""
     return load_config_module(path).get_config(preset)
 
 

@@ -1,7 +1,7 @@
 """Errors a user can fix: the CLIs print these as one `error:` line, with no traceback.
 
 Any exception class with a true `user_error` attribute counts, so modules that import
-nothing of the package (input_pipeline's DataError) can raise them too.
+nothing of the package (data.corpora's DataError) can raise them too.
 """
 
 

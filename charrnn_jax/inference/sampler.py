@@ -3,9 +3,10 @@
 No I/O here: the CLI (charrnn_jax.sample) and the trainer call `sample` with params.
 
 Ragged prompts use per-row carry selection: prompts are right-padded to a bucket length
-and each row keeps its carry once past its own length (see models._MaskedCell), so a row
-in a batch gets exactly the carry it would get alone. Each row also draws from its own
-key, so a batched run reproduces per-prompt runs given the same per-row keys.
+and each row keeps its carry once past its own length (the StackedLayer contract in
+models/registry.py: a step whose `valid` is False keeps the carry), so a row in a batch
+gets exactly the carry it would get alone. Each row also draws from its own key, so a
+batched run reproduces per-prompt runs given the same per-row keys.
 """
 
 from __future__ import annotations
