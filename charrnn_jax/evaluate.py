@@ -67,53 +67,68 @@ flags.mark_flag_as_required("workdir")
 
 def run() -> dict:
     # These import jax: after cli.run's huge-page restart, which must come first.
-    from charrnn_jax.data import corpora, pipeline
-    from charrnn_jax.inference import loading, scoring
+    from charrnn_jax.inference import loading
     from charrnn_jax.store import checkpointing
-    from charrnn_jax.training import identity
 
     config, model, params, step = loading.load_for_inference(
         _WORKDIR.value, checkpointing.parse_step(_STEP.value)
     )
     if config.model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
-    d = config.data
-    if _FILE.value:
-        tokens, source = corpora.load_bytes(_path(_FILE.value)), _FILE.value
-    else:
-        if not pipeline.MODES[d.mode].byte_stream:
-            raise UserError(f"--split needs byte data; this run has data.mode={d.mode!r}.")
-        if _SPLIT.value == "test" and not d.test_fraction:
-            raise UserError(
-                "This run has no test split (data.test_fraction is 0). A test split is cut "
-                "from the file's end when a run is trained with --config.data.test_fraction=F "
-                "(e.g. 0.05); adding it later would move the val split under the trained run."
-            )
-        path = corpora.resolve_path(d.name, d.path)
-        note = identity.check_corpus_for_scoring(
-            config, _WORKDIR.value, allow_changed=_ALLOW_CHANGED.value
-        )
-        if note:
-            print(note, file=sys.stderr)
-        tokens = corpora.load_splits(d)[_SPLIT.value]
-        source = f"the {_SPLIT.value} split of {path}" + (" (a changed corpus)" if note else "")
+    tokens, source = _tokens_to_score(config)
     if len(tokens) < 2:
         raise UserError(f"{source} has {len(tokens)} bytes; at least 2 are needed.")
+    return {**_score(config, model, params, tokens, source), "step": step, "source": source}
+
+
+def _tokens_to_score(config):
+    """(bytes, what they are): --file, or the run's --split of its own corpus."""
+    from charrnn_jax.data import corpora, pipeline  # Imports jax, as in run().
+    from charrnn_jax.training import identity
+
+    d = config.data
+    if _FILE.value:
+        return corpora.load_bytes(_path(_FILE.value)), _FILE.value
+    if not pipeline.MODES[d.mode].byte_stream:
+        raise UserError(f"--split needs byte data; this run has data.mode={d.mode!r}.")
+    if _SPLIT.value == "test" and not d.test_fraction:
+        raise UserError(
+            "This run has no test split (data.test_fraction is 0). A test split is cut "
+            "from the file's end when a run is trained with --config.data.test_fraction=F "
+            "(e.g. 0.05); adding it later would move the val split under the trained run."
+        )
+    path = corpora.resolve_path(d.name, d.path)
+    note = identity.check_corpus_for_scoring(
+        config, _WORKDIR.value, allow_changed=_ALLOW_CHANGED.value
+    )
+    if note:
+        print(note, file=sys.stderr)
+    tokens = corpora.load_splits(d)[_SPLIT.value]
+    return tokens, f"the {_SPLIT.value} split of {path}" + (" (a changed corpus)" if note else "")
+
+
+def _score(config, model, params, tokens, source: str) -> dict:
+    """The asked-for metric: the full split (default), fixed windows, nanoGPT's estimate
+    or dynamic evaluation."""
+    from charrnn_jax.inference import scoring  # Imports jax, as in run().
+
     if _METRIC.value == "windows":
         result = scoring.score_windows(
             params,
             model,
             tokens,
             batch=config.train.batch_size,
-            seq_len=d.seq_len,
+            seq_len=config.data.seq_len,
             batches=config.train.eval_batches,
         )
-        return {**result, "step": step, "source": source, "metric": "windows"}
+        return {**result, "metric": "windows"}
     if _DYNAMIC.value:
-        return {**_dynamic(config, model, params, tokens), "step": step, "source": source}
+        return _dynamic(config, model, params, tokens)
     if _METRIC.value == "nanogpt":
-        result = scoring.score_nanogpt(params, model, tokens, seed=_SEED.value)
-        return {**result, "step": step, "source": source, "metric": "nanogpt"}
+        return {
+            **scoring.score_nanogpt(params, model, tokens, seed=_SEED.value),
+            "metric": "nanogpt",
+        }
     streams = _STREAMS.value or config.eval_streams or config.train.batch_size
     logging.info("Scoring %s bytes of %s in %d streams...", f"{len(tokens):,}", source, streams)
     result = scoring.score_bytes(
@@ -125,7 +140,7 @@ def run() -> dict:
         bytes_per_call=config.eval.bytes_per_call,  # The trainer's val segments.
         progress=_progress_line(),
     )
-    return {**result, "step": step, "source": source, "streams": streams, "metric": "full"}
+    return {**result, "streams": streams, "metric": "full"}
 
 
 def _progress_line(every_s: float = 5.0):

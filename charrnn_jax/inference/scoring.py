@@ -107,6 +107,13 @@ def score_bytes(
         if progress:
             progress(1, 1)
         return result(jax.device_get(sums))
+    return _score_segments(params, model, segments, mesh, chunk, progress)
+
+
+def _score_segments(params, model, segments, mesh, chunk: int, progress) -> dict:
+    """Consecutive time segments of the same streams, the carry passed from each to the
+    next, their sums added on the device in one reduction (as the trainer's val pass)."""
+    repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
     segment = jax.jit(
         functools.partial(eval_segment, apply_fn=model.apply, chunk=chunk),
         in_shardings=(repl, data, data),
@@ -126,7 +133,6 @@ def score_bytes(
         if progress:
             jax.block_until_ready(piece)
             progress(i + 1, len(segments))
-    # Added on the device in one reduction, as the trainer's val pass adds its segments.
     return result(jax.device_get(jax.tree.map(lambda *x: jnp.sum(jnp.stack(x), axis=0), *pieces)))
 
 
