@@ -1,2 +1,3 @@
-"""Training: the loop, the jitted steps and train state, the optimizer, the vmapped group of
-variants, a run's bookkeeping, the loop's pacing (what is due, SIGTERM) and sweeps."""
+"""Training: the loop, the jitted steps and train state, the optimizer, variant groups (a
+plain run is a group of one), a run's outputs, the work that falls due after a step, the
+loop's cadence (what is due, SIGTERM) and sweeps."""

@@ -13,7 +13,7 @@ from absl import logging
 
 from charrnn_jax.errors import NonFiniteLossError
 from charrnn_jax.store import checkpointing, metric_logging
-from charrnn_jax.training import pacing, runs, steps
+from charrnn_jax.training import cadence, run_outputs, steps
 
 
 class AfterSteps:
@@ -30,7 +30,7 @@ class AfterSteps:
             num_steps=config.train.num_steps,
             tokens_per_step=group.size * config.train.batch_size * config.data.seq_len,
         )
-        self.in_flight = pacing.InFlight()
+        self.in_flight = cadence.InFlight()
         self.start, self.run_start = start, time.perf_counter()
 
     def first_estimate(self, state, done: int, first_row: int) -> None:
@@ -180,7 +180,7 @@ def _log_samples(group, live, state, done, model, sample_rngs) -> None:
     for i, run in live:
         params = group.select(steps.eval_params(state), i)
         rng = jax.random.fold_in(sample_rngs[i], done)
-        runs.log_sample(run, params, model, rng, done, _tag(run, group))
+        run_outputs.log_sample(run, params, model, rng, done, _tag(run, group))
 
 
 def stop_early(run_list, done: int) -> None:

@@ -1,11 +1,11 @@
 """The training loop: restore or init, compile, then step until num_steps; what follows a
-step when a row, an eval or a save is due is training/after_steps.py.
+step when a row, an eval or a save is due is training/due_work.py.
 
 Data parallel over every device: a 1-D 'data' mesh, the global batch sharded on it and
 the state replicated; XLA inserts the gradient all-reduce. Per-step randomness comes
 from fold_in(rng, step) and batches are a pure function of the step, so a resumed run
 replays exactly what an uninterrupted one would have done. A plain run is a group of one
-variant (variants.Single); a vmapped sweep trains K at once (variants.Stacked).
+variant (variant_groups.Single); a vmapped sweep trains K at once (variant_groups.Stacked).
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from charrnn_jax.data import pipeline
 from charrnn_jax.runtime import machine, parallel
 from charrnn_jax.store.workdir import Workdir
 from charrnn_jax.training import (
-    after_steps,
+    cadence,
+    due_work,
     identity,
     optim,
-    pacing,
     profiling,
-    runs,
+    run_outputs,
     steps,
     validation,
-    variants,
+    variant_groups,
 )
 
 
@@ -57,7 +57,7 @@ def train_and_evaluate(
     return _train(
         [config_lib.resolve(config)],
         [workdir],
-        variants.Single,
+        variant_groups.Single,
         devices=devices,
         restart=restart,
         allow=frozenset(allow_config_change),
@@ -75,8 +75,10 @@ def train_vmapped(configs, workdirs, *, devices=None, restart: bool = False) -> 
     if len(configs) != len(workdirs) or not configs:
         raise ValueError("train_vmapped needs one workdir per config, and at least one.")
     configs = [config_lib.resolve(c) for c in configs]  # The door, as train_and_evaluate.
-    variants.check_vmappable(configs)
-    return _train(list(configs), list(workdirs), variants.Stacked, devices=devices, restart=restart)
+    variant_groups.check_vmappable(configs)
+    return _train(
+        list(configs), list(workdirs), variant_groups.Stacked, devices=devices, restart=restart
+    )
 
 
 def load_data(configs: list[config_lib.RunConfig]) -> list:
@@ -117,7 +119,9 @@ def _train(
     opened = []
     try:
         for c, w, change in zip(configs, workdirs, changes, strict=True):
-            opened.append(runs.Run(c, w, is_main=is_main, changes=change).open(restart=restart))
+            opened.append(
+                run_outputs.Run(c, w, is_main=is_main, changes=change).open(restart=restart)
+            )
         setup = _set_up(config, group, opened)
     except BaseException:
         for run in opened:
@@ -138,7 +142,7 @@ class Setup(NamedTuple):
 
     state: Any
     model: models.CharRNN
-    programs: variants.Programs
+    programs: variant_groups.Programs
     start: int
 
 
@@ -196,18 +200,18 @@ def _log_start(config, group, run_list, state, start: int) -> None:
 
 
 def _loop(config, group, run_list, datas, setup: Setup):
-    """Steps from setup.start to train.num_steps; after_steps does what falls due."""
+    """Steps from setup.start to train.num_steps; due_work does what falls due."""
     t, state, start, programs = config.train, setup.state, setup.start, setup.programs
     pending = any(run.pending for run in run_list)
     if start and not pending and all(run.patience_exhausted(start) for run in run_list):
         # Stopped early before: rerunning trains no further.
-        after_steps.stop_early(run_list, start)
+        due_work.stop_early(run_list, start)
         return state
     process, processes = jax.process_index(), jax.process_count()
     dropout_rngs = group.keys(1)
     step_fn, val = _compile_for_loop(group, datas, state, programs, start, dropout_rngs, pending)
-    stop = pacing.StopFlag().install()
-    after = after_steps.AfterSteps(group, run_list, setup.model, programs.reset, val, stop, start)
+    stop = cadence.StopFlag().install()
+    after = due_work.AfterSteps(group, run_list, setup.model, programs.reset, val, stop, start)
     profiler = profiling.StepProfiler(
         config.profile.steps, run_list[0].workdir, enabled=run_list[0].is_main
     )
@@ -227,7 +231,7 @@ def _loop(config, group, run_list, datas, setup: Setup):
             if done == probe:
                 after.first_estimate(state, done, first_row)
             preempted = stop.is_set() or run_list[0].ckpt.reached_preemption(done)
-            due = pacing.due(t, done, preempted=preempted)
+            due = cadence.due(t, done, preempted=preempted)
             if due:
                 state, finished = after.step(state, done, due, preempted)
                 if finished:
@@ -270,7 +274,7 @@ def _summaries(group, run_list, state, model) -> list[dict]:
     out = []
     for i, run in enumerate(run_list):
         variant = state.replace(
-            step=group.select(state.step, i), **after_steps.items_of(group, state, i)
+            step=group.select(state.step, i), **due_work.items_of(group, state, i)
         )
         best_val, best_step = run.best
         out.append(

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from charrnn_jax.inference import scoring
-from charrnn_jax.training import pacing
+from charrnn_jax.training import cadence
 
 
 def compile_ahead(name: str, jitted, *args):
@@ -36,7 +36,7 @@ class Validation:
     """The val batches of a group and the program that scores them.
 
     Args:
-      programs: the group's variants.Programs.
+      programs: the group's variant_groups.Programs.
       batches: global eval batches; with `carried`, time segments of the same streams.
       stoppable: whether a stop flag ends a pass early (single process only: processes
         that saw the signal at different calls would leave the others' collectives
@@ -73,7 +73,7 @@ class Validation:
         At most one call waits behind the one running, so a stop is seen within about
         one call's time.
         """
-        in_flight = pacing.InFlight(limit=1)
+        in_flight = cadence.InFlight(limit=1)
         carry = self.programs.zero_carry(params, self.batches[0]) if self.carried else None
         sums = []
         for batch in self.batches:

@@ -1,16 +1,17 @@
 """A group of variants trained in one program: a plain run is a group of one.
 
 `Single` runs the plain jitted step; `Stacked` runs K variants (differing only in
-steps.VMAPPABLE_KEYS) through jax.vmap over stacked states. Both answer the same
-questions (keys, batches, restore, compiled steps, variant i's slice), so the loop has
-no branches on which it is.
+steps.VMAPPABLE_KEYS) through jax.vmap over stacked states. Both answer the questions
+of the VariantGroup protocol (keys, batches, restore, compiled steps, variant i's slice),
+so the loop has no branches on which it is; they share one implementation (_Group) over
+the few hooks where they differ.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +53,29 @@ def check_vmappable(configs) -> None:
         raise UserError("A vmapped sweep needs train.grad_clip_norm > 0 in all variants or none.")
 
 
-class Single:
-    """One run, stepped by the plain jitted train step."""
+class VariantGroup(Protocol):
+    """What the loop asks of a group of variants (a plain run is a group of one): its
+    configs and mesh, per-variant keys and batches, the restored or fresh state, the
+    compiled programs, and variant i's slice of any group value."""
+
+    configs: list
+    size: int
+    stacked: bool
+
+    def keys(self, fold: int): ...
+    def global_batch(self, local_batches): ...
+    def restore_or_init(self, checkpointers, init): ...
+    def compile(self, model, schedule, state_sharding, *, chunk: int) -> Programs: ...
+    def select(self, tree, i: int): ...
+    def host_row(self, tree, i: int): ...
+
+
+class _Group:
+    """What Single and Stacked share: keys, compiled programs, shardings and restore,
+    written once over the hooks each defines (lift, stack, select, host_row,
+    global_batch, train_fn)."""
+
+    stacked: bool
 
     def __init__(self, configs, mesh):
         self.configs = list(configs)
@@ -62,36 +84,11 @@ class Single:
         self.repl = parallel.replicated(mesh)
         self.data_sharding = parallel.data_sharded(mesh, variant_axis=self.stacked)
 
-    stacked = False
-
-    def lift(self, fn):
-        """fn over one variant -> fn over the group's (stacked) values."""
-        return fn
-
     def keys(self, fold: int):
         """fold_in(key(seed), fold) per variant, as a global (replicated) array."""
         seeds = jnp.array([c.seed for c in self.configs], jnp.int32)  # As jit sees an int.
         make = self.lift(lambda seed: jax.random.fold_in(jax.random.key(seed), fold))
         return jax.jit(lambda s: make(s if self.stacked else s[0]), out_shardings=self.repl)(seeds)
-
-    def stack(self, trees, sharding):
-        """Per-variant trees -> the group's value (stacked on a leading axis for K > 1)."""
-        return trees[0]  # Restored onto this sharding already.
-
-    def select(self, tree, i: int):
-        """Variant i's slice of a (stacked) device tree."""
-        return tree
-
-    def host_row(self, tree, i: int):
-        """Variant i of fetched (numpy) values."""
-        return tree
-
-    def global_batch(self, local_batches):
-        """One batch per variant (process-local) -> one global array."""
-        return parallel.global_batch(local_batches[0], self.mesh)
-
-    def train_fn(self, schedule):
-        return functools.partial(steps.windowed_train_step, schedule=schedule)
 
     def compile(self, model, schedule, state_sharding, *, chunk: int) -> Programs:
         """The jitted train step (donating the state), eval steps and window reset."""
@@ -181,7 +178,36 @@ class Single:
         return abstract_state.replace(step=step_array, **items), state_sharding, start_step
 
 
-class Stacked(Single):
+class Single(_Group):
+    """One run, stepped by the plain jitted train step: every hook is the identity."""
+
+    stacked = False
+
+    def lift(self, fn):
+        """fn over one variant -> fn over the group's (stacked) values."""
+        return fn
+
+    def stack(self, trees, sharding):
+        """Per-variant trees -> the group's value (stacked on a leading axis for K > 1)."""
+        return trees[0]  # Restored onto this sharding already.
+
+    def select(self, tree, i: int):
+        """Variant i's slice of a (stacked) device tree."""
+        return tree
+
+    def host_row(self, tree, i: int):
+        """Variant i of fetched (numpy) values."""
+        return tree
+
+    def global_batch(self, local_batches):
+        """One batch per variant (process-local) -> one global array."""
+        return parallel.global_batch(local_batches[0], self.mesh)
+
+    def train_fn(self, schedule):
+        return functools.partial(steps.windowed_train_step, schedule=schedule)
+
+
+class Stacked(_Group):
     """K variants in one program: jax.vmap over states stacked on a leading axis."""
 
     stacked = True

@@ -19,7 +19,7 @@ from charrnn_jax import config_lib, models
 from charrnn_jax.errors import NonFiniteLossError, UserError
 from charrnn_jax.store import checkpointing, metric_logging
 from charrnn_jax.store.workdir import Workdir
-from charrnn_jax.training import loop, optim, steps, variants
+from charrnn_jax.training import loop, optim, steps, variant_groups
 
 # Checkpoints (every 5) and rows (every 7) rarely coincide, so interruptions land
 # between rows with a partly filled metric window.
@@ -127,7 +127,9 @@ def saved_run(tmp_path_factory):
 
 def _abstract_items(config):
     config = config_lib.resolve(config)
-    group = variants.Single([config], jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)))
+    group = variant_groups.Single(
+        [config], jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    )
     model = models.CharRNN(config.model)
     tx, _ = optim.make_optimizer(config.train)
     state = jax.eval_shape(
@@ -241,7 +243,7 @@ def test_a_failed_start_leaves_no_workdir_behind(tmp_path, monkeypatch):
     def broken_compile(*args, **kwargs):
         raise UserError("compile failed")
 
-    monkeypatch.setattr(variants.Single, "compile", broken_compile)
+    monkeypatch.setattr(variant_groups.Single, "compile", broken_compile)
     with pytest.raises(UserError, match="compile failed"):
         _tiny(tmp_path / "new")
     assert not (tmp_path / "new").exists()

@@ -16,7 +16,7 @@ from conftest import main_command, subprocess_env, tiny_config
 from charrnn_jax.errors import NonFiniteLossError, UserError
 from charrnn_jax.inference import loading
 from charrnn_jax.store import checkpointing, metric_logging
-from charrnn_jax.training import loop, pacing, steps
+from charrnn_jax.training import cadence, loop, steps
 
 # Slow enough per step that a kill lands between saves; still seconds per run.
 RESUME_RUN = {
@@ -310,7 +310,7 @@ def test_sample_cli_style_restore_of_a_chosen_step(tmp_path):
 
 @pytest.mark.skipif(os.name != "posix", reason="signals")
 def test_stop_flag_is_set_by_sigterm():
-    flag = pacing.StopFlag().install()
+    flag = cadence.StopFlag().install()
     try:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(0.05)
@@ -330,14 +330,14 @@ class _Marker:
 def test_the_host_runs_at_most_two_steps_ahead_of_the_device():
     """So a SIGTERM waits for two steps, not for every step up to the next row."""
     waited = []
-    in_flight = pacing.InFlight(limit=2)
+    in_flight = cadence.InFlight(limit=2)
     for step in range(5):
         in_flight.add(_Marker(waited, step))
         assert waited == list(range(max(0, step - 1)))  # Waits on the step 2 behind.
 
     slow = jax.jit(lambda x: jnp.tanh(x @ x) @ x)
     x, markers = jnp.ones((400, 400)) * 1e-3, []
-    in_flight = pacing.InFlight(limit=2)
+    in_flight = cadence.InFlight(limit=2)
     for _ in range(8):
         x = slow(x)
         markers.append(x[0, 0] + 0)

@@ -13,7 +13,7 @@ from conftest import main_command, subprocess_env, tiny_config
 from charrnn_jax.errors import UserError
 from charrnn_jax.store import metric_logging
 from charrnn_jax.store.workdir import Workdir
-from charrnn_jax.training import identity, loop, runs
+from charrnn_jax.training import identity, loop, run_outputs
 
 STEPS_6 = {"train.num_steps": 6}  # Rows at 2, 4, 6; checkpoints at 3 and 6; val at 3, 6.
 
@@ -131,7 +131,7 @@ def test_the_best_checkpoint_keeps_its_val_loss_without_metrics_jsonl(run_copy):
         if r["val_loss"] is not None
     )
     (run_copy / "metrics.jsonl").unlink()
-    run = runs.Run(tiny_config(**STEPS_6), run_copy, is_main=True).open(restart=False)
+    run = run_outputs.Run(tiny_config(**STEPS_6), run_copy, is_main=True).open(restart=False)
     try:
         run.start_logs(6)
         assert run.best == (pytest.approx(best_val), best_step)

@@ -13,7 +13,7 @@ from conftest import tiny_config
 
 from charrnn_jax.inference import loading
 from charrnn_jax.store import metric_logging
-from charrnn_jax.training import loop, runs
+from charrnn_jax.training import loop, run_outputs
 
 SETTINGS = {"train.eval_every": 3, "train.checkpoint_every": 3, "train.log_every": 3}
 
@@ -53,7 +53,7 @@ def test_a_failing_logged_sample_is_a_warning_and_training_goes_on(tmp_path, mon
     def broken(*args, **kwargs):
         raise RuntimeError("the sampler broke")
 
-    monkeypatch.setattr(runs, "generate_text", broken)
+    monkeypatch.setattr(run_outputs, "generate_text", broken)
     summary = _run(tmp_path, 6, **{"sample.length": 20})
     assert summary["final_step"] == 6
     assert [r["step"] for r in metric_logging.read_jsonl(tmp_path / "metrics.jsonl")] == [3, 6]

@@ -13,7 +13,7 @@ from charrnn_jax.errors import UserError
 from charrnn_jax.inference import loading
 from charrnn_jax.store import checkpointing, metric_logging
 from charrnn_jax.store.workdir import Workdir
-from charrnn_jax.training import loop, steps, sweep_runs, variants
+from charrnn_jax.training import loop, steps, sweep_runs, variant_groups
 from launch import report, sweep
 
 pytestmark = pytest.mark.slow  # Subprocess runs and trainings: not in make test-fast.
@@ -96,9 +96,11 @@ def test_groups_and_what_may_vary():
     assert all(len({o["model.hidden_size"] for _, o in g}) == 1 for g in groups)
     assert sorted(name for g in groups for name, _ in g) == sorted(name for name, _ in runs)
     with pytest.raises(UserError, match="model.hidden_size"):
-        variants.check_vmappable([tiny_config(), tiny_config(**{"model.hidden_size": 16})])
+        variant_groups.check_vmappable([tiny_config(), tiny_config(**{"model.hidden_size": 16})])
     with pytest.raises(UserError, match="grad_clip_norm > 0 in all variants or none"):
-        variants.check_vmappable([tiny_config(), tiny_config(**{"train.grad_clip_norm": 1.0})])
+        variant_groups.check_vmappable(
+            [tiny_config(), tiny_config(**{"train.grad_clip_norm": 1.0})]
+        )
     with pytest.raises(UserError, match="sweep.vmap must be >= 1"):
         sweep_runs.vmap_groups(runs, 0)
 
