@@ -224,7 +224,8 @@ def generate_text(params, model, config, rng) -> str:
         rng=rng,
         stop_byte=prefix[0] if prefix else None,  # One example, e.g. one dinosaur name.
     )
-    return corpora.decode(prompt + tokens[0, : lengths[0]].tobytes())
+    # Whole characters only: a sample cut mid-character would end in U+FFFD.
+    return corpora.decode(corpora.complete_utf8(prompt + tokens[0, : lengths[0]].tobytes()))
 
 
 def log_sample(run: Run, params, model, rng, step: int, tag: str) -> None:

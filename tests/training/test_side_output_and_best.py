@@ -11,6 +11,7 @@ import jax
 import numpy as np
 from conftest import tiny_config
 
+from charrnn_jax import config_lib
 from charrnn_jax.inference import loading
 from charrnn_jax.store import metric_logging
 from charrnn_jax.training import loop, run_outputs
@@ -68,3 +69,17 @@ def test_a_prompt_that_is_not_utf8_samples_its_bytes(tmp_path, caplog):
     summary = _run(tmp_path, 3, **{"sample.length": 10, "sample.prompt": prompt})
     assert summary["final_step"] == 3
     assert "Sample at step 3" in caplog.text and "failed" not in caplog.text
+
+
+def test_a_logged_sample_cut_mid_character_ends_on_a_whole_one(monkeypatch):
+    """A Japanese run's logged sample stops after `sample.length` bytes, often inside a
+    three-byte character: the log shows the whole characters before it, not U+FFFD."""
+    cut = "お嬢様".encode()[:-1]  # The last character loses its final byte.
+
+    def fake_sample(params, model, prompts, **kwargs):
+        return np.frombuffer(cut, np.uint8)[None, :], np.array([len(cut)])
+
+    monkeypatch.setattr(run_outputs.sampler, "sample", fake_sample)
+    config = config_lib.resolve(tiny_config(**{"sample.prompt": ""}))
+    text = run_outputs.generate_text({}, None, config, rng=None)
+    assert text == "お嬢" and "\ufffd" not in text
