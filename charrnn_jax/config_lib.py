@@ -328,8 +328,9 @@ class RunConfig:
 
 
 def as_dict(typed) -> dict:
-    """A typed config block as the nested dict its ConfigDict holds."""
-    if hasattr(typed, "to_dict") and not isinstance(typed, RunConfig):
+    """A typed config block as the nested dict its ConfigDict holds (the model block
+    writes its own: one block per cell's options)."""
+    if isinstance(typed, models.ModelConfig):
         return typed.to_dict()
     return {
         f.name: as_dict(v) if dataclasses.is_dataclass(v := getattr(typed, f.name)) else v

@@ -153,9 +153,9 @@ def _fetch_into(url: str, part: pathlib.Path, name: str) -> None:
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     with urllib.request.urlopen(request, timeout=30) as resp:
-        resumed = have and getattr(resp, "status", 200) == 206
+        resumed = have and resp.status == 206
         have = have if resumed else 0
-        length = resp.headers.get("Content-Length") if hasattr(resp, "headers") else None
+        length = resp.headers.get("Content-Length")
         total = have + int(length) if length else None
         if resumed:
             logging.info("Resuming the download of %s at %.1f MB.", name, have / 1e6)

@@ -95,18 +95,7 @@ def score_bytes(
     segments = windows.stream_eval_segments(
         tokens, streams=streams, chunk=chunk, bytes_per_call=bytes_per_call
     )
-    repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    params = jax.device_put(params, repl)
-    if len(segments) == 1:  # One call over the whole split, as before segments existed.
-        score = jax.jit(
-            functools.partial(eval_step, apply_fn=model.apply, chunk=chunk),
-            in_shardings=(repl, data),
-            out_shardings=repl,
-        )
-        sums = score(params, parallel.global_batch(segments[0], mesh))
-        if progress:
-            progress(1, 1)
-        return result(jax.device_get(sums))
+    params = jax.device_put(params, parallel.replicated(mesh))
     return _score_segments(params, model, segments, mesh, chunk, progress)
 
 
