@@ -10,6 +10,7 @@ import jax
 import pytest
 from conftest import main_command, subprocess_env, tiny_config
 
+from charrnn_jax import config_lib
 from charrnn_jax.errors import UserError
 from charrnn_jax.store import metric_logging
 from charrnn_jax.store.workdir import Workdir
@@ -131,7 +132,8 @@ def test_the_best_checkpoint_keeps_its_val_loss_without_metrics_jsonl(run_copy):
         if r["val_loss"] is not None
     )
     (run_copy / "metrics.jsonl").unlink()
-    run = run_outputs.Run(tiny_config(**STEPS_6), run_copy, is_main=True).open(restart=False)
+    config = config_lib.resolve(tiny_config(**STEPS_6))  # Below the door: the typed config.
+    run = run_outputs.Run(config, run_copy, is_main=True).open(restart=False)
     try:
         run.start_logs(6)
         assert run.best == (pytest.approx(best_val), best_step)
