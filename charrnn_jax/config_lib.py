@@ -91,6 +91,7 @@ def _validate_model(m, d) -> None:
     _one_of(m.cell, models.CELL_TYPES, "model.cell")
     _one_of(m.dtype, models.DTYPES, "model.dtype")
     _one_of(m.gru_impl, models.GRU_IMPLS, "model.gru_impl")
+    _one_of(m.stack, models.STACKS, "model.stack")
     _one_of(m.scan, models.SCAN_MODES, "model.scan")
     _require(m.mlp_ratio > 0, f"model.mlp_ratio must be positive, got {m.mlp_ratio}.")
     for key in ("embed_dim", "hidden_size", "num_layers", "unroll"):

@@ -101,6 +101,7 @@ _NOT_THE_EXPERIMENT = (
     "eval.bytes_per_call",
     "eval.dynamic.",
     "model.gru_impl",
+    "model.stack",
     "model.scan",
     "model.unroll",
 )

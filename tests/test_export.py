@@ -1,7 +1,8 @@
 """What runs on an accelerator lowers for one, from this CPU: the train step, the full-split
 eval step and the sampler export for CUDA and TPU with jax.export (no device needed), for
-the fused GRU in f32 and bf16 (and unrolled), a parallel-scan linear cell, stream mode,
-averaged weights, the Mogrifier GRU with DropConnect, and every other registered cell."""
+the fused GRU in f32 and bf16 (and unrolled, and as a wavefront), a parallel-scan linear
+cell, stream mode, averaged weights, the Mogrifier GRU with DropConnect, and every other
+registered cell."""
 
 import functools
 
@@ -29,6 +30,12 @@ CASES = {
     },
     "gru_dropconnect": {"model.recurrent_dropout": 0.25, "model.dropout": 0.2},
     "gru_unroll": {"model.unroll": 4},
+    "gru_wavefront_dropout": {
+        "model.num_layers": 3,
+        "model.stack": "wavefront",
+        "model.dropout": 0.2,
+        "model.recurrent_dropout": 0.25,
+    },
     "mogrifier_gru_dropconnect": {
         "model.cell": "mogrifier_gru",
         "model.mogrifier_gru.rank": 4,

@@ -1,4 +1,4 @@
-"""What `model.gru_impl='auto'` and `model.scan='auto'` run on each backend, and why.
+"""What `model.gru_impl`, `model.stack` and `model.scan` run on each backend for 'auto', and why.
 
 Both keys choose how the same function is computed, never which function: the fused GRU
 equals flax's `nn.scan(GRUCell)` (tests/models/test_char_rnn.py) and the parallel scans
@@ -14,6 +14,7 @@ should pick on this device"); copy that in here with the run it came from.
 from __future__ import annotations
 
 GRU_IMPLS = ("fused", "flax")
+STACKS = ("layers", "wavefront")
 
 # model.gru_impl='auto' per backend.
 #   cpu: measured. The fused GRU (one GEMM per step, input projection hoisted, hand-written
@@ -35,6 +36,20 @@ GRU_IMPL = {"cpu": "fused", "gpu": "fused", "tpu": "fused"}
 #     well. The device check measures minGRU and LRU in both forms.
 SCAN = {"cpu": "sequential", "gpu": "parallel", "tpu": "parallel"}
 
+# model.stack='auto' per backend (stacked fused GRU layers: one layer's whole sequence after
+# another, or all layers together as a wavefront, models/wavefront.py).
+#   cpu: measured. The trainer's step ran 0.94-0.97x layer by layer (2 x GRU 512 bf16 and
+#     f32, the 2 x 768 GRU headline, 4 x 256; AMD Zen 3, 2 cores; benchmarks/README.md
+#     "Stacked layers as a wavefront"): the forward alone gains 1.19-1.39x, but the
+#     backward loses more, since the upper layers' input gradient becomes one small GEMM
+#     per step instead of one large GEMM after the loop, and XLA:CPU already spreads each
+#     per-step GEMM over both cores.
+#   gpu, tpu: layers until measured (no device has been lent to a session yet). The
+#     wavefront halves (at 2 layers) the dependent steps, each a kernel launch at a small
+#     batch, as cuDNN's multi-layer schedule does, so it is expected to pay there; the
+#     device check measures both and prints the pick ("stack").
+STACK = {"cpu": "layers", "gpu": "layers", "tpu": "layers"}
+
 # jax.default_backend() names; a plugin may report its platform instead of 'gpu'.
 _PLATFORM_FAMILY = {"cuda": "gpu", "rocm": "gpu"}
 
@@ -52,6 +67,13 @@ def gru_impl(configured: str, backend: str, *, recurrent_dropout: float = 0.0) -
     if recurrent_dropout:
         return "fused"
     return GRU_IMPL.get(backend_family(backend), "fused")
+
+
+def stack(configured: str, backend: str) -> str:
+    """'layers' or 'wavefront'. 'auto' is this backend's entry in STACK."""
+    if configured != "auto":
+        return configured
+    return STACK.get(backend_family(backend), "layers")
 
 
 def scan_mode(configured: str, backend: str) -> str:

@@ -24,6 +24,7 @@ CELL_TYPES = tuple(registry.CELLS)
 SCAN_MODES = ("auto", *scans.SCAN_MODES)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 GRU_IMPLS = ("auto", *backend_choices.GRU_IMPLS)
+STACKS = ("auto", *backend_choices.STACKS)
 
 Carry = tuple[Any, ...]  # Per layer: h (GRU, minGRU, minLSTM), (c, h) (LSTMs), (re, im) (LRU).
 
@@ -86,6 +87,12 @@ class ModelConfig:
         "auto",
         "'fused' (hoisted projection, hand-written backward), 'flax' (nn.scan(GRUCell)) or "
         "'auto': this backend's choice (models/backend_choices.py); same params, same function.",
+    )
+    stack: str = _key(
+        "auto",
+        "Stacked fused GRU layers: 'layers' (each layer's whole sequence in turn), "
+        "'wavefront' (all layers together, T + L - 1 steps; models/wavefront.py) or 'auto': "
+        "this backend's choice; same params, same function.",
     )
     num_classes: int = _key(0, "0 = language model; >= 2 = many-to-one classifier.")
     scan: str = _key(
@@ -157,11 +164,17 @@ class ModelConfig:
 
     def layer_spec(self) -> registry.LayerSpec:
         """What every stacked layer gets, with gru_impl resolved for this backend."""
+        backend = jax.default_backend()
         impl = backend_choices.gru_impl(
-            self.gru_impl, jax.default_backend(), recurrent_dropout=self.recurrent_dropout
+            self.gru_impl, backend, recurrent_dropout=self.recurrent_dropout
         )
         return registry.LayerSpec(
-            self.hidden_size, self.compute_dtype, self.recurrent_dropout, self.unroll, impl
+            self.hidden_size,
+            self.compute_dtype,
+            self.recurrent_dropout,
+            self.unroll,
+            impl,
+            backend_choices.stack(self.stack, backend),
         )
 
     def eval_chunk(self, seq_len: int) -> int:
@@ -272,7 +285,8 @@ class CharRNN(nn.Module):
         )(carry, x, valid_tm, train=train)
 
     def _stacked_layers(self, x, carry, valid_tm, folded_tokens, drop_dims, train):
-        """num_layers layers from the cell's registered factory, dropout after each.
+        """num_layers layers from the cell's registered factory, dropout after each (or
+        the cell's schedule of the whole stack, e.g. the fused GRU's wavefront).
 
         folded_tokens: with the embedding folded into the first layer's projection, the
         [time, batch] bytes whose rows of the embedding table that layer gathers.
@@ -282,6 +296,15 @@ class CharRNN(nn.Module):
             self.config.layer_spec(),
             self.config.options,
         )
+        c = self.config
+        # The wave's ramps cost (L - 1) / T of a step's work: worth it on whole windows,
+        # not when sampling a byte at a time (T = 1 would do L times the work).
+        time = (x if folded_tokens is None else folded_tokens).shape[0]
+        long_enough = time >= 8 * (c.num_layers - 1)
+        if c.num_layers > 1 and long_enough and (stack := cell.stack(spec)) is not None:
+            return stack(
+                spec, c.num_layers, carry, x, valid_tm, folded_tokens, c.dropout, drop_dims, train
+            )
         new_carry = []
         for i in range(self.config.num_layers):
             layer = cell.layer(spec, options, name=f"rnn_{i}")

@@ -77,6 +77,31 @@ class ScanScope(nn.Module):
         return _GRUCellParams(self.in_features, self.hidden_size, name="cell")()
 
 
+def _weights(in_features, hidden_size, recurrent_dropout, train):
+    """(w_i, b_i, w_h, b_hn) of one layer, made inside the calling module's compact method
+    (params under scan/cell, DropConnect's mask from Dropout_0)."""
+    w_i, b_i, w_h, b_hn = ScanScope(in_features, hidden_size, name="scan")()
+    if train and recurrent_dropout > 0:
+        # DropConnect on the hidden-to-hidden weights (Wan et al. 2013, "Regularization
+        # of Neural Networks using DropConnect", eq. 2), one mask per step for all
+        # time steps and rows: the weight-dropped RNN of Merity et al. 2018,
+        # "Regularizing and Optimizing LSTM Language Models", Section 4.1.
+        w_h = nn.Dropout(recurrent_dropout, deterministic=False)(w_h)
+    return w_i, b_i, w_h, b_hn
+
+
+class FusedGRUWeights(nn.Module):
+    """One fused GRU layer's weights alone, at the layer's paths (rnn_i/scan/cell and
+    rnn_i/Dropout_0), for schedules that run several layers together (models/wavefront.py)."""
+
+    hidden_size: int
+    recurrent_dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, in_features: int, train: bool):
+        return _weights(in_features, self.hidden_size, self.recurrent_dropout, train)
+
+
 def _step_inputs(xi, tokens):
     """Per-step x: a slice of xi, or, given tokens, rows of the table xi gathered per step."""
     if tokens is None:
@@ -86,13 +111,13 @@ def _step_inputs(xi, tokens):
 
 def gru_update(xi, hh, h, b_hn):
     """nn.GRUCell's update from one step's projections xi = x @ w_i + b_i and hh = h @ w_h
-    ([batch, 3H], gates r, z, n): the new state, interpolating with `h`, and the gates
+    ([..., batch, 3H], gates r, z, n): the new state, interpolating with `h`, and the gates
     (r, z, n, hn) the backward pass reuses."""
     hidden = h.shape[-1]
-    r = jax.nn.sigmoid(xi[:, :hidden] + hh[:, :hidden])
-    z = jax.nn.sigmoid(xi[:, hidden : 2 * hidden] + hh[:, hidden : 2 * hidden])
-    hn = hh[:, 2 * hidden :] + b_hn
-    n = jnp.tanh(xi[:, 2 * hidden :] + r * hn)
+    r = jax.nn.sigmoid(xi[..., :hidden] + hh[..., :hidden])
+    z = jax.nn.sigmoid(xi[..., hidden : 2 * hidden] + hh[..., hidden : 2 * hidden])
+    hn = hh[..., 2 * hidden :] + b_hn
+    n = jnp.tanh(xi[..., 2 * hidden :] + r * hn)
     return n + z * (h - n), (r, z, n, hn)  # n + z * (h - n) = (1 - z) * n + z * h.
 
 
@@ -224,13 +249,9 @@ class FusedGRULayer(nn.Module):
     @nn.compact
     def __call__(self, carry, inputs, valid=None, tokens=None, *, train: bool = False):
         """inputs: [time, batch, in] or, with `tokens` [time, batch], the [256, in] table."""
-        w_i, b_i, w_h, b_hn = ScanScope(inputs.shape[-1], self.hidden_size, name="scan")()
-        if train and self.recurrent_dropout > 0:
-            # DropConnect on the hidden-to-hidden weights (Wan et al. 2013, "Regularization
-            # of Neural Networks using DropConnect", eq. 2), one mask per step for all
-            # time steps and rows: the weight-dropped RNN of Merity et al. 2018,
-            # "Regularizing and Optimizing LSTM Language Models", Section 4.1.
-            w_h = nn.Dropout(self.recurrent_dropout, deterministic=False)(w_h)
+        w_i, b_i, w_h, b_hn = _weights(
+            inputs.shape[-1], self.hidden_size, self.recurrent_dropout, train
+        )
         projected = mixed_matmul(inputs.astype(self.dtype), w_i.astype(self.dtype)) + b_i
         hs, h_last = gru_recurrence(
             projected, tokens, carry, w_h, b_hn, valid, self.dtype, self.unroll

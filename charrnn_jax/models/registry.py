@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import flax.linen as nn
 import jax.numpy as jnp
 
-from charrnn_jax.models import elman, lru, min_rnn, mogrifier, rglru, transformer
+from charrnn_jax.models import elman, lru, min_rnn, mogrifier, rglru, transformer, wavefront
 from charrnn_jax.models.flax_cells import RecurrentLayer
 from charrnn_jax.models.fused_gru import FusedGRULayer
 
@@ -37,7 +37,7 @@ from charrnn_jax.models.fused_gru import FusedGRULayer
 class LayerSpec:
     """What the model gives every stacked layer: its width and how it computes.
 
-    gru_impl is already resolved ('fused' or 'flax', models/backend_choices.py).
+    gru_impl and stack are already resolved (models/backend_choices.py).
     recurrent_dropout is DropConnect on the recurrent kernel, for layers that take it.
     """
 
@@ -46,6 +46,7 @@ class LayerSpec:
     recurrent_dropout: float = 0.0
     unroll: int = 1
     gru_impl: str = "fused"
+    stack: str = "layers"
 
 
 class StackedLayer(Protocol):
@@ -120,6 +121,15 @@ def _gru_runs_fused(spec: LayerSpec) -> bool:
     return spec.gru_impl == "fused"
 
 
+def _gru_stack(spec: LayerSpec):
+    """The fused GRU's layers may run together as a wavefront (models/wavefront.py)."""
+    return wavefront.stack if spec.gru_impl == "fused" and spec.stack == "wavefront" else None
+
+
+def _layer_by_layer(spec: LayerSpec):
+    return None
+
+
 def _flax_layer(cell_class, hidden_of=_itself) -> LayerFactory:
     """A flax RNN cell scanned over time (models/flax_cells.py)."""
 
@@ -158,6 +168,9 @@ class Cell:
         bytes (the fused GRU gathers rows of embedding @ w_i instead of a GEMM).
       drop_connect: configured model.gru_impl -> whether the layer takes
         model.recurrent_dropout (DropConnect on its recurrent kernel).
+      stack: stacked cells: spec -> None (layer by layer) or a function that runs the
+        whole stack its own way inside CharRNN's scope (the fused GRU's wavefront;
+        models/wavefront.py's `stack` has the signature).
       whole_model: whole models: the factory of the network (WholeModel).
       eval_chunk: (options, seq_len) -> bytes per call of the full-split metric (the
         carried chunk); seq_len for the recurrent cells.
@@ -173,6 +186,7 @@ class Cell:
     hidden_of: Callable[[Any], Any] = _itself
     folds_embedding: Callable[[LayerSpec], bool] = _never
     drop_connect: Callable[[str], bool] = _no
+    stack: Callable[[LayerSpec], Callable | None] = _layer_by_layer
     whole_model: Callable | None = None
     eval_chunk: Callable[[Any, int], int] = lambda options, seq_len: seq_len
     check: Callable[[Any, Any], str | None] = lambda model, data: None
@@ -180,7 +194,11 @@ class Cell:
 
 CELLS: dict[str, Cell] = {
     "gru": Cell(
-        False, _gru_layer, folds_embedding=_gru_runs_fused, drop_connect=_drop_connect_if_fused
+        False,
+        _gru_layer,
+        folds_embedding=_gru_runs_fused,
+        drop_connect=_drop_connect_if_fused,
+        stack=_gru_stack,
     ),
     "lstm": Cell(False, _flax_layer(nn.LSTMCell, _second), zero_state=_pair, hidden_of=_second),
     "optimized_lstm": Cell(

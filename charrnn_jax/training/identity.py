@@ -61,7 +61,7 @@ RESUMABLE_KEYS = frozenset(
     # How the same function is computed (models/backend_choices.py; each pair tested
     # equal, same params): rounding may differ, as it does when a run resumes on another
     # backend, which 'auto' already allows.
-    {"model.gru_impl", "model.scan", "model.unroll"}
+    {"model.gru_impl", "model.stack", "model.scan", "model.unroll"}
 )
 # The file names, for messages (store/workdir.py owns them).
 DATA_FILE = Workdir(".").data_file.name

@@ -85,9 +85,14 @@ def test_safe_and_allowed_changes_pass_and_are_recorded(run_copy):
 
 
 def test_how_the_same_model_is_computed_may_change_on_resume(run_copy):
-    """gru_impl, scan and unroll choose a program, not a function ('auto' picks them per
-    backend): a resume may change them, and the change is recorded."""
-    program = {"model.gru_impl": "flax", "model.unroll": 2, "model.scan": "parallel"}
+    """gru_impl, stack, scan and unroll choose a program, not a function ('auto' picks
+    them per backend): a resume may change them, and the change is recorded."""
+    program = {
+        "model.gru_impl": "flax",
+        "model.stack": "wavefront",
+        "model.unroll": 2,
+        "model.scan": "parallel",
+    }
     before = metric_logging.read_jsonl(run_copy / "metrics.jsonl")
     summary = _train(run_copy, **{"train.num_steps": 8}, **program)
     assert summary["resumed_from"] == 6
@@ -95,6 +100,7 @@ def test_how_the_same_model_is_computed_may_change_on_resume(run_copy):
     assert history[-1]["changes"] == {
         "model.gru_impl": ["auto", "flax"],
         "model.scan": ["auto", "parallel"],
+        "model.stack": ["auto", "wavefront"],
         "model.unroll": [1, 2],
         "train.num_steps": [6, 8],
     }
