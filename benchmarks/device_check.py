@@ -74,6 +74,8 @@ OURS = (
     "ours_f32_unroll4",  # model.unroll: time steps per loop iteration.
     "ours_f32_unroll16",
     "ours_bf16_unroll8",
+    "ours_f32_wavefront",  # model.stack='wavefront': stacked layers together (>= 2 layers).
+    "ours_bf16_wavefront",
     "ours_f32_loop_graphs",  # The time loop inside XLA's command buffers (CUDA graphs).
     "ours_f32_no_graphs",  # Command buffers off: what they are worth today.
     "mingru_parallel",
@@ -83,12 +85,15 @@ OURS = (
 )
 TORCH = ("torch_f32", "torch_tf32", "torch_bf16")
 OPTIONS = tuple(i for i in OURS if "unroll" in i or i.endswith("graphs"))
+WAVEFRONT = tuple(i for i in OURS if i.endswith("wavefront"))
 # What each alternative is measured against, within a round: the choices 'auto' makes.
 BASELINE = {
     "flax_reference": "ours_f32",
     "mingru_parallel": "mingru_sequential",
     "lru_parallel": "lru_sequential",
-    **{option: "ours_bf16" if "bf16" in option else "ours_f32" for option in OPTIONS},
+    **{
+        option: "ours_bf16" if "bf16" in option else "ours_f32" for option in (*OPTIONS, *WAVEFRONT)
+    },
 }
 # Rows whose name ends in a key here run in their own worker with these XLA flags (set
 # before JAX starts). XLA's default command buffers hold fusions, GEMMs and custom calls
@@ -363,7 +368,8 @@ def step_program(settings, out: pathlib.Path) -> list[dict]:
 
 def _our_model(impl: str, size: common.Size):
     """The model of a row name: a block cell and its scan ('mingru_parallel'), flax's
-    reference, or the fused GRU with its dtype and unroll ('ours_bf16_unroll8')."""
+    reference, or the fused GRU with its dtype, unroll and stack ('ours_bf16_unroll8',
+    'ours_f32_wavefront')."""
     from charrnn_jax import models
 
     parts = impl.split("_")
@@ -377,18 +383,20 @@ def _our_model(impl: str, size: common.Size):
             dtype="bfloat16" if "bf16" in parts else "float32",
             gru_impl="flax" if impl == "flax_reference" else "fused",
             unroll=unroll,
+            stack="wavefront" if "wavefront" in parts else "layers",
         )
     )
 
 
 def _train_jobs(settings) -> list[tuple[str, str, int]]:
     """(impl, size, batch): the primary rows at every batch, the others at the middle one,
-    the GPU options (unroll, command buffers) at the first size only (--smoke: one row of
-    each kind, so that every code path runs)."""
+    the GPU options (unroll, command buffers) at the first size only, the wavefront at the
+    stacked sizes only (--smoke: one row of each kind, so that every code path runs)."""
     batches = settings["batches"]
     if settings is SMOKE:
         size = next(iter(settings["sizes"]))
         impls = ("ours_f32", "ours_bf16_unroll8", "ours_f32_loop_graphs", "flax_reference")
+        impls += ("ours_f32_wavefront",)
         impls += ("mingru_parallel", "mingru_sequential", "torch_f32")
         return [(impl, size, _middle_batch(settings)) for impl in impls]
     jobs = []
@@ -398,6 +406,8 @@ def _train_jobs(settings) -> list[tuple[str, str, int]]:
             impls = [*OURS, *TORCH] if primary else ["ours_f32", "ours_bf16", *TORCH]
             if size != next(iter(settings["sizes"])):  # The options: the tutorial size only.
                 impls = [i for i in impls if i not in OPTIONS]
+            if settings["sizes"][size].layers < 2:  # One layer has no wavefront.
+                impls = [i for i in impls if i not in WAVEFRONT]
             jobs += [(impl, size, batch) for impl in impls]
     return jobs
 
@@ -484,9 +494,10 @@ def _training_rows(jobs, rounds) -> list[dict]:
 
 
 def auto_choices(rows: list[dict], size: str, batch: int) -> list[dict]:
-    """What models/backend_choices.py (gru_impl, scan) and model.unroll should say for
-    this device: each choice with the within-round ratios at `size`/`batch` it rests on.
-    A choice whose rows were not measured is left out."""
+    """What models/backend_choices.py (gru_impl, stack, scan) and model.unroll should say
+    for this device: each choice with the within-round ratios at `size`/`batch` it rests
+    on (the stack: at `batch` on every stacked size). A choice whose rows were not
+    measured is left out."""
     ratio = {
         r["impl"]: r["vs_baseline"]
         for r in rows
@@ -497,6 +508,15 @@ def auto_choices(rows: list[dict], size: str, batch: int) -> list[dict]:
         flax = ratio["flax_reference"]
         evidence = f"flax nn.scan(GRUCell) / fused = {flax:.2f}"
         choices.append(_choice("gru_impl", "flax" if flax > 1 else "fused", evidence))
+    waves = {
+        f"{r['impl']} at {r['size']}": r["vs_baseline"]
+        for r in rows
+        if r["impl"] in WAVEFRONT and r["batch"] == batch and r.get("vs_baseline")
+    }
+    if waves:
+        mean = math.prod(waves.values()) ** (1 / len(waves))
+        evidence = ", ".join(f"{i} / layers = {r:.2f}" for i, r in waves.items())
+        choices.append(_choice("stack", "wavefront" if mean > 1 else "layers", evidence))
     scans = {i: ratio[i] for i in ("mingru_parallel", "lru_parallel") if i in ratio}
     if scans:
         mean = math.prod(scans.values()) ** (1 / len(scans))

@@ -40,7 +40,9 @@ def test_the_smoke_run_covers_every_part(tmp_path):
         assert trained[impl]["vs_baseline"] > 0, trained[impl]  # Same round, its baseline.
     # What 'auto' should pick follows from those ratios (bf16 unroll 8 has no ours_bf16 here).
     choices = {r["key"]: r for r in records if r["part"] == "auto_choice"}
-    assert set(choices) == {"gru_impl", "scan", "command buffers"}, choices
+    assert set(choices) == {"gru_impl", "stack", "scan", "command buffers"}, choices
+    wave_ratio = trained["ours_f32_wavefront"]["vs_baseline"]
+    assert choices["stack"]["pick"] == ("wavefront" if wave_ratio > 1 else "layers")
     flax_ratio = trained["flax_reference"]["vs_baseline"]
     assert choices["gru_impl"]["pick"] == ("flax" if flax_ratio > 1 else "fused")
     scan_ratio = trained["mingru_parallel"]["vs_baseline"]
@@ -71,10 +73,14 @@ def test_auto_choices_follow_the_within_round_ratios():
         row("ours_f32_loop_graphs", 1.3),
         row("ours_f32_no_graphs", 0.8),
         row("flax_reference", 9.0, batch=64),  # Another batch: not what decides.
+        row("ours_f32_wavefront", 1.4, size="headline"),  # The stacked size decides it:
+        row("ours_bf16_wavefront", 0.9, size="headline"),  # geometric mean 1.12.
+        row("ours_f32_wavefront", 0.1, size="headline", batch=64),
     ]
     picks = {c["key"]: c["pick"] for c in device_check.auto_choices(rows, "tutorial", 256)}
     assert picks == {
         "gru_impl": "fused",
+        "stack": "wavefront",
         "scan": "parallel",
         "unroll (f32)": 4,
         "unroll (bf16)": 1,
