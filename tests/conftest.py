@@ -122,3 +122,54 @@ def main_command(workdir, *extra, **overrides) -> list[str]:
 
     config = f"{REPO / 'experiments' / 'shakespeare.py'}:tiny"
     return cli.trainer_command(config, workdir, None, *tiny_overrides(**overrides), *extra)
+
+
+def assert_sigkill_resume_is_exact(tmp_path, **overrides):
+    """Trains `overrides` whole and again SIGKILLed once checkpoint 10 exists, then resumed:
+    the resumed run's rows (but timings) and params equal the uninterrupted run's."""
+    import signal
+    import subprocess
+    import time
+
+    import jax
+    import numpy as np
+
+    from charrnn_jax.inference import loading
+    from charrnn_jax.store import metric_logging
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    env = subprocess_env()
+    done = subprocess.run(
+        main_command(whole, **overrides), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    proc = subprocess.Popen(
+        main_command(killed, **overrides),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "10").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    again = subprocess.run(
+        main_command(killed, **overrides), env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0 and "Resumed from checkpoint step" in again.stderr
+
+    def rows(workdir):
+        keep = [k for k in metric_logging.FIELDS if k not in ("wall_time", "tokens_per_sec")]
+        return [
+            {k: r[k] for k in keep} for r in metric_logging.read_jsonl(workdir / "metrics.jsonl")
+        ]
+
+    assert rows(killed) == rows(whole)
+    for a, b in zip(
+        jax.tree.leaves(loading.load_for_inference(killed)[2]),
+        jax.tree.leaves(loading.load_for_inference(whole)[2]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)

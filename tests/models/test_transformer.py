@@ -2,20 +2,16 @@
 carried context equal to a full recompute (so sampling is nanoGPT's generate), the
 full-split metric equal to a naive sliding-window loop, and a run through the trainer."""
 
-import signal
-import subprocess
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import load_experiment, main_command, subprocess_env, tiny_config
+from conftest import assert_sigkill_resume_is_exact, load_experiment, tiny_config
 
 from charrnn_jax import config_lib, models
 from charrnn_jax.data import corpora
 from charrnn_jax.errors import UserError
-from charrnn_jax.inference import loading, sampler, scoring
+from charrnn_jax.inference import sampler, scoring
 from charrnn_jax.models.transformer import TransformerOptions
 from charrnn_jax.store import metric_logging
 from charrnn_jax.training import loop, steps
@@ -169,36 +165,6 @@ KILLED_RUN = {
 }
 
 
-def _main(workdir):
-    return main_command(workdir, **KILLED_RUN)
-
-
 @pytest.mark.slow
 def test_a_sigkill_resumes_to_the_uninterrupted_runs_rows_and_params(tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    env = subprocess_env()
-    done = subprocess.run(_main(whole), env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    proc = subprocess.Popen(
-        _main(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 240
-    while not (killed / "checkpoints" / "10").is_dir():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    again = subprocess.run(_main(killed), env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "Resumed from checkpoint step" in again.stderr
-
-    def rows(workdir):
-        keep = [k for k in metric_logging.FIELDS if k not in ("wall_time", "tokens_per_sec")]
-        return [
-            {k: r[k] for k in keep} for r in metric_logging.read_jsonl(workdir / "metrics.jsonl")
-        ]
-
-    assert rows(killed) == rows(whole)
-    a = loading.load_for_inference(killed)[2]
-    b = loading.load_for_inference(whole)[2]
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(x, y)
+    assert_sigkill_resume_is_exact(tmp_path, **KILLED_RUN)

@@ -4,20 +4,14 @@ dropout masks (per step and variational), DropConnect, input dropout and carried
 it shares params and checkpoints with it, lowers for accelerators (tests/test_export.py)
 and resumes exactly after SIGKILL."""
 
-import signal
-import subprocess
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import main_command, subprocess_env
+from conftest import assert_sigkill_resume_is_exact
 
 from charrnn_jax import models
-from charrnn_jax.inference import loading
 from charrnn_jax.models import backend_choices, registry
-from charrnn_jax.store import metric_logging
 
 HIDDEN = 32
 
@@ -148,33 +142,4 @@ KILLED_RUN = {
 
 @pytest.mark.slow
 def test_a_sigkilled_wavefront_run_resumes_to_the_uninterrupted_runs_rows_and_params(tmp_path):
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    env = subprocess_env()
-    command = lambda workdir: main_command(workdir, **KILLED_RUN)  # noqa: E731
-    done = subprocess.run(command(whole), env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    proc = subprocess.Popen(
-        command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 240
-    while not (killed / "checkpoints" / "10").is_dir():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    again = subprocess.run(command(killed), env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "Resumed from checkpoint step" in again.stderr
-
-    def rows(workdir):
-        keep = [k for k in metric_logging.FIELDS if k not in ("wall_time", "tokens_per_sec")]
-        return [
-            {k: r[k] for k in keep} for r in metric_logging.read_jsonl(workdir / "metrics.jsonl")
-        ]
-
-    assert rows(killed) == rows(whole)
-    for a, b in zip(
-        jax.tree.leaves(loading.load_for_inference(killed)[2]),
-        jax.tree.leaves(loading.load_for_inference(whole)[2]),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    assert_sigkill_resume_is_exact(tmp_path, **KILLED_RUN)
