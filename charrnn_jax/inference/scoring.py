@@ -158,14 +158,21 @@ def score_nanogpt(
     seed: int = 0,
     iters: int = NANOGPT_ITERS,
     batch: int = NANOGPT_BATCH,
-    block: int = NANOGPT_BLOCK,
+    block: int | None = None,
 ) -> dict:
     """nanoGPT's estimator: the mean loss over `iters` x `batch` random windows of
     `block` bytes (targets the next byte), every position counted, each window from a
     zero carry (as a window implies for a recurrent model), so on average a byte is
     predicted from about block / 2 bytes of context. Not the full-split metric: it
     estimates a different quantity, and is here so that numbers quoted from nanoGPT
-    can be matched on its own estimator."""
+    can be matched on its own estimator.
+
+    `block` defaults to nanoGPT's 256, or to a Transformer's block_size where that is
+    shorter: nanoGPT's get_batch draws windows of the model's own block_size.
+    """
+    if block is None:
+        window = model.config.context_window()
+        block = NANOGPT_BLOCK if window is None else min(window, NANOGPT_BLOCK)
     starts = nanogpt_window_starts(len(tokens), seed=seed, iters=iters, batch=batch, block=block)
     offsets = np.arange(block + 1)
     score = _window_scorer(model, block)

@@ -182,6 +182,11 @@ class ModelConfig:
         cells, the Transformer's eval_stride (its sliding window's step)."""
         return registry.CELLS[self.cell].eval_chunk(self.options, seq_len)
 
+    def context_window(self) -> int | None:
+        """The most bytes one call may read (the Transformer's block_size); None for the
+        recurrent cells, which read any length."""
+        return registry.CELLS[self.cell].context_window(self.options)
+
 
 class CharRNN(nn.Module):
     """Byte-level recurrent language model, built from its typed config (ModelConfig):

@@ -174,6 +174,8 @@ class Cell:
       whole_model: whole models: the factory of the network (WholeModel).
       eval_chunk: (options, seq_len) -> bytes per call of the full-split metric (the
         carried chunk); seq_len for the recurrent cells.
+      context_window: options -> the most bytes one call may read (the Transformer's
+        block_size), or None where any length goes (the recurrent cells).
       check: (ModelConfig, DataConfig) -> a config error line or None, for what only
         this cell requires.
     """
@@ -189,6 +191,7 @@ class Cell:
     stack: Callable[[LayerSpec], Callable | None] = _layer_by_layer
     whole_model: Callable | None = None
     eval_chunk: Callable[[Any, int], int] = lambda options, seq_len: seq_len
+    context_window: Callable[[Any], int | None] = lambda options: None
     check: Callable[[Any, Any], str | None] = lambda model, data: None
 
 
@@ -214,6 +217,7 @@ CELLS: dict[str, Cell] = {
         zero_state=transformer.zero_state,
         whole_model=transformer.model,
         eval_chunk=transformer.eval_chunk,
+        context_window=lambda options: options.block_size,
         check=transformer.check,
     ),
     "mingru": Cell(True, module=min_rnn.MinGRU),

@@ -56,3 +56,23 @@ def test_the_draw_is_seeded(model_and_tokens):
     assert (a != scoring.nanogpt_window_starts(len(tokens), seed=1, **draw)).any()
     with pytest.raises(ValueError, match="no window"):
         scoring.nanogpt_window_starts(16, seed=0, **draw)
+
+
+def test_a_transformer_is_scored_on_windows_of_its_own_block_size(model_and_tokens):
+    """nanoGPT's get_batch draws windows of the model's block_size: for a Transformer with
+    a block shorter than 256 that is its block, not a window it cannot read in one call
+    (which raised). The recurrent cells keep 256."""
+    _, _, tokens = model_and_tokens
+    config = models.ModelConfig(hidden_size=16, num_layers=1, cell="transformer")
+    config = config.with_options(
+        config.options.__class__(num_heads=2, block_size=32, eval_stride=16)
+    )
+    model = models.CharRNN(config)
+    params = model.init(jax.random.key(0), np.zeros((1, 8), np.int32))["params"]
+    result = scoring.score_nanogpt(params, model, tokens, iters=2, batch=3)
+    assert result["block"] == 32 and result["bytes"] == 2 * 3 * 32
+    starts = scoring.nanogpt_window_starts(len(tokens), seed=0, iters=2, batch=3, block=32)
+    expected = _estimate_loss_in_numpy(model, params, tokens, starts, 32)
+    assert result["loss"] == pytest.approx(expected, rel=1e-5)
+    recurrent, params, _ = model_and_tokens
+    assert scoring.score_nanogpt(params, recurrent, tokens, iters=1, batch=1)["block"] == 256
