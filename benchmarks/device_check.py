@@ -18,8 +18,11 @@ run cut short keeps what it measured; DIR/device_check.md is the table):
    `model.gru_impl='auto'`, `model.scan='auto'` and `model.unroll` should pick on this
    device (models/backend_choices.py), from the same ratios;
 4. sampling chars/s at batch 1, 64 and 1024 against a PyTorch step loop;
-5. in the minutes left, the GRU headline config (the fused kernel's recipe) trained by the
-   real trainer until the budget ends, then its full-split val.
+5. in the minutes left, the published configs trained by the real trainer, each for an
+   equal share of what is left (SIGTERM saves it): the GRU headline, the Mogrifier
+   headline and nanoGPT's Transformer (experiments/shakespeare_*.py); for each the steps
+   reached, seconds per step, the projected time of its whole run here, and the val of
+   the step reached (full split; nanoGPT's estimator too for the Transformer).
 
 --smoke runs every part at toy sizes on the CPU in well under a minute (the test suite
 runs it, so the script cannot rot before a device comes); peers that are not installed
@@ -654,45 +657,57 @@ def sampling(settings, args, report: Report) -> list[dict]:
     return rows
 
 
-# -- 5. The GRU headline config on the device -------------------------------------------------
+# -- 5. The published configs on the device --------------------------------------------------
+
+# name -> (experiment file, toy overrides for --smoke, whether to score nanoGPT's estimator
+# too). In this order
+# they share the minutes left: each gets an equal part of what the ones before it left.
+PUBLISHED = {
+    "gru_headline": ("experiments/shakespeare_headline_gru.py", {}, False),
+    "mogrifier_headline": (
+        "experiments/shakespeare_headline.py",
+        {"model.mogrifier_gru.rank": 4},
+        False,
+    ),
+    "nanogpt": (
+        "experiments/shakespeare_nanogpt.py",
+        {
+            "model.num_layers": 1,
+            "model.transformer.num_heads": 2,
+            "model.transformer.block_size": 32,
+            "model.transformer.eval_stride": 16,
+            "eval.nanogpt_estimate": False,
+        },
+        True,
+    ),
+}
+PUBLISHED_COLUMNS = (
+    "config",
+    "steps",
+    "seconds_per_step",
+    "projected_run_s",
+    "val_loss",
+    "val_loss_nanogpt",
+    "val_step",
+    "train_seconds",
+    "returncode",
+    "skipped",
+)
+SMOKE_TRAIN = {  # Every published config shrunk to seconds on a CPU.
+    "model.hidden_size": 32,
+    "model.embed_dim": 16,
+    "data.seq_len": 32,
+    "train.batch_size": 8,
+    "train.eval_every": 4,
+    "train.checkpoint_every": 4,
+    "train.log_every": 2,
+    "train.num_steps": 8,
+    "train.warmup_steps": 2,
+    "sample.length": 0,
+}
 
 
-def headline(args, seconds: float, report: Report) -> dict:
-    """The real trainer on the GRU headline config until `seconds` run out (SIGTERM: it saves
-    and exits), then the full-split val of what it reached."""
-    workdir = pathlib.Path(args.out) / "headline_run"
-    config = "experiments/shakespeare_headline_gru.py"
-    overrides = []
-    if args.smoke:  # A toy of it: seconds on a CPU.
-        overrides = [
-            "--config.model.hidden_size=32",
-            "--config.model.embed_dim=16",
-            "--config.data.seq_len=32",
-            "--config.train.batch_size=8",
-            "--config.train.eval_every=4",
-            "--config.train.checkpoint_every=4",
-            "--config.train.log_every=2",
-            "--config.train.num_steps=8",
-            "--config.train.warmup_steps=2",
-            "--config.sample.length=0",
-        ]
-    command = cli.trainer_command(config, workdir, None, "--nohuge_pages", *overrides)
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=common.REPO, stderr=subprocess.PIPE, text=True)
-    try:
-        _, err = proc.communicate(timeout=max(seconds, 1.0))
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGTERM)  # Saves the step it reached, then exits.
-        _, err = proc.communicate(timeout=300)
-    train_s = time.perf_counter() - started
-    rows = _read_rows(Workdir(workdir).metrics_file)
-    result = {
-        "train_seconds": train_s,
-        "steps": rows[-1]["step"] if rows else 0,
-        "returncode": proc.returncode,
-    }
-    if proc.returncode:
-        result["error"] = (err or "").strip().splitlines()[-1:]
+def _evaluate(workdir: pathlib.Path, *flags: str) -> dict | None:
     evaluation = subprocess.run(
         [
             sys.executable,
@@ -701,16 +716,83 @@ def headline(args, seconds: float, report: Report) -> dict:
             f"--workdir={workdir}",
             "--json",
             "--nohuge_pages",
+            *flags,
         ],
         cwd=common.REPO,
         capture_output=True,
         text=True,
     )
-    if evaluation.returncode == 0:
-        scored = json.loads(evaluation.stdout.strip().splitlines()[-1])
-        result.update(val_loss=scored["loss"], val_bpb=scored["bpb"], val_step=scored["step"])
-    report.add("headline", result)
+    if evaluation.returncode:
+        return None
+    return json.loads(evaluation.stdout.strip().splitlines()[-1])
+
+
+def _seconds_per_step(rows: list[dict]) -> float | None:
+    """Logged wall-clock per step after the first row (so without the compile)."""
+    timed = [r for r in rows if r.get("wall_time") is not None]
+    if len(timed) < 2 or timed[-1]["step"] == timed[0]["step"]:
+        return None
+    return (timed[-1]["wall_time"] - timed[0]["wall_time"]) / (timed[-1]["step"] - timed[0]["step"])
+
+
+def _planned_steps(workdir: Workdir) -> int | None:
+    """train.num_steps of the run in `workdir` (None before it wrote its config)."""
+    if not workdir.config_file.exists():
+        return None
+    return json.loads(workdir.config_file.read_text())["train"]["num_steps"]
+
+
+def train_published(name: str, args, seconds: float) -> dict:
+    """The real trainer on one published config until `seconds` run out (SIGTERM: it saves
+    and exits), then the full-split val of what it reached (and nanoGPT's estimator for
+    the nanoGPT config), with the steps it reached, seconds per step and the projected
+    time of the whole run on this device."""
+    config, toy, nanogpt_estimate = PUBLISHED[name]
+    workdir = pathlib.Path(args.out) / f"{name}_run"
+    overrides = {**SMOKE_TRAIN, **toy} if args.smoke else {}
+    command = cli.trainer_command(config, workdir, overrides, "--nohuge_pages")
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=common.REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        _, err = proc.communicate(timeout=max(seconds, 1.0))
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # Saves the step it reached, then exits.
+        _, err = proc.communicate(timeout=300)
+    rows = _read_rows(Workdir(workdir).metrics_file)
+    per_step = _seconds_per_step(rows)
+    planned = _planned_steps(Workdir(workdir))
+    result = {
+        "config": name,
+        "train_seconds": time.perf_counter() - started,
+        "steps": rows[-1]["step"] if rows else 0,
+        "seconds_per_step": per_step,
+        "projected_run_s": per_step * planned if per_step and planned else None,
+        "returncode": proc.returncode,
+    }
+    if proc.returncode:
+        result["error"] = (err or "").strip().splitlines()[-1:]
+    scored = _evaluate(workdir)
+    if scored is not None:
+        result.update(val_loss=scored["loss"], val_step=scored["step"])
+    estimated = _evaluate(workdir, "--metric=nanogpt") if nanogpt_estimate else None
+    if estimated is not None:
+        result["val_loss_nanogpt"] = estimated["loss"]
     return result
+
+
+def published_configs(args, seconds: float, report: Report) -> list[dict]:
+    """Each published config in turn, sharing `seconds`."""
+    results, deadline = [], time.perf_counter() + seconds
+    for left, name in zip(range(len(PUBLISHED), 0, -1), PUBLISHED, strict=True):
+        share = (deadline - time.perf_counter()) / left
+        result = (
+            train_published(name, args, share)
+            if share > 5
+            else {"config": name, "skipped": "no time left"}
+        )
+        report.add("published", result)
+        results.append(result)
+    return results
 
 
 def _read_rows(path: pathlib.Path) -> list[dict]:
@@ -736,6 +818,10 @@ def _worker(spec: str) -> None:
 
 def _fmt(value, spec=",.0f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _cell(value) -> str:
+    return _fmt(value, ".4g") if isinstance(value, float) else "-" if value is None else str(value)
 
 
 def run(args) -> dict:
@@ -805,9 +891,11 @@ def run(args) -> dict:
     for row in sample_rows:
         report.add("sampling", row)
     left = args.budget_s - (time.perf_counter() - started) - args.margin_s
-    result = headline(args, left, report) if left > 5 else {"skipped": "no time left"}
+    published = published_configs(args, left, report)
     report.table(
-        "The GRU headline config trained on this device", list(result), [list(result.values())]
+        "The published configs trained on this device (each for its share of the time left)",
+        list(PUBLISHED_COLUMNS),
+        [[_cell(r.get(c)) for c in PUBLISHED_COLUMNS] for r in published],
     )
     summary = {
         "seconds": time.perf_counter() - started,

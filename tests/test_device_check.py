@@ -26,7 +26,7 @@ def test_the_smoke_run_covers_every_part(tmp_path):
         json.loads(line) for line in (tmp_path / "device_check.jsonl").read_text().splitlines()
     ]
     parts = {r["part"] for r in records}
-    assert {"machine", "correctness", "loop_body", "training", "sampling", "headline"} <= parts
+    assert {"machine", "correctness", "loop_body", "training", "sampling", "published"} <= parts
     bodies = [r for r in records if r["part"] == "loop_body"]
     assert len(bodies) >= 2 and all(b["ops_per_step"] > 0 for b in bodies)  # Forward, backward.
     checks = [r for r in records if r["part"] == "correctness"]
@@ -50,11 +50,17 @@ def test_the_smoke_run_covers_every_part(tmp_path):
     has_torch = importlib.util.find_spec("torch") is not None
     skipped = [r for r in records if r.get("skipped") == "torch is not installed"]
     assert bool(skipped) != has_torch  # A missing peer is named, never silently dropped.
-    headline = next(r for r in records if r["part"] == "headline")
-    assert headline["steps"] == 8 and 0 < headline["val_loss"] < 6, headline
+    published = {r["config"]: r for r in records if r["part"] == "published"}
+    assert list(published) == ["gru_headline", "mogrifier_headline", "nanogpt"], published
+    for run in published.values():  # Each trained to its end, timed and scored.
+        assert run["steps"] == 8 and run["returncode"] == 0, run
+        assert run["seconds_per_step"] > 0 and run["projected_run_s"] > 0, run
+        assert 0 < run["val_loss"] < 6 and run["val_step"] == 8, run
+    assert 0 < published["nanogpt"]["val_loss_nanogpt"] < 6, published["nanogpt"]
     table = (tmp_path / "device_check.md").read_text()
     assert "## Training tokens/s" in table and "## Sampling chars/s" in table
     assert "## What auto should pick on this device" in table
+    assert "## The published configs trained on this device" in table
 
 
 def test_auto_choices_follow_the_within_round_ratios():
