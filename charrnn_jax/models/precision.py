@@ -47,6 +47,18 @@ def _mixed_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_el
     return mixed_matmul(lhs, rhs)
 
 
+def flat_dot_general(dtype):
+    """nn.Dense's dot through mixed_matmul at every dtype, float32 included, so that the
+    weight gradient is one [K, positions] x [positions, N] GEMM over the flattened
+    positions. Autodiff of nn.Dense's own dot on a [batch, time, K] input contracts two
+    axes, and XLA:CPU makes them minor with a transpose of the [batch, time, N] cotangent
+    fused into the elementwise op before it, which walks its inputs with a stride of N:
+    a quarter of the Transformer's train step (benchmarks/README.md, "nanoGPT's
+    Transformer on a CPU"). The same forward; the gradients to float32 rounding."""
+    del dtype
+    return _mixed_dot_general
+
+
 def dense_dot_general(dtype):
     """Float32 keeps nn.Dense's own dot; lower precisions go through mixed_matmul."""
     return None if dtype == jnp.float32 else _mixed_dot_general

@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charrnn_jax.models.precision import dense_dot_general
+from charrnn_jax.models import precision
 
 VOCAB_SIZE = 256
 
@@ -79,15 +79,20 @@ def _normal(std: float):
     return nn.initializers.normal(stddev=std)
 
 
+# Every linear layer's dot (precision.flat_dot_general: the weight gradient as one GEMM
+# over all positions); benchmarks.transformer_step swaps in nn.Dense's own to compare.
+DOT_GENERAL = precision.flat_dot_general
+
+
 def _linear(features: int, dtype, *, name: str, residual_layers: int = 0) -> nn.Dense:
     """nanoGPT's bias-free nn.Linear: normal(0, 0.02) init, or 0.02 / sqrt(2 n_layer) for
-    a projection into the residual stream (`c_proj`); bf16 operands, float32 accumulation."""
+    a projection into the residual stream (`c_proj`); matmuls accumulate in float32."""
     std = 0.02 / math.sqrt(2 * residual_layers) if residual_layers else 0.02
     return nn.Dense(
         features,
         use_bias=False,
         dtype=dtype,
-        dot_general=dense_dot_general(dtype),
+        dot_general=DOT_GENERAL(dtype),
         kernel_init=_normal(std),
         name=name,
     )
@@ -105,12 +110,15 @@ class _SelfAttention(nn.Module):
         heads, head_dim = self.num_heads, width // self.num_heads
         qkv = _linear(3 * width, self.dtype, name="c_attn")(x)
         q, k, v = jnp.split(qkv.astype(jnp.float32), 3, axis=-1)
-        q, k, v = (a.reshape(batch, time, heads, head_dim) for a in (q, k, v))
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
+        # Heads first, [batch, heads, time, head_dim], so both products are plain batched
+        # matmuls: XLA:CPU runs them 1.6x faster than the same einsums over the
+        # [batch, time, heads, head_dim] layout (benchmarks/README.md).
+        q, k, v = (a.reshape(batch, time, heads, head_dim).transpose(0, 2, 1, 3) for a in (q, k, v))
+        scores = jnp.matmul(q, k.swapaxes(-1, -2)) / math.sqrt(head_dim)
         scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1)
         weights = nn.Dropout(self.dropout_rate, deterministic=not train)(weights)
-        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, time, width)
+        y = jnp.matmul(weights, v).transpose(0, 2, 1, 3).reshape(batch, time, width)
         y = _linear(width, self.dtype, name="c_proj", residual_layers=self.num_layers)(y)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(y.astype(jnp.float32))
 
