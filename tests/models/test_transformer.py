@@ -34,6 +34,30 @@ def model_and_params():
     return model, model.init(jax.random.key(0), tokens)["params"]
 
 
+def test_flat_weight_gradients_equal_nn_denses_own(model_and_params, monkeypatch):
+    """precision.flat_dot_general (the weight gradient as one GEMM over all positions,
+    what the Transformer runs for XLA:CPU's sake) is nn.Dense's function: the same loss
+    and, to float32 rounding, the same gradients, with dropout on."""
+    from charrnn_jax.models import precision, transformer
+
+    model, params = _model(dropout=0.2), model_and_params[1]
+    tokens = jax.random.randint(jax.random.key(4), (3, 16), 0, 256)
+
+    def loss(params):
+        logits, _ = model.apply(
+            {"params": params}, tokens, train=True, rngs={"dropout": jax.random.key(5)}
+        )
+        return -jnp.mean(jax.nn.log_softmax(logits)[..., 3])
+
+    assert transformer.DOT_GENERAL is precision.flat_dot_general
+    flat_loss, flat = jax.value_and_grad(loss)(params)
+    monkeypatch.setattr(transformer, "DOT_GENERAL", precision.dense_dot_general)
+    dense_loss, dense = jax.value_and_grad(loss)(params)
+    np.testing.assert_allclose(flat_loss, dense_loss, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(flat), jax.tree.leaves(dense), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
 def test_changing_a_byte_never_changes_the_logits_before_it(model_and_params):
     model, params = model_and_params
     tokens = jax.random.randint(jax.random.key(1), (3, 16), 0, 256)
