@@ -218,7 +218,9 @@ class DynamicEvalConfig:
     """`evaluate --dynamic` (inference/dynamic.py, Krause et al. 2018): SGD on each
     scored segment, decaying towards the trained weights."""
 
-    learning_rate: float = _key(1e-3, "SGD step on a segment's mean loss.")
+    learning_rate: float = _key(
+        0.1, "SGD step on a segment's mean loss (chosen on val: docs/results.md)."
+    )
     decay: float = _key(1e-3, "Pull towards the trained weights per segment.")
     segment: int = _key(0, "Bytes per segment (0: the model's eval chunk, data.seq_len).")
 
