@@ -218,9 +218,8 @@ def _backward_step(dh, h, x, valid, residuals, rounds_t, w_i_t, w_h_t, dtype):
     d_rounds = [None] * len(rounds_t)
     for i in range(len(rounds_t), 0, -1):
         k, sigmoid = (i + 1) // 2, sigmoids[i - 1]
-        gated, d_gated, read, d_read = (
-            (x_states, d_x, h_states, d_h) if i % 2 else (h_states, d_h, x_states, d_x)
-        )
+        # Odd rounds gate x and read h; even rounds gate h and read x.
+        gated, d_gated, d_read = (x_states, d_x, d_h) if i % 2 else (h_states, d_h, d_x)
         out, src = (k, k - 1)  # x_k = 2 s x_{k-1} (odd); h_k = 2 s h_{k-1} (even).
         d_out = d_gated[out]
         add(d_gated, src, d_out * 2 * sigmoid)
