@@ -44,6 +44,14 @@ _METRIC = flags.DEFINE_enum(
     "(200 x 64 random windows of 256 bytes, every position, a zero carry each; --seed).",
 )
 _SEED = flags.DEFINE_integer("seed", 0, "--metric=nanogpt: the seed of the windows' draw.")
+_STRIDE = flags.DEFINE_integer(
+    "stride",
+    0,
+    "The full-split metric of a model with a context window (the Transformer): bytes "
+    "scored per window, each with at least block_size - stride bytes of context (0: the "
+    "run's model.transformer.eval_stride). Shows how the number moves with the stride.",
+    lower_bound=0,
+)
 _DYNAMIC = flags.DEFINE_bool(
     "dynamic",
     False,
@@ -75,10 +83,32 @@ def run() -> dict:
     )
     if config.model.num_classes:
         raise UserError(f"{_WORKDIR.value} holds a classifier; use charrnn_jax.classify.")
+    if _STRIDE.value:
+        config, model = _with_stride(config, _STRIDE.value)
     tokens, source = _tokens_to_score(config)
     if len(tokens) < 2:
         raise UserError(f"{source} has {len(tokens)} bytes; at least 2 are needed.")
     return {**_score(config, model, params, tokens, source), "step": step, "source": source}
+
+
+def _with_stride(config, stride: int):
+    """The run's config and model with the sliding window's stride set (the params are
+    the same: the stride only chooses which positions of each window are scored)."""
+    import dataclasses
+
+    from charrnn_jax import models  # Imports jax, as in run().
+
+    window = config.model.context_window()
+    if window is None:
+        raise UserError(
+            f"--stride is for a model with a context window (model.cell='transformer'); "
+            f"this run's {config.model.cell!r} carries its state over the whole split."
+        )
+    if stride > window:
+        raise UserError(f"--stride={stride} exceeds the model's block_size={window}.")
+    options = dataclasses.replace(config.model.options, eval_stride=stride)
+    model_config = config.model.with_options(options)
+    return dataclasses.replace(config, model=model_config), models.CharRNN(model_config)
 
 
 def _tokens_to_score(config):
@@ -140,7 +170,7 @@ def _score(config, model, params, tokens, source: str) -> dict:
         bytes_per_call=config.eval.bytes_per_call,  # The trainer's val segments.
         progress=_progress_line(),
     )
-    return {**result, "streams": streams, "metric": "full"}
+    return {**result, "streams": streams, "metric": "full", "chunk": config.eval_chunk}
 
 
 def _progress_line(every_s: float = 5.0):

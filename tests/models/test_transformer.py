@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import assert_sigkill_resume_is_exact, load_experiment, tiny_config
 
-from charrnn_jax import config_lib, models
+from charrnn_jax import config_lib, evaluate, models
 from charrnn_jax.data import corpora
 from charrnn_jax.errors import UserError
-from charrnn_jax.inference import sampler, scoring
+from charrnn_jax.inference import loading, sampler, scoring
 from charrnn_jax.models.transformer import TransformerOptions
 from charrnn_jax.store import metric_logging
 from charrnn_jax.training import loop, steps
@@ -153,6 +153,25 @@ def test_trains_through_the_real_trainer_and_scores_both_ways(tmp_path):
     losses = [r["train_loss"] for r in rows]
     assert losses[-1] < losses[0] - 1.0, losses
     assert np.isfinite(rows[-1]["val_loss"]) and rows[-1]["val_loss"] < 4.5, rows[-1]
+    # `evaluate --stride`: the same params, windows stepped by another stride; the run's
+    # own stride reproduces the logged val, and every byte is scored once at any stride.
+    run_config, _, params, _ = loading.load_for_inference(tmp_path, None)
+    val = corpora.load_splits(run_config.data)["val"]
+    streams = run_config.eval_streams or run_config.train.batch_size
+    scored = {}
+    for stride in (16, 4, 32):
+        strided, strided_model = evaluate._with_stride(run_config, stride)
+        assert strided.eval_chunk == stride
+        scored[stride] = scoring.score_bytes(
+            params, strided_model, val, streams=streams, chunk=strided.eval_chunk
+        )
+        assert scored[stride]["bytes"] == scored[16]["bytes"]
+    assert scored[16]["loss"] == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
+    assert len({round(r["loss"], 6) for r in scored.values()}) == 3  # The stride matters.
+    with pytest.raises(UserError, match="exceeds the model's block_size=32"):
+        evaluate._with_stride(run_config, 33)
+    with pytest.raises(UserError, match="'gru' carries its state over the whole split"):
+        evaluate._with_stride(config_lib.resolve(tiny_config()), 8)
 
 
 @pytest.mark.parametrize(
