@@ -12,6 +12,7 @@ own streams (eval.streams) and seq_len it reproduces the val_loss the trainer lo
 numbers quoted from it (a different quantity: each byte sees ~128 bytes of context).
 """
 
+import dataclasses
 import json
 import pathlib
 import sys
@@ -94,8 +95,6 @@ def run() -> dict:
 def _with_stride(config, stride: int):
     """The run's config and model with the sliding window's stride set (the params are
     the same: the stride only chooses which positions of each window are scored)."""
-    import dataclasses
-
     from charrnn_jax import models  # Imports jax, as in run().
 
     window = config.model.context_window()
