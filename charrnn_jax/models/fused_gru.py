@@ -139,6 +139,30 @@ def _gru_forward(xi, tokens, h0, w_h, b_hn, valid, dtype, unroll=1):
     return hs, h_last, (r, z, n, hn)
 
 
+def transposed_kernel(kernel, dtype):
+    """kernel^T (its last two axes swapped) in dtype, for a backward pass's per-step dots.
+
+    Under bf16 the transpose is materialised once: left to itself XLA folds it into every
+    step's dot, and XLA:CPU's bf16 dot with a transposed operand is slower (profiled in
+    benchmarks/README.md, "bf16 training").
+    """
+    kernel_t = jnp.swapaxes(kernel, -1, -2).astype(dtype)
+    return kernel_t if dtype == jnp.float32 else jax.lax.optimization_barrier(kernel_t)
+
+
+def weight_gradient(inputs, d_outputs, dtype):
+    """sum over time and batch of inputs^T d_outputs ([T, B, K], [T, B, N] -> [K, N]): a
+    weight's gradient as one GEMM after the backward loop, in dtype with float32
+    accumulation. The positions are flattened in the arrays' own order (given einsum's
+    two contracted axes, XLA ordered them (batch, time) and transposed one to match)."""
+    positions = inputs.shape[0] * inputs.shape[1]
+    return jnp.dot(
+        inputs.reshape(positions, -1).T.astype(dtype),
+        d_outputs.reshape(positions, -1).astype(dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+
 def _gru_backward(dtype, unroll, residuals, cotangents):
     """Backward scan that only does dh @ w_h^T per step; dw_h is one GEMM afterwards.
 
@@ -150,12 +174,7 @@ def _gru_backward(dtype, unroll, residuals, cotangents):
     xi, tokens, h0, w_h, valid, hs, (r, z, n, hn) = residuals
     d_hs, d_h_last = cotangents
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    w_t = w_h.T.astype(dtype)
-    if dtype != jnp.float32:
-        # Materialise the transpose once: left to itself XLA folds it into every step's
-        # dot, and XLA:CPU's bf16 dot with a transposed operand is slower (profiled in
-        # benchmarks/README.md, "bf16 training").
-        w_t = jax.lax.optimization_barrier(w_t)
+    w_t = transposed_kernel(w_h, dtype)
 
     def step(carry, inputs):
         dh_next, d_table = carry
@@ -184,14 +203,7 @@ def _gru_backward(dtype, unroll, residuals, cotangents):
         reverse=True,
         unroll=unroll,
     )
-    # One contraction over time*batch in the arrays' own order (given einsum's two
-    # contracted axes, XLA ordered them (batch, time) and transposed dhh to match).
-    positions = dhh.shape[0] * dhh.shape[1]
-    dw_h = jnp.dot(
-        h_prev.reshape(positions, -1).T.astype(dtype),
-        dhh.reshape(positions, -1).astype(dtype),
-        preferred_element_type=jnp.float32,
-    )
+    dw_h = weight_gradient(h_prev, dhh, dtype)
     hidden = h0.shape[-1]
     db_hn = dhh[..., 2 * hidden :].sum(axis=(0, 1))
     return (dxi if tokens is None else d_table), None, dh0, dw_h, db_hn, None

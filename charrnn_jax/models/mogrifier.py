@@ -39,7 +39,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charrnn_jax.models.fused_gru import ScanScope, gru_update
+from charrnn_jax.models.fused_gru import (
+    ScanScope,
+    gru_update,
+    transposed_kernel,
+    weight_gradient,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,13 +97,6 @@ class _Modulation(nn.Module):
         left = self.param("left", init, (self.in_features, self.rank), jnp.float32)
         right = self.param("right", init, (self.rank, self.out_features), jnp.float32)
         return left, right
-
-
-def _transposed(kernel, dtype):
-    """kernel.T in dtype for the backward's dots; in bf16 materialised once (as the fused
-    GRU's backward does: XLA:CPU's bf16 dot with a transposed operand is slower)."""
-    kernel_t = kernel.T.astype(dtype)
-    return kernel_t if dtype == jnp.float32 else jax.lax.optimization_barrier(kernel_t)
 
 
 def _matmul(a, kernel, dtype):
@@ -232,16 +230,6 @@ def _backward_step(dh, h, x, valid, residuals, rounds_t, w_i_t, w_h_t, dtype):
     return dh_prev, d_x[0], (d_rounds, dxi, dhh)
 
 
-def _contract(a, b, dtype):
-    """sum over time and batch of a^T b ([T, B, K], [T, B, N] -> [K, N]), one GEMM."""
-    positions = a.shape[0] * a.shape[1]
-    return jnp.dot(
-        a.reshape(positions, -1).T.astype(dtype),
-        b.reshape(positions, -1).astype(dtype),
-        preferred_element_type=jnp.float32,
-    )
-
-
 def _backward(dtype, unroll, saved, cotangents):
     """The reverse scan does only the per-step input-side dots (d @ W^T); every weight's
     gradient is one [K, T*B] x [T*B, N] GEMM after it, as in the fused GRU's backward
@@ -249,8 +237,8 @@ def _backward(dtype, unroll, saved, cotangents):
     rounds, w_i, w_h, h0, xs, valid, hs, residuals = saved
     d_hs, d_h_last = cotangents
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
-    rounds_t = [[_transposed(f, dtype) for f in factors] for factors in rounds]
-    w_i_t, w_h_t = _transposed(w_i, dtype), _transposed(w_h, dtype)
+    rounds_t = [[transposed_kernel(f, dtype) for f in factors] for factors in rounds]
+    w_i_t, w_h_t = transposed_kernel(w_i, dtype), transposed_kernel(w_h, dtype)
 
     def step(dh_next, inputs):
         dy, h, x, v, res = inputs
@@ -270,10 +258,10 @@ def _backward(dtype, unroll, saved, cotangents):
         first = h_states[k - 1] if i % 2 else x_states[k]
         inputs = [first, *mids[i - 1]]
         d_factors.append(
-            tuple(_contract(a, d, dtype) for a, d in zip(inputs, d_outputs, strict=True))
+            tuple(weight_gradient(a, d, dtype) for a, d in zip(inputs, d_outputs, strict=True))
         )
-    dw_i = _contract(x_states[-1], dxi, dtype)
-    dw_h = _contract(h_states[-1], dhh, dtype)
+    dw_i = weight_gradient(x_states[-1], dxi, dtype)
+    dw_h = weight_gradient(h_states[-1], dhh, dtype)
     hidden = h0.shape[-1]
     db_i = dxi.sum(axis=(0, 1))
     db_hn = dhh[..., 2 * hidden :].sum(axis=(0, 1))

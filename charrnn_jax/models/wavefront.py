@@ -26,7 +26,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charrnn_jax.models.fused_gru import FusedGRUWeights, gru_update
+from charrnn_jax.models.fused_gru import (
+    FusedGRUWeights,
+    gru_update,
+    transposed_kernel,
+    weight_gradient,
+)
 from charrnn_jax.models.precision import mixed_matmul
 
 
@@ -69,29 +74,13 @@ def _forward(x0, tokens, h0, w_i, b_i, w_h, b_hn, masks, active, dtype, unroll):
     return states, (r, z, n, hn)
 
 
-def _transposed(w, dtype):
-    """w^T per layer, materialised once under bf16 (see fused_gru._gru_backward)."""
-    w_t = jnp.swapaxes(w, 1, 2).astype(dtype)
-    return jax.lax.optimization_barrier(w_t) if dtype != jnp.float32 else w_t
-
-
-def _contract(x, dy, dtype):
-    """x^T dy over all positions: [S, B, K] and [S, B, N] -> [K, N] (a weight's gradient)."""
-    positions = x.shape[0] * x.shape[1]
-    return jnp.dot(
-        x.reshape(positions, -1).T.astype(dtype),
-        dy.reshape(positions, -1).astype(dtype),
-        preferred_element_type=jnp.float32,
-    )
-
-
 def _backward(dtype, unroll, residuals, d_states):
     """The reverse wave: per step dh @ W_h^T and d(xi) @ W_i^T for all layers at once; the
     weight gradients are one batched GEMM each afterwards (as in fused_gru)."""
     table, tokens, h0, w_i, w_h, masks, active, states, (r, z, n, hn) = residuals
     hidden = h0.shape[-1]
     prev = jnp.concatenate([h0[None], states[:-1]])
-    w_h_t, w_i_t = _transposed(w_h, dtype), _transposed(w_i, dtype)
+    w_h_t, w_i_t = transposed_kernel(w_h, dtype), transposed_kernel(w_i, dtype)
 
     def step(carry, inputs):
         g, d_table = carry
@@ -124,8 +113,8 @@ def _backward(dtype, unroll, residuals, d_states):
     below = prev[:, :-1] if masks is None else prev[:, :-1] * masks
     # One [H, S*B] x [S*B, 3H] GEMM per layer on its own slice: XLA:CPU runs these plain
     # GEMMs at about twice the rate of one einsum batched over the layer axis.
-    d_w_h = jnp.stack([_contract(prev[:, i], dhh[:, i], dtype) for i in range(len(w_h))])
-    d_w_i = jnp.stack([_contract(below[:, i], dxi_up[:, i], dtype) for i in range(len(w_i))])
+    d_w_h = jnp.stack([weight_gradient(prev[:, i], dhh[:, i], dtype) for i in range(len(w_h))])
+    d_w_i = jnp.stack([weight_gradient(below[:, i], dxi_up[:, i], dtype) for i in range(len(w_i))])
     d_b_i = dxi_up.sum(axis=(0, 2))
     d_b_hn = dhh[..., 2 * hidden :].sum(axis=(0, 2))
     d_x0 = d_table if tokens is not None else d_x0
