@@ -60,6 +60,23 @@ def timed(fn, *, seconds: float = 0.5, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def interleaved_seconds(runs: dict, *, rounds: int, seconds: float) -> dict:
+    """{key: [seconds per call, one per round]} of each no-argument run (which must
+    block): each round times every run once, back to back, so a slow spell of a shared
+    machine hits all of them alike."""
+    times = {key: [] for key in runs}
+    for _ in range(rounds):
+        for key, run in runs.items():
+            times[key].append(timed(run, seconds=seconds, repeats=1))
+    return times
+
+
+def speedup(slow: list[float], fast: list[float]) -> float:
+    """The median over rounds of slow / fast seconds: how much faster `fast` ran, taken
+    within each round (interleaved_seconds) before the median."""
+    return statistics.median(s / f for s, f in zip(slow, fast, strict=True))
+
+
 def token_batch(batch_size: int, seq_len: int, seed: int = 0):
     """Random bytes as (inputs, targets) [batch, seq_len] int32, targets shifted by one."""
     import numpy as np

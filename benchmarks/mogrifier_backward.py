@@ -115,14 +115,10 @@ def measure(case: str, rounds: int, seconds: float) -> dict:
     runs = programs(case)
     for run in runs.values():
         run()  # Compile.
-    times = {key: [] for key in runs}
-    for _ in range(rounds):
-        for key, run in runs.items():
-            times[key].append(common.timed(run, seconds=seconds, repeats=1))
+    times = common.interleaved_seconds(runs, rounds=rounds, seconds=seconds)
 
     def ratio(slow, fast, part="train"):  # Median per-round speed ratio fast / slow.
-        pairs = zip(times[slow, part], times[fast, part], strict=True)
-        return statistics.median(s / f for s, f in pairs)
+        return common.speedup(times[slow, part], times[fast, part])
 
     row = {"case": case, "rounds": ROUNDS, "rank": CASES[case][4]}
     for impl in IMPLS:

@@ -53,17 +53,13 @@ def train_flops_per_token() -> float:
 
 def measure(batch: int, rounds: int, seconds: float) -> dict:
     steps = {way: _step(way, batch) for way in WAYS}
-    times = {way: [] for way in WAYS}
-    for _ in range(rounds):
-        for way, step in steps.items():
-            times[way].append(common.timed(step, seconds=seconds, repeats=1))
+    times = common.interleaved_seconds(steps, rounds=rounds, seconds=seconds)
     tokens = batch * BLOCK
     row = {"part": "train_step", "batch": batch}
     for way in WAYS:
         row[f"{way}_s_per_step"] = statistics.median(times[way])
         row[f"{way}_gflops"] = train_flops_per_token() * tokens / row[f"{way}_s_per_step"] / 1e9
-    pairs = zip(times["dense"], times["flat"], strict=True)
-    row["flat_vs_dense"] = statistics.median(d / f for d, f in pairs)
+    row["flat_vs_dense"] = common.speedup(times["dense"], times["flat"])
     return row
 
 
@@ -103,15 +99,11 @@ ATTENTION = ("heads_first", "einsum", "dot_product_attention")
 
 def measure_attention(batch: int, rounds: int, seconds: float) -> dict:
     runs = {way: _attention(way, batch) for way in ATTENTION}
-    times = {way: [] for way in ATTENTION}
-    for _ in range(rounds):
-        for way, run in runs.items():
-            times[way].append(common.timed(run, seconds=seconds, repeats=1))
+    times = common.interleaved_seconds(runs, rounds=rounds, seconds=seconds)
     row = {"part": "attention", "batch": batch}
     for way in ATTENTION:
         row[f"{way}_ms"] = 1e3 * statistics.median(times[way])
-        pairs = zip(times[way], times["heads_first"], strict=True)
-        row[f"heads_first_vs_{way}"] = statistics.median(t / h for t, h in pairs)
+        row[f"heads_first_vs_{way}"] = common.speedup(times[way], times["heads_first"])
     return row
 
 

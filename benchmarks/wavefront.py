@@ -93,18 +93,18 @@ def measure(case: str, rounds: int, seconds: float) -> dict:
         runs[stack, "step"]()  # The compile, timed apart from the rate.
         compile_s[stack] = time.perf_counter() - started
         runs[stack, "forward"] = _forward(case, stack)
-    rates = {key: [] for key in runs}
-    for _ in range(rounds):
-        for key, run in runs.items():
-            rates[key].append(batch * seq_len / common.timed(run, seconds=seconds, repeats=1))
+    times = common.interleaved_seconds(runs, rounds=rounds, seconds=seconds)
 
-    def ratio(part):
-        pairs = zip(rates["wavefront", part], rates["layers", part], strict=True)
-        return statistics.median(w / lay for w, lay in pairs)
+    def ratio(part):  # Tokens/s wavefront over layers, within each round.
+        return common.speedup(times["layers", part], times["wavefront", part])
 
+    tokens = batch * seq_len
     return {
         "case": case,
-        **{f"{s}_tokens_per_sec": statistics.median(rates[s, "step"]) for s in STACKS},
+        **{
+            f"{s}_tokens_per_sec": statistics.median(tokens / t for t in times[s, "step"])
+            for s in STACKS
+        },
         "wavefront_vs_layers": ratio("step"),
         "forward_wavefront_vs_layers": ratio("forward"),
         **{f"{s}_compile_s": compile_s[s] for s in STACKS},
