@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from charrnn_jax.models import registry
+from charrnn_jax.models import registry, stochastic
 
 
 class GatedMLP(nn.Module):
@@ -51,7 +51,9 @@ class ResidualBlock(nn.Module):
         recurrence = registry.CELLS[self.cell_type].module(
             self.hidden_size, self.dtype, self.parallel, self.dot_general, name="recurrence"
         )
-        drop = nn.Dropout(self.dropout_rate, deterministic=not train or self.dropout_rate == 0)
+        drop = stochastic.Dropout(
+            self.dropout_rate, deterministic=not train or self.dropout_rate == 0
+        )
         normed = nn.LayerNorm(name="norm_recurrence")(x).astype(self.dtype)
         carry, y = recurrence(carry, normed, valid)
         x = x + drop(y.astype(jnp.float32))

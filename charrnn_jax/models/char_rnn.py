@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charrnn_jax.models import backend_choices, blocks, registry, scans
+from charrnn_jax.models import backend_choices, blocks, registry, scans, stochastic
 from charrnn_jax.models.precision import dense_dot_general
 
 VOCAB_SIZE = 256
@@ -260,7 +260,7 @@ class CharRNN(nn.Module):
         )
         last = cell.hidden_of(new_carry[-1])
         if c.num_classes and c.dropout > 0:
-            last = nn.Dropout(c.dropout, deterministic=not train)(last)
+            last = stochastic.Dropout(c.dropout, deterministic=not train)(last)
         return self._outputs(x, last, new_carry, time_major_logits)
 
     def _whole_model(self, cell, tokens, carry, valid, train, time_major_logits):
@@ -317,13 +317,13 @@ class CharRNN(nn.Module):
             layer_carry, x = layer(carry[i], x, valid_tm, tokens, train=train)
             new_carry.append(layer_carry)
             if self.config.dropout > 0:
-                x = nn.Dropout(self.config.dropout, drop_dims, deterministic=not train)(x)
+                x = stochastic.Dropout(self.config.dropout, drop_dims, deterministic=not train)(x)
         return x, new_carry
 
     def _drop_inputs(self, x, drop_dims, train):
         if not (train and self.config.input_dropout > 0):
             return x
-        return nn.Dropout(
+        return stochastic.Dropout(
             self.config.input_dropout, drop_dims, deterministic=False, name="drop_in"
         )(x)
 

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from charrnn_jax.models import stochastic
 from charrnn_jax.models.precision import mixed_matmul
 
 
@@ -86,7 +87,7 @@ def _weights(in_features, hidden_size, recurrent_dropout, train):
         # of Neural Networks using DropConnect", eq. 2), one mask per step for all
         # time steps and rows: the weight-dropped RNN of Merity et al. 2018,
         # "Regularizing and Optimizing LSTM Language Models", Section 4.1.
-        w_h = nn.Dropout(recurrent_dropout, deterministic=False)(w_h)
+        w_h = stochastic.Dropout(recurrent_dropout, deterministic=False)(w_h)
     return w_i, b_i, w_h, b_hn
 
 

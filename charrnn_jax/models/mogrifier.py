@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from charrnn_jax.models import stochastic
 from charrnn_jax.models.fused_gru import (
     ScanScope,
     gru_update,
@@ -321,7 +322,7 @@ class MogrifierGRULayer(nn.Module):
         w_i, b_i, w_h, b_hn = ScanScope(in_features, self.hidden_size, name="scan")()
         if train and self.recurrent_dropout > 0:
             # DropConnect on W_h, one mask per call (Merity et al. 2018, Section 4.1).
-            w_h = nn.Dropout(self.recurrent_dropout, deterministic=False)(w_h)
+            w_h = stochastic.Dropout(self.recurrent_dropout, deterministic=False)(w_h)
         rounds = _RoundKernels(
             in_features, self.hidden_size, self.rounds, self.rank, name="mogrifier"
         )()

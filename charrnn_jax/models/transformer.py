@@ -38,7 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from charrnn_jax.models import precision
+from charrnn_jax.models import precision, stochastic
 
 VOCAB_SIZE = 256
 
@@ -117,10 +117,10 @@ class _SelfAttention(nn.Module):
         scores = jnp.matmul(q, k.swapaxes(-1, -2)) / math.sqrt(head_dim)
         scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1)
-        weights = nn.Dropout(self.dropout_rate, deterministic=not train)(weights)
+        weights = stochastic.Dropout(self.dropout_rate, deterministic=not train)(weights)
         y = jnp.matmul(weights, v).transpose(0, 2, 1, 3).reshape(batch, time, width)
         y = _linear(width, self.dtype, name="c_proj", residual_layers=self.num_layers)(y)
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(y.astype(jnp.float32))
+        return stochastic.Dropout(self.dropout_rate, deterministic=not train)(y.astype(jnp.float32))
 
 
 class _MLP(nn.Module):
@@ -134,7 +134,7 @@ class _MLP(nn.Module):
         h = _linear(4 * width, self.dtype, name="c_fc")(x)
         h = jax.nn.gelu(h.astype(jnp.float32), approximate=False)
         h = _linear(width, self.dtype, name="c_proj", residual_layers=self.num_layers)(h)
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(h.astype(jnp.float32))
+        return stochastic.Dropout(self.dropout_rate, deterministic=not train)(h.astype(jnp.float32))
 
 
 class _Block(nn.Module):
@@ -192,7 +192,7 @@ class Transformer(nn.Module):
         wpe = nn.Embed(block, self.hidden_size, embedding_init=_normal(0.02), name="wpe")
         positions = jnp.maximum(jnp.cumsum(held, axis=1) - 1, 0)  # From the window's start.
         x = wte(window) + wpe(positions)
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = stochastic.Dropout(self.dropout_rate, deterministic=not train)(x)
         causal = jnp.tril(jnp.ones((block, block), jnp.bool_))
         mask = causal[None] & held[:, None, :]  # A query sees earlier held bytes only.
         for i in range(self.num_layers):

@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from charrnn_jax.models import stochastic
 from charrnn_jax.models.fused_gru import (
     FusedGRUWeights,
     gru_update,
@@ -191,7 +191,10 @@ def stack(spec, num_layers, carry, x, valid, tokens, dropout, drop_dims, train):
     if train and dropout > 0:
         ones = jnp.ones((time, batch, hidden), jnp.float32)
         masks = jnp.stack(
-            [nn.Dropout(dropout, drop_dims, deterministic=False)(ones) for _ in weights[:-1]]
+            [
+                stochastic.Dropout(dropout, drop_dims, deterministic=False)(ones)
+                for _ in weights[:-1]
+            ]
         )
     ys, last = wavefront_gru(
         x0,
@@ -207,5 +210,5 @@ def stack(spec, num_layers, carry, x, valid, tokens, dropout, drop_dims, train):
         spec.unroll,
     )
     if dropout > 0:
-        ys = nn.Dropout(dropout, drop_dims, deterministic=not train)(ys)
+        ys = stochastic.Dropout(dropout, drop_dims, deterministic=not train)(ys)
     return ys, list(last)
