@@ -28,6 +28,7 @@ import numpy as np
 from charrnn_jax.data import windows
 from charrnn_jax.inference import scoring
 from charrnn_jax.models import losses
+from charrnn_jax.runtime import parallel
 
 
 def dynamic_sums(params, batch, carry, *, apply_fn, segment: int, lr: float, decay: float):
@@ -71,8 +72,9 @@ def score_dynamic(
     """
     batch = windows.stream_eval_batch(tokens, streams=streams, chunk=segment)
     zero = scoring.zero_carry(params, batch, apply_fn=model.apply, chunk=segment)
-    run = jax.jit(
-        functools.partial(dynamic_sums, apply_fn=model.apply, segment=segment, lr=lr, decay=decay)
+    run = parallel.model_jit(
+        model,
+        functools.partial(dynamic_sums, apply_fn=model.apply, segment=segment, lr=lr, decay=decay),
     )
     sums = jax.device_get(run(params, batch, zero))
     total = {k: np.sum(v, dtype=np.float64) for k, v in sums.items()}

@@ -103,15 +103,18 @@ def _score_segments(params, model, segments, mesh, chunk: int, progress) -> dict
     """Consecutive time segments of the same streams, the carry passed from each to the
     next, their sums added on the device in one reduction (as the trainer's val pass)."""
     repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    segment = jax.jit(
+    segment = parallel.model_jit(
+        model,
         functools.partial(eval_segment, apply_fn=model.apply, chunk=chunk),
         in_shardings=(repl, data, data),
         out_shardings=(repl, data),
         donate_argnums=2,
     )
     first = parallel.global_batch(segments[0], mesh)
-    carry = jax.jit(
-        functools.partial(zero_carry, apply_fn=model.apply, chunk=chunk), out_shardings=data
+    carry = parallel.model_jit(
+        model,
+        functools.partial(zero_carry, apply_fn=model.apply, chunk=chunk),
+        out_shardings=data,
     )(params, first)
     pieces = []
     for i, batch in enumerate(segments):
@@ -130,7 +133,9 @@ def score_windows(params, model, tokens: np.ndarray, *, batch: int, seq_len: int
     seq_len bytes spread over `tokens`, each from a zero carry. Only part of the split is
     scored, and each window's first bytes lack their context."""
     fixed = windows.eval_batches(tokens, global_batch=batch, seq_len=seq_len, num_batches=batches)
-    score = jax.jit(functools.partial(eval_step, apply_fn=model.apply, chunk=seq_len))
+    score = parallel.model_jit(
+        model, functools.partial(eval_step, apply_fn=model.apply, chunk=seq_len)
+    )
     sums = jax.device_get([score(params, w) for w in fixed])
     return result(jax.tree.map(lambda *x: np.sum(x, dtype=np.float64), *sums))
 
@@ -189,7 +194,9 @@ def score_nanogpt(
 def _window_scorer(model, block: int):
     """One jitted scorer per model and window length, so repeated estimates (every val
     row of a run) compile once."""
-    return jax.jit(functools.partial(eval_step, apply_fn=model.apply, chunk=block))
+    return parallel.model_jit(
+        model, functools.partial(eval_step, apply_fn=model.apply, chunk=block)
+    )
 
 
 def result(sums) -> dict:

@@ -187,6 +187,12 @@ class ModelConfig:
         recurrent cells, which read any length."""
         return registry.CELLS[self.cell].context_window(self.options)
 
+    def compiler_options(self, backend: str) -> dict[str, str]:
+        """The XLA options the cell asks for on `backend` (a jax backend or platform
+        name), for every program that runs the model: how it compiles, not what."""
+        family = backend_choices.backend_family(backend)
+        return dict(registry.CELLS[self.cell].compiler_options.get(family, {}))
+
 
 class CharRNN(nn.Module):
     """Byte-level recurrent language model, built from its typed config (ModelConfig):

@@ -22,7 +22,7 @@ into one `error:` line).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -178,6 +178,8 @@ class Cell:
         block_size), or None where any length goes (the recurrent cells).
       check: (ModelConfig, DataConfig) -> a config error line or None, for what only
         this cell requires.
+      compiler_options: backend family ('cpu', 'gpu', 'tpu') -> XLA options for every
+        program that runs the model (how XLA compiles it, never what it computes).
     """
 
     residual_block: bool
@@ -193,6 +195,7 @@ class Cell:
     eval_chunk: Callable[[Any, int], int] = lambda options, seq_len: seq_len
     context_window: Callable[[Any], int | None] = lambda options: None
     check: Callable[[Any, Any], str | None] = lambda model, data: None
+    compiler_options: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
 
 
 CELLS: dict[str, Cell] = {
@@ -219,6 +222,7 @@ CELLS: dict[str, Cell] = {
         eval_chunk=transformer.eval_chunk,
         context_window=lambda options: options.block_size,
         check=transformer.check,
+        compiler_options=transformer.COMPILER_OPTIONS,
     ),
     "mingru": Cell(True, module=min_rnn.MinGRU),
     "minlstm": Cell(True, module=min_rnn.MinLSTM),

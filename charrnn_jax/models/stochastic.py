@@ -3,9 +3,9 @@
 JAX lowers its threefry2x32 hash on CPU as a rolled loop over the hash's five groups of
 four rounds (to compile faster), so drawing a mask streams two uint32 arrays of the
 mask's shape through memory five times: nanoGPT's attention-weight dropout, a
-[64, 6, 256, 256] mask per layer, took 0.3 s of it. Written out here with the same
-counters, XLA fuses the whole hash into the loop that writes the mask, 17 ms for that
-mask (benchmarks/README.md, "nanoGPT's Transformer on a CPU").
+[64, 6, 256, 256] mask per layer, made it 9% of that model's train step. Written out
+here with the same counters, XLA fuses the whole hash into the op that applies the mask:
+the step runs 1.25x faster (benchmarks/README.md, "nanoGPT's Transformer on a CPU").
 
 The masks are the same bits as `jax.random.bernoulli`'s, so every run, checkpoint and
 resume of before stays what it was (tests/models/test_dropout.py compares them).

@@ -79,6 +79,15 @@ def _normal(std: float):
     return nn.initializers.normal(stddev=std)
 
 
+# XLA options for the Transformer's programs (models/registry.py, Cell.compiler_options).
+# On CPU, XLA's YNNPACK fusions run its shapes' GEMMs ([16384, 384] x [384, 1536]) and
+# batched attention matmuls ([384, 256, 64] x [384, 64, 256]) 1.1-1.6x slower than its
+# Eigen path, so the Transformer's programs turn them off (an empty list of fusion
+# kinds); the recurrent models' small per-step GEMMs keep them (there they are as fast or
+# faster). Measured with benchmarks.transformer_step (benchmarks/README.md, "nanoGPT's
+# Transformer on a CPU"). The function is the same; its rounding is Eigen's.
+COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+
 # Every linear layer's dot (precision.flat_dot_general: the weight gradient as one GEMM
 # over all positions); benchmarks.transformer_step swaps in nn.Dense's own to compare.
 DOT_GENERAL = precision.flat_dot_general
@@ -111,8 +120,8 @@ class _SelfAttention(nn.Module):
         qkv = _linear(3 * width, self.dtype, name="c_attn")(x)
         q, k, v = jnp.split(qkv.astype(jnp.float32), 3, axis=-1)
         # Heads first, [batch, heads, time, head_dim], so both products are plain batched
-        # matmuls: XLA:CPU runs them 1.6x faster than the same einsums over the
-        # [batch, time, heads, head_dim] layout (benchmarks/README.md).
+        # matmuls (under YNNPACK 1.24x faster than einsums over [batch, time, heads,
+        # head_dim]; as fast under the Eigen path the model compiles with on CPU).
         q, k, v = (a.reshape(batch, time, heads, head_dim).transpose(0, 2, 1, 3) for a in (q, k, v))
         scores = jnp.matmul(q, k.swapaxes(-1, -2)) / math.sqrt(head_dim)
         scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
@@ -121,6 +130,19 @@ class _SelfAttention(nn.Module):
         y = jnp.matmul(weights, v).transpose(0, 2, 1, 3).reshape(batch, time, width)
         y = _linear(width, self.dtype, name="c_proj", residual_layers=self.num_layers)(y)
         return stochastic.Dropout(self.dropout_rate, deterministic=not train)(y.astype(jnp.float32))
+
+
+def _gelu(x):
+    """PyTorch's exact GELU, nanoGPT's nn.GELU(): x/2 (1 + erf(x / sqrt 2)) (Hendrycks &
+    Gimpel 2016, eq. 1). jax.nn.gelu(approximate=False) writes it with erfc for accuracy
+    in the far negative tail, which XLA:CPU computes with an exp and selects, where erf is
+    one polynomial: nanoGPT's train step runs 1.06x faster (benchmarks/README.md)."""
+    return 0.5 * x * (1.0 + jax.lax.erf(x / math.sqrt(2.0)))
+
+
+# The MLP's activation, read when the model is traced (benchmarks.transformer_step swaps in
+# jax.nn.gelu's erfc form to compare).
+GELU = _gelu
 
 
 class _MLP(nn.Module):
@@ -132,7 +154,7 @@ class _MLP(nn.Module):
     def __call__(self, x, *, train: bool):
         width = x.shape[-1]
         h = _linear(4 * width, self.dtype, name="c_fc")(x)
-        h = jax.nn.gelu(h.astype(jnp.float32), approximate=False)
+        h = GELU(h.astype(jnp.float32))
         h = _linear(width, self.dtype, name="c_proj", residual_layers=self.num_layers)(h)
         return stochastic.Dropout(self.dropout_rate, deterministic=not train)(h.astype(jnp.float32))
 

@@ -25,6 +25,13 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+def model_jit(model, fn, **jit_kwargs):
+    """jax.jit of a program that runs `model` (a CharRNN), compiled with the XLA options
+    its cell asks for on this backend (ModelConfig.compiler_options; none for most)."""
+    options = model.config.compiler_options(jax.default_backend())
+    return jax.jit(fn, compiler_options=options or None, **jit_kwargs)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -98,23 +98,28 @@ class _Group:
         zero = functools.partial(scoring.zero_carry, apply_fn=model.apply, chunk=chunk)
         data = self.data_sharding
         return Programs(
-            train=jax.jit(
+            train=parallel.model_jit(
+                model,
                 self.train_fn(schedule),
                 in_shardings=(state_sharding, data, self.repl),
                 out_shardings=state_sharding,
                 donate_argnums=0,
             ),
-            eval=jax.jit(
-                self.lift(score), in_shardings=(params_sharding, data), out_shardings=self.repl
+            eval=parallel.model_jit(
+                model,
+                self.lift(score),
+                in_shardings=(params_sharding, data),
+                out_shardings=self.repl,
             ),
-            eval_segment=jax.jit(
+            eval_segment=parallel.model_jit(
+                model,
                 self.lift(segment),
                 in_shardings=(params_sharding, data, data),
                 out_shardings=(self.repl, data),
                 donate_argnums=2,
             ),
-            zero_carry=jax.jit(
-                self.lift(zero), in_shardings=(params_sharding, data), out_shardings=data
+            zero_carry=parallel.model_jit(
+                model, self.lift(zero), in_shardings=(params_sharding, data), out_shardings=data
             ),
             reset=jax.jit(
                 steps.reset_window,

@@ -58,6 +58,50 @@ def test_flat_weight_gradients_equal_nn_denses_own(model_and_params, monkeypatch
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
+def test_the_mlps_gelu_is_the_exact_gelu():
+    """transformer.GELU writes the exact GELU with erf (PyTorch's formula, nanoGPT's
+    nn.GELU()) where jax.nn.gelu uses erfc: the same function to float32 rounding (of
+    1 + erf, so |x| times float32's epsilon in the far negative tail)."""
+    from charrnn_jax.models import transformer
+
+    x = jnp.linspace(-12.0, 12.0, 20001)
+    want = jax.nn.gelu(x, approximate=False)
+    np.testing.assert_allclose(transformer.GELU(x), want, rtol=1e-5, atol=12 * 1.2e-7)
+    assert not np.allclose(transformer.GELU(x), jax.nn.gelu(x, approximate=True), atol=1e-4)
+
+
+def _compiled_text(jitted, *args) -> str:
+    return jitted.lower(*args).compile().as_text()
+
+
+def test_the_transformers_programs_compile_without_ynnpack_on_cpu(model_and_params):
+    """The Transformer's programs take its XLA options (transformer.COMPILER_OPTIONS: Eigen's
+    GEMMs on CPU); the recurrent models keep XLA's defaults."""
+    from charrnn_jax.runtime import parallel
+
+    model, params = model_and_params
+    tokens = jnp.zeros((2, 16), jnp.int32)
+    batch = {"inputs": tokens, "targets": tokens}
+    gru = _model().__class__(models.ModelConfig(embed_dim=8, hidden_size=64, num_layers=1))
+    gru_params = gru.init(jax.random.key(0), tokens)["params"]
+
+    def logits(model):
+        return lambda p, t: model.apply({"params": p}, t)[0]
+
+    assert "__ynn_fusion" not in _compiled_text(
+        parallel.model_jit(model, logits(model)), params, tokens
+    )
+    scorer = scoring._window_scorer(model, 16)
+    assert "__ynn_fusion" not in _compiled_text(scorer, params, batch)
+    assert "__ynn_fusion" in _compiled_text(
+        jax.jit(logits(model)), params, tokens
+    )  # XLA's default.
+    assert gru.config.compiler_options("cpu") == {}
+    assert "__ynn_fusion" in _compiled_text(
+        parallel.model_jit(gru, logits(gru)), gru_params, tokens
+    )
+
+
 def test_changing_a_byte_never_changes_the_logits_before_it(model_and_params):
     model, params = model_and_params
     tokens = jax.random.randint(jax.random.key(1), (3, 16), 0, 256)
