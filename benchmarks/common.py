@@ -85,9 +85,14 @@ def token_batch(batch_size: int, seq_len: int, seed: int = 0):
     return tokens[:, :-1].astype(np.int32), tokens[:, 1:].astype(np.int32)
 
 
-def jax_train_step(model, batch_size: int, seq_len: int, *, num_devices: int = 1):
+def jax_train_step(
+    model, batch_size: int, seq_len: int, *, num_devices: int = 1, compiler_options=None
+):
     """The trainer's step (with its on-device metric window), jitted over a data mesh and
-    donating the state; returns a closure that runs one step and blocks on it."""
+    donating the state; returns a closure that runs one step and blocks on it.
+
+    compiler_options: XLA options in place of the model's own (parallel.model_jit); {} for
+    XLA's defaults."""
     import functools
 
     import jax
@@ -100,7 +105,12 @@ def jax_train_step(model, batch_size: int, seq_len: int, *, num_devices: int = 1
     repl, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
     tx = optax.adam(1e-3)
     state = steps.create_train_state(jax.random.key(0), model=model, tx=tx, seq_len=seq_len)
-    step_fn = jax.jit(
+    jit = (
+        functools.partial(parallel.model_jit, model)
+        if compiler_options is None
+        else functools.partial(jax.jit, compiler_options=compiler_options or None)
+    )
+    step_fn = jit(
         functools.partial(steps.windowed_train_step, schedule=optax.constant_schedule(1e-3)),
         in_shardings=(repl, data, repl),
         out_shardings=repl,

@@ -21,9 +21,9 @@ with stride 128, so each byte has at least 128 bytes of context) instead of the 
 random windows of estimate_loss(), which `evaluate --metric=nanogpt` computes and each
 val row carries beside it (`val_loss_nanogpt`), so both curves can be drawn.
 
-Not yet measured: a 5,000-step run is many CPU hours (about 1.2 TFLOP a step: 16.4 s on
-2 cores of an AMD EPYC Zen 3, `python -m benchmarks.transformer_step`); no number from
-this config is published yet (docs/results.md says where the run stands).
+Not yet measured: a 5,000-step run is many CPU hours (about 1.2 TFLOP a step: 10.6 s on
+2 cores of an AMD EPYC Zen 3, `python -m benchmarks.transformer_step`, so about 15 h); no
+number from this config is published yet (docs/results.md says where the run stands).
 """
 
 import ml_collections
