@@ -189,7 +189,9 @@ class ModelConfig:
 
     def compiler_options(self, backend: str) -> dict[str, str]:
         """The XLA options the cell asks for on `backend` (a jax backend or platform
-        name), for every program that runs the model: how it compiles, not what."""
+        name): how the trainer's, the scorers' and dynamic evaluation's programs compile
+        (runtime/parallel.py, model_jit), not what they compute. The sampler keeps
+        XLA's defaults."""
         family = backend_choices.backend_family(backend)
         return dict(registry.CELLS[self.cell].compiler_options.get(family, {}))
 

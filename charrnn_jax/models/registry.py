@@ -178,8 +178,9 @@ class Cell:
         block_size), or None where any length goes (the recurrent cells).
       check: (ModelConfig, DataConfig) -> a config error line or None, for what only
         this cell requires.
-      compiler_options: backend family ('cpu', 'gpu', 'tpu') -> XLA options for every
-        program that runs the model (how XLA compiles it, never what it computes).
+      compiler_options: backend family ('cpu', 'gpu', 'tpu') -> XLA options for the
+        programs that train and score the model (how XLA compiles them, never what they
+        compute; ModelConfig.compiler_options).
     """
 
     residual_block: bool
