@@ -51,7 +51,7 @@ def test_the_smoke_run_covers_every_part(tmp_path):
     skipped = [r for r in records if r.get("skipped") == "torch is not installed"]
     assert bool(skipped) != has_torch  # A missing peer is named, never silently dropped.
     published = {r["config"]: r for r in records if r["part"] == "published"}
-    assert list(published) == ["gru_headline", "mogrifier_headline", "nanogpt"], published
+    assert list(published) == ["nanogpt", "gru_headline", "mogrifier_headline"], published
     for run in published.values():  # Each trained to its end, timed and scored.
         assert run["steps"] == 8 and run["returncode"] == 0, run
         assert run["seconds_per_step"] > 0 and run["projected_run_s"] > 0, run
@@ -61,6 +61,12 @@ def test_the_smoke_run_covers_every_part(tmp_path):
     assert "## Training tokens/s" in table and "## Sampling chars/s" in table
     assert "## What auto should pick on this device" in table
     assert "## The published configs trained on this device" in table
+    # What comes back from a device call: at most 8 files, the runs' rows among them (the
+    # command's own log.txt is one more).
+    returned = sorted(p.name for p in tmp_path.iterdir())
+    assert len(returned) <= 7 and all(p.is_file() for p in tmp_path.iterdir()), returned
+    rows = (tmp_path / "nanogpt_metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["step"] == 8, rows[-1]
 
 
 def test_auto_choices_follow_the_within_round_ratios():
