@@ -14,7 +14,8 @@ The hash is Threefry-2x32 with 20 rounds (Salmon et al. 2011, "Parallel Random N
 As Easy as 1, 2, 3", SC'11, section 3 and its rotation constants), keyed and counted as
 JAX's partitionable `random_bits` does (the flat index of each element as the counter's
 low word, the high word 0; the two output words xor-ed). Other key kinds, JAX's older
-non-partitionable bits and masks of 2^32 elements or more fall back to jax.random.
+non-partitionable bits, 64-bit mode and masks of 2^32 elements or more fall back to
+jax.random.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ def _unrolled_applies(key: jax.Array, shape) -> bool:
         jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
         and str(jax.random.key_impl(key)) == "threefry2x32"
         and jax.config.jax_threefry_partitionable
+        and not jax.config.jax_enable_x64  # Then bernoulli draws float64 from 64 bits.
         and math.prod(shape) < 2**32
     )
 

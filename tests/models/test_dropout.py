@@ -41,11 +41,16 @@ def test_bernoulli_under_vmap_of_keys():
     assert not np.array_equal(ours[0], ours[1])
 
 
-def test_other_key_kinds_fall_back_to_jax_random():
+def test_other_key_kinds_and_64_bit_mode_fall_back_to_jax_random():
     key = jax.random.key(2, impl="rbg")
     np.testing.assert_array_equal(
         stochastic.bernoulli(key, 0.6, (5, 5)), jax.random.bernoulli(key, 0.6, (5, 5))
     )
+    with jax.enable_x64(True):  # bernoulli then draws float64 uniforms from 64 bits.
+        key = jax.random.key(2)
+        np.testing.assert_array_equal(
+            stochastic.bernoulli(key, 0.6, (50,)), jax.random.bernoulli(key, 0.6, (50,))
+        )
 
 
 class _Twice(nn.Module):
