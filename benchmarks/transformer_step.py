@@ -216,6 +216,54 @@ def measure_gru_control(rounds: int, seconds: float) -> dict:
     return row
 
 
+def print_steps(args, ways: list[str], record) -> None:
+    print("| batch | way | s/step | GFLOP/s | the model's speedup over it |")
+    print("|---|---|---|---|---|")
+    for batch in args.batch_list:
+        row = record(measure(batch, ways, args.rounds, args.seconds))
+        for way in ways:
+            ratio = "" if way == "model" else f"{row[f'model_vs_{way}']:.2f}x"
+            print(
+                f"| {batch} | {WAYS[way]} | {row[f'{way}_s_per_step']:.2f} | "
+                f"{row[f'{way}_gflops']:.0f} | {ratio} |"
+            )
+
+
+def print_gemms(args, record) -> None:
+    print("\n| matmul (batch 64) | shapes | GFLOP/s: YNNPACK / the model's (Eigen) | ratio |")
+    print("|---|---|---|---|")
+    for row in map(record, measure_gemms(args.rounds, args.seconds)):
+        shapes = f"{list(row['lhs'])} x {list(row['rhs'])}"
+        print(
+            f"| {row['name']} | {shapes} | {row['ynn_gflops']:.0f} / "
+            f"{row['model_gflops']:.0f} | {row['model_vs_ynn']:.2f}x |"
+        )
+
+
+def print_control(args, record) -> None:
+    row = record(measure_gru_control(args.rounds, args.seconds))
+    print(
+        f"\nControl, {row['model']}: {row['ynn_s_per_step']:.3f} s a step with YNNPACK, "
+        f"{row['transformer_options_s_per_step']:.3f} s with the Transformer's options "
+        f"(YNNPACK {row['ynn_vs_transformer_options']:.2f}x)"
+    )
+
+
+def print_attention(args, record) -> None:
+    print(
+        "\n| batch | attention core ms: heads-first / einsum / dot_product_attention "
+        "| heads-first / einsum | heads-first / dot_product_attention |"
+    )
+    print("|---|---|---|---|")
+    for batch in args.batch_list:
+        row = record(measure_attention(batch, args.rounds, args.seconds))
+        ms = " / ".join(f"{row[f'{way}_ms']:.0f}" for way in ATTENTION)
+        print(
+            f"| {batch} | {ms} | {row['heads_first_vs_einsum']:.2f}x | "
+            f"{row['heads_first_vs_dot_product_attention']:.2f}x |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batches", default="16,64")
@@ -225,52 +273,24 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="Minimum timed per run.")
     parser.add_argument("--out", default="", help="Append the rows to this JSONL file.")
     args = parser.parse_args()
+    args.batch_list = [int(b) for b in args.batches.split(",")]
     ways = ["model"] + [w for w in args.ways.split(",") if w in WAYS and w != "model"]
     cpu = machine.describe()
     print(f"# {machine.summary(cpu)}")
+
+    def record(row: dict) -> dict:
+        common.append_results(args.out, {**row, "machine": cpu})
+        return row
+
     parts = args.parts.split(",")
-    batches = [int(b) for b in args.batches.split(",")]
-    print("| batch | way | s/step | GFLOP/s | the model's speedup over it |")
-    print("|---|---|---|---|---|")
-    for batch in batches if "step" in parts else []:
-        row = measure(batch, ways, args.rounds, args.seconds)
-        for way in ways:
-            ratio = "" if way == "model" else f"{row[f'model_vs_{way}']:.2f}x"
-            print(
-                f"| {batch} | {WAYS[way]} | {row[f'{way}_s_per_step']:.2f} | "
-                f"{row[f'{way}_gflops']:.0f} | {ratio} |"
-            )
-        common.append_results(args.out, {**row, "machine": cpu})
-    print("\n| matmul (batch 64) | shapes | GFLOP/s: YNNPACK / the model's (Eigen) | ratio |")
-    print("|---|---|---|---|")
-    for row in measure_gemms(args.rounds, args.seconds) if "gemm" in parts else []:
-        shapes = f"{list(row['lhs'])} x {list(row['rhs'])}"
-        print(
-            f"| {row['name']} | {shapes} | {row['ynn_gflops']:.0f} / "
-            f"{row['model_gflops']:.0f} | {row['model_vs_ynn']:.2f}x |"
-        )
-        common.append_results(args.out, {**row, "machine": cpu})
+    if "step" in parts:
+        print_steps(args, ways, record)
+    if "gemm" in parts:
+        print_gemms(args, record)
     if "control" in parts:
-        row = measure_gru_control(args.rounds, args.seconds)
-        print(
-            f"\nControl, {row['model']}: {row['ynn_s_per_step']:.3f} s a step with YNNPACK, "
-            f"{row['transformer_options_s_per_step']:.3f} s with the Transformer's options "
-            f"(YNNPACK {row['ynn_vs_transformer_options']:.2f}x)"
-        )
-        common.append_results(args.out, {**row, "machine": cpu})
-    print(
-        "\n| batch | attention core ms: heads-first / einsum / dot_product_attention "
-        "| heads-first / einsum | heads-first / dot_product_attention |"
-    )
-    print("|---|---|---|---|")
-    for batch in batches if "attention" in parts else []:
-        row = measure_attention(batch, args.rounds, args.seconds)
-        ms = " / ".join(f"{row[f'{way}_ms']:.0f}" for way in ATTENTION)
-        print(
-            f"| {batch} | {ms} | {row['heads_first_vs_einsum']:.2f}x | "
-            f"{row['heads_first_vs_dot_product_attention']:.2f}x |"
-        )
-        common.append_results(args.out, {**row, "machine": cpu})
+        print_control(args, record)
+    if "attention" in parts:
+        print_attention(args, record)
 
 
 if __name__ == "__main__":
