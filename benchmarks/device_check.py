@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import typing
 
 from benchmarks import common, machine
 from charrnn_jax.runtime import cli
@@ -662,13 +663,23 @@ def sampling(settings, args, report: Report) -> list[dict]:
 
 # -- 5. The published configs on the device --------------------------------------------------
 
-# name -> (experiment file, toy overrides for --smoke, whether to score nanoGPT's estimator
-# too, weight). In this order they share the minutes left, each the weighted part of what
-# the ones before it left. nanoGPT's reproduction goes first with a double share: it is
-# the comparisons' fairness check (docs/results.md), 15 h on two CPU cores and minutes
-# here, and a run that ends early leaves its time to the others.
+
+class Published(typing.NamedTuple):
+    """One published config of part 5: its experiment file, its toy overrides for --smoke,
+    whether nanoGPT's estimator is scored too, and its weight in the shares of time."""
+
+    config: str
+    toy: dict
+    nanogpt_estimate: bool
+    weight: int
+
+
+# In this order the configs share the minutes left, each the weighted part of what the
+# ones before it left. nanoGPT's reproduction goes first with a double share: it is the
+# comparisons' fairness check (docs/results.md), 15 h on two CPU cores and minutes here,
+# and a run that ends early leaves its time to the others.
 PUBLISHED = {
-    "nanogpt": (
+    "nanogpt": Published(
         "experiments/shakespeare_nanogpt.py",
         {
             "model.num_layers": 1,
@@ -677,15 +688,17 @@ PUBLISHED = {
             "model.transformer.eval_stride": 16,
             "eval.nanogpt_estimate": False,
         },
-        True,
-        2,
+        nanogpt_estimate=True,
+        weight=2,
     ),
-    "gru_headline": ("experiments/shakespeare_headline_gru.py", {}, False, 1),
-    "mogrifier_headline": (
+    "gru_headline": Published(
+        "experiments/shakespeare_headline_gru.py", {}, nanogpt_estimate=False, weight=1
+    ),
+    "mogrifier_headline": Published(
         "experiments/shakespeare_headline.py",
         {"model.mogrifier_gru.rank": 4},
-        False,
-        1,
+        nanogpt_estimate=False,
+        weight=1,
     ),
 }
 PUBLISHED_COLUMNS = (
@@ -754,10 +767,10 @@ def train_published(name: str, args, seconds: float) -> dict:
     and exits), then the full-split val of what it reached (and nanoGPT's estimator for
     the nanoGPT config), with the steps it reached, seconds per step and the projected
     time of the whole run on this device."""
-    config, toy, nanogpt_estimate, _ = PUBLISHED[name]
+    published = PUBLISHED[name]
     workdir = pathlib.Path(args.runs_dir) / f"{name}_run"
-    overrides = {**SMOKE_TRAIN, **toy} if args.smoke else {}
-    command = cli.trainer_command(config, workdir, overrides, "--nohuge_pages")
+    overrides = {**SMOKE_TRAIN, **published.toy} if args.smoke else {}
+    command = cli.trainer_command(published.config, workdir, overrides, "--nohuge_pages")
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=common.REPO, stderr=subprocess.PIPE, text=True)
     try:
@@ -781,7 +794,7 @@ def train_published(name: str, args, seconds: float) -> dict:
     scored = _evaluate(workdir)
     if scored is not None:
         result.update(val_loss=scored["loss"], val_step=scored["step"])
-    estimated = _evaluate(workdir, "--metric=nanogpt") if nanogpt_estimate else None
+    estimated = _evaluate(workdir, "--metric=nanogpt") if published.nanogpt_estimate else None
     if estimated is not None:
         result["val_loss_nanogpt"] = estimated["loss"]
     # Only the rows come back: a device call returns at most 8 files from $OUT.
@@ -796,7 +809,7 @@ def published_configs(args, seconds: float, report: Report) -> list[dict]:
     results, deadline = [], time.perf_counter() + seconds
     names = list(PUBLISHED)
     for i, name in enumerate(names):
-        weights = [PUBLISHED[n][3] for n in names[i:]]
+        weights = [PUBLISHED[n].weight for n in names[i:]]
         share = (deadline - time.perf_counter()) * weights[0] / sum(weights)
         result = (
             train_published(name, args, share)

@@ -75,6 +75,15 @@ def _undone(way: str):
             setattr(module, name, saved)
 
 
+def _transformer_options() -> dict:
+    """The XLA options the Transformer's programs compile with on this backend."""
+    import jax
+
+    from charrnn_jax import models
+
+    return models.ModelConfig(cell="transformer").compiler_options(jax.default_backend())
+
+
 def _step(way: str, batch: int):
     from charrnn_jax import models
 
@@ -115,8 +124,6 @@ def _attention(way: str, batch: int):
     import jax
     import jax.numpy as jnp
 
-    from charrnn_jax import models
-
     heads, head_dim = HEADS, WIDTH // HEADS
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, cotangent = (jax.random.normal(key, (batch, BLOCK, heads, head_dim)) for key in keys)
@@ -138,7 +145,7 @@ def _attention(way: str, batch: int):
 
     core = {"heads_first": heads_first, "einsum": einsums, "dot_product_attention": library}[way]
     # Compiled as the model's programs are (its XLA options on this backend).
-    options = models.ModelConfig(cell="transformer").compiler_options(jax.default_backend())
+    options = _transformer_options()
     loss = lambda *a: jnp.sum(core(*a) * cotangent)  # noqa: E731
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), compiler_options=options or None)
     jax.block_until_ready(grad(q, k, v))
@@ -173,9 +180,7 @@ def measure_gemms(rounds: int, seconds: float) -> list[dict]:
     import jax
     import jax.numpy as jnp
 
-    from charrnn_jax import models
-
-    options = models.ModelConfig(cell="transformer").compiler_options(jax.default_backend())
+    options = _transformer_options()
     rows = []
     for name, lhs_shape, rhs_shape in GEMMS:
         lhs = jax.random.normal(jax.random.key(0), lhs_shape)
@@ -196,11 +201,9 @@ def measure_gemms(rounds: int, seconds: float) -> list[dict]:
 
 
 def measure_gru_control(rounds: int, seconds: float) -> dict:
-    import jax
-
     from charrnn_jax import models
 
-    options = models.ModelConfig(cell="transformer").compiler_options(jax.default_backend())
+    options = _transformer_options()
     gru = models.CharRNN(models.ModelConfig(embed_dim=64, hidden_size=512, num_layers=2))
     runs = {
         "ynn": common.jax_train_step(gru, 64, 128, compiler_options={}),

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from charrnn_jax.models import stochastic
-from charrnn_jax.models.precision import mixed_matmul
+from charrnn_jax.models.precision import mixed_matmul, weight_gradient
 
 
 class _DenseParams(nn.Module):
@@ -149,19 +149,6 @@ def transposed_kernel(kernel, dtype):
     """
     kernel_t = jnp.swapaxes(kernel, -1, -2).astype(dtype)
     return kernel_t if dtype == jnp.float32 else jax.lax.optimization_barrier(kernel_t)
-
-
-def weight_gradient(inputs, d_outputs, dtype):
-    """sum over time and batch of inputs^T d_outputs ([T, B, K], [T, B, N] -> [K, N]): a
-    weight's gradient as one GEMM after the backward loop, in dtype with float32
-    accumulation. The positions are flattened in the arrays' own order (given einsum's
-    two contracted axes, XLA ordered them (batch, time) and transposed one to match)."""
-    positions = inputs.shape[0] * inputs.shape[1]
-    return jnp.dot(
-        inputs.reshape(positions, -1).T.astype(dtype),
-        d_outputs.reshape(positions, -1).astype(dtype),
-        preferred_element_type=jnp.float32,
-    )
 
 
 def _gru_backward(dtype, unroll, residuals, cotangents):

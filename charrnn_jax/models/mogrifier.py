@@ -44,8 +44,8 @@ from charrnn_jax.models.fused_gru import (
     ScanScope,
     gru_update,
     transposed_kernel,
-    weight_gradient,
 )
+from charrnn_jax.models.precision import weight_gradient
 
 
 @dataclasses.dataclass(frozen=True)

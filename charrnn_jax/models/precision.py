@@ -26,14 +26,24 @@ def _mixed_matmul_fwd(x, w):
     return mixed_matmul(x, w), (x, w)
 
 
+def weight_gradient(inputs, d_outputs, dtype):
+    """sum over all positions of inputs^T d_outputs ([..., K], [..., N] -> [K, N]): a
+    weight's gradient as one GEMM over the flattened leading axes, in dtype with float32
+    accumulation. The positions are flattened in the arrays' own order (a [T, B, K] input
+    contracted over two axes by einsum, XLA would order them (batch, time) and transpose
+    one to match)."""
+    return jnp.dot(
+        inputs.reshape(-1, inputs.shape[-1]).T.astype(dtype),
+        d_outputs.reshape(-1, d_outputs.shape[-1]).astype(dtype),
+        preferred_element_type=jnp.float32,
+    )
+
+
 def _mixed_matmul_bwd(residuals, g):
     x, w = residuals
     g = g.astype(x.dtype)
     dx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
-    dw = jnp.dot(
-        x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]), preferred_element_type=jnp.float32
-    )
-    return dx, dw.astype(w.dtype)
+    return dx, weight_gradient(x, g, x.dtype).astype(w.dtype)
 
 
 mixed_matmul.defvjp(_mixed_matmul_fwd, _mixed_matmul_bwd)

@@ -30,9 +30,8 @@ from charrnn_jax.models.fused_gru import (
     FusedGRUWeights,
     gru_update,
     transposed_kernel,
-    weight_gradient,
 )
-from charrnn_jax.models.precision import mixed_matmul
+from charrnn_jax.models.precision import mixed_matmul, weight_gradient
 
 
 def _batched(x, w, dtype):
