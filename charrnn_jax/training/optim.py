@@ -25,9 +25,7 @@ def make_optimizer(
     peak = t.learning_rate if learning_rate is None else learning_rate
     clip = t.grad_clip_norm if grad_clip_norm is None else grad_clip_norm
     if t.schedule == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, peak, max(t.warmup_steps, 1), t.num_steps, end_value=t.end_learning_rate
-        )
+        schedule = warmup_cosine(peak, max(t.warmup_steps, 1), t.num_steps, t.end_learning_rate)
     elif t.warmup_steps:
         schedule = optax.join_schedules(
             [
@@ -55,6 +53,24 @@ def make_optimizer(
     else:  # Without decay, optax.adam's own state tree (older checkpoints restore).
         parts.append(optax.adam(schedule, b2=t.adam_b2, eps=t.adam_eps))
     return optax.chain(*parts), schedule
+
+
+def warmup_cosine(peak, warmup_steps: int, num_steps: int, end_value: float):
+    """optax.warmup_cosine_decay_schedule from 0, also for a traced peak.
+
+    optax asks `peak_value == 0.0` in Python, which a vmapped sweep's traced per-variant
+    rate cannot answer (TracerBoolConversionError). A Python peak takes optax's own
+    schedule, so plain runs keep their exact rates; a traced one takes the same two
+    pieces with that test done by jnp.where.
+    """
+    if isinstance(peak, int | float):
+        return optax.warmup_cosine_decay_schedule(
+            0.0, peak, warmup_steps, num_steps, end_value=end_value
+        )
+    alpha = jnp.where(peak == 0.0, 0.0, end_value / peak)  # optax's end/peak ratio.
+    warmup = optax.linear_schedule(0.0, peak, warmup_steps)
+    cosine = optax.cosine_decay_schedule(peak, num_steps - warmup_steps, alpha=alpha)
+    return optax.join_schedules([warmup, cosine], [warmup_steps])
 
 
 def _matrices(params):
