@@ -157,7 +157,10 @@ class _Group:
         )
         start_step, restored = _restore_all(checkpointers, abstract_items)
         if start_step is None:
-            state = jax.jit(init_fn, out_shardings=state_sharding)(init_keys)
+            one_sharding = abstract_one.replace(
+                **{f: one_variant.sharding(abstract_one, f) for f in ("step", *checkpointing.ITEMS)}
+            )
+            state = self.init_each(init, init_keys, one_sharding, state_sharding)
             init_from = self.configs[0].train.init_from
             if init_from:  # Fine-tuning: another run's params, a fresh optimizer.
                 params = checkpointing.load_params(init_from, abstract_items["params"])
@@ -208,6 +211,11 @@ class Single(_Group):
         """One batch per variant (process-local) -> one global array."""
         return parallel.global_batch(local_batches[0], self.mesh)
 
+    def init_each(self, init, keys, one_sharding, sharding):
+        """The fresh state of the run from its key."""
+        del one_sharding
+        return jax.jit(init, out_shardings=sharding)(keys)
+
     def train_fn(self, schedule):
         return functools.partial(steps.windowed_train_step, schedule=schedule)
 
@@ -241,6 +249,18 @@ class Stacked(_Group):
     def global_batch(self, local_batches):
         stacked = jax.tree.map(lambda *x: np.stack(x), *local_batches)
         return parallel.global_batch(stacked, self.mesh, variant_axis=True)
+
+    def init_each(self, init, keys, one_sharding, sharding):
+        """Each variant initialised by the plain run's program, then stacked.
+
+        Not jax.vmap(init): on XLA:CPU (jax 0.10.2) the vmapped init of a stacked
+        recurrent model (two or more layers, K >= 2: batched QR for the orthogonal
+        kernels) never completes under the default YNNPACK fusions, so every vmapped
+        sweep of such a config hung before its first step. The plain program is also the
+        one a plain run of each variant starts from.
+        """
+        one = jax.jit(init, out_shardings=one_sharding)
+        return self.stack([one(keys[i]) for i in range(self.size)], sharding)
 
     def train_fn(self, schedule):
         hparams = jax.device_put(

@@ -110,13 +110,16 @@ SWEEP_CONFIG = (
     + """
 def lr_by_width():
     return config_lib.sweep_product(
-        {"model.hidden_size": [16, 24], "train.learning_rate": [0.001, 0.01], "seed": [0, 1]}
+        {"model.hidden_size": [16, 64], "train.learning_rate": [0.001, 0.01], "seed": [0, 1]}
     )
 """
 )
 
 
 def test_vmap_launcher_runs_the_sweep_through_main_and_reports(tmp_path):
+    """Two stacked GRUs and the cosine schedule, as the published configs: a vmapped
+    init of two GRUs 64 wide once hung on XLA:CPU (so the timeout; 16 to 32 wide did
+    not), and optax's cosine once raised on the traced learning rates."""
     config_file = tmp_path / "sweep_config.py"
     config_file.write_text(SWEEP_CONFIG)
     root = tmp_path / "sweep"
@@ -124,6 +127,8 @@ def test_vmap_launcher_runs_the_sweep_through_main_and_reports(tmp_path):
         f"{config_file}:tiny", str(root), "lr_by_width", 4, python=sys.executable
     )
     assert cmd[-2:] == ["--config.sweep.vmap=4", "--config.sweep.name=lr_by_width"]
+    cmd += ["--config.model.num_layers=2", "--config.train.schedule=cosine"]
+    cmd += ["--config.train.warmup_steps=1"]
     result = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     statuses = json.loads(Workdir(root).sweep_summary_file.read_text())
@@ -135,4 +140,5 @@ def test_vmap_launcher_runs_the_sweep_through_main_and_reports(tmp_path):
     assert len(rows) == 8 and all(row["best_val_loss"] is not None for row in rows)
     assert all(row["status"] == "done" for row in rows)
     config = json.loads((root / names[-1] / "config.json").read_text())
-    assert config["model"]["hidden_size"] == 24 and config["seed"] == 1
+    assert config["model"]["hidden_size"] == 64 and config["seed"] == 1
+    assert config["model"]["num_layers"] == 2 and config["train"]["schedule"] == "cosine"
