@@ -83,7 +83,9 @@ def test_the_wavefront_computes_the_layer_by_layer_function(case):
         kw["valid"] = jnp.arange(time_)[None, :] >= jnp.array(left_pad)[:, None]
     want, want_carry, want_grads = _loss_and_grads(layers, params, tokens, carry, train, **kw)
     got, got_carry, got_grads = _loss_and_grads(wave, params, tokens, carry, train, **kw)
-    np.testing.assert_allclose(got, want, rtol=2e-6)
+    # The loss to f32 rounding: 3.3e-6 apart on a Zen 4, where the stacked GEMMs sum in
+    # another order than the layer-by-layer ones (2e-6 held on Zen 3 and the Xeon).
+    np.testing.assert_allclose(got, want, rtol=1e-5)
     for a, b in zip(got_carry, want_carry, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
