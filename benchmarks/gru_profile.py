@@ -4,16 +4,17 @@
         [--out=benchmarks/results/gru_profile.jsonl]
 
 The train step at these sizes is mostly the recurrence (models.gru_recurrence: a forward
-scan and a hand-written backward scan over T=100 steps). This times it whole and in
-parts, each part a separately jitted program of the same shapes, f32 and bf16 rounds
-interleaved, median of --rounds:
+scan and a hand-written backward scan over T=100 steps). This times the step, the
+recurrence whole and in parts, each part a separately jitted program of the same shapes,
+f32 and bf16 rounds interleaved, median of --rounds:
 
+  train step         the throughput benchmark's step (one layer, Adam, the 256-way head)
   forward            the forward scan (gate math + h @ W_h per step)
   forward+backward   value and gradient of the recurrence
   backward           the difference of the two
   dot chain fwd      a scan doing only the per-step h @ W_h ([B, H] x [H, 3H])
   dot chain bwd      a scan doing only the per-step dh @ W_h^T ([B, 3H] x [3H, H])
-  dW_h GEMM          the backward's one [H, T*B] x [T*B, 3H] contraction
+  dW_h GEMM          the backward's one [H, T*B] x [T*B, 3H] contraction (weight_gradient)
   empty scan         T iterations carrying [B, H] and adding 1: the loop's own cost
 
 and prints the remainder of the backward (gate gradients, stores, loop: backward minus
@@ -36,6 +37,7 @@ import numpy as np
 
 from benchmarks import common, machine
 from charrnn_jax import models
+from charrnn_jax.models.precision import weight_gradient
 
 SIZES = {name: common.SIZES[name].hidden for name in ("small", "tutorial")}  # hidden_size
 SEQ_LEN = 100
@@ -51,8 +53,22 @@ def timed(fn, *args, repeats: int = 3) -> float:
     return common.timed(lambda: jax.block_until_ready(fn(*args)), seconds=0.0, repeats=repeats)
 
 
-def programs(hidden: int, batch: int, dtype) -> dict:
-    """name -> (jitted fn, args): the recurrence and its parts at these shapes."""
+def _model(size: str, dtype):
+    """The throughput benchmark's one-layer model at this size (benchmarks/common.py)."""
+    shape = common.SIZES[size]
+    return models.CharRNN(
+        models.ModelConfig(
+            embed_dim=shape.embed_dim,
+            hidden_size=shape.hidden,
+            dtype=jnp.dtype(dtype).name,
+        )
+    )
+
+
+def programs(size: str, batch: int, dtype) -> dict:
+    """name -> (jitted fn, args): the train step, the recurrence and its parts at these
+    shapes."""
+    hidden = SIZES[size]
     rng = np.random.default_rng(0)
     xi = jnp.asarray(rng.normal(size=(SEQ_LEN, batch, 3 * hidden)), jnp.float32)
     h0 = jnp.asarray(rng.normal(size=(batch, hidden)) * 0.1, jnp.float32)
@@ -79,17 +95,15 @@ def programs(hidden: int, batch: int, dtype) -> dict:
         return jax.lax.scan(step, h, None, length=SEQ_LEN)[0]
 
     def dw_gemm(hs, dhh):
-        return jnp.dot(
-            hs.reshape(-1, hidden).T.astype(dtype),
-            dhh.reshape(-1, 3 * hidden).astype(dtype),
-            preferred_element_type=jnp.float32,
-        )
+        return weight_gradient(hs, dhh, dtype)
 
     def empty_scan(h):
         return jax.lax.scan(lambda h, _: (h + 1.0, None), h, None, length=SEQ_LEN)[0]
 
     dhh = jnp.concatenate([cot, cot, cot], axis=-1)
+    train_step = common.jax_train_step(_model(size, dtype), batch, SEQ_LEN)
     return {
+        "train step": (train_step, ()),
         "forward": (jax.jit(forward), (xi, h0, w_h)),
         "forward+backward": (jax.jit(forward_backward), (xi, h0, w_h)),
         "dot chain fwd": (jax.jit(functools.partial(dot_chain, transpose=False)), (h0, w_h)),
@@ -101,7 +115,7 @@ def programs(hidden: int, batch: int, dtype) -> dict:
 
 def measure(size: str, batch: int, rounds: int) -> dict:
     """{dtype: {part: median ms}}, the dtypes' rounds interleaved."""
-    progs = {name: programs(SIZES[size], batch, dt) for name, dt in DTYPES.items()}
+    progs = {name: programs(size, batch, dt) for name, dt in DTYPES.items()}
     samples = {name: {part: [] for part in progs[name]} for name in DTYPES}
     for _ in range(rounds):
         for name in DTYPES:
@@ -123,6 +137,7 @@ def bf16_bound(parts: dict) -> float:
 
 
 ORDER = (
+    "train step",
     "forward",
     "backward",
     "forward+backward",
@@ -141,6 +156,8 @@ def print_table(size: str, batch: int, ms: dict) -> None:
         f32, bf16 = ms["f32"][part], ms["bf16"][part]
         print(f"{part:<18} {f32:>9.2f} {bf16:>9.2f} {f32 / bf16:>8.2f}x")
     print(f"bf16 bound if every dot ran 2x (Amdahl, from f32 parts): {bf16_bound(ms['f32']):.2f}x")
+    share = {name: ms[name]["forward+backward"] / ms[name]["train step"] for name in DTYPES}
+    print(f"recurrence's share of the train step: f32 {share['f32']:.0%}, bf16 {share['bf16']:.0%}")
 
 
 def main():
