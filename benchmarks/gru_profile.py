@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import common, machine
+from benchmarks import common, machine, throughput
 from charrnn_jax import models
 from charrnn_jax.models.precision import weight_gradient
 
@@ -51,18 +51,6 @@ def timed(fn, *args, repeats: int = 3) -> float:
     programs run interleaved, and each is timed with its own weights back in cache.
     """
     return common.timed(lambda: jax.block_until_ready(fn(*args)), seconds=0.0, repeats=repeats)
-
-
-def _model(size: str, dtype):
-    """The throughput benchmark's one-layer model at this size (benchmarks/common.py)."""
-    shape = common.SIZES[size]
-    return models.CharRNN(
-        models.ModelConfig(
-            embed_dim=shape.embed_dim,
-            hidden_size=shape.hidden,
-            dtype=jnp.dtype(dtype).name,
-        )
-    )
 
 
 def programs(size: str, batch: int, dtype) -> dict:
@@ -101,7 +89,8 @@ def programs(size: str, batch: int, dtype) -> dict:
         return jax.lax.scan(lambda h, _: (h + 1.0, None), h, None, length=SEQ_LEN)[0]
 
     dhh = jnp.concatenate([cot, cot, cot], axis=-1)
-    train_step = common.jax_train_step(_model(size, dtype), batch, SEQ_LEN)
+    impl = "ours_f32" if dtype == jnp.float32 else "ours_bf16"
+    train_step = throughput.jax_step(impl, common.SIZES[size], batch)
     return {
         "train step": (train_step, ()),
         "forward": (jax.jit(forward), (xi, h0, w_h)),

@@ -47,7 +47,7 @@ MOGRIFIER_RANKS = {"ours_mogrifier": 0, "ours_mogrifier_r64": 64}  # Not in the 
 MOGRIFIER_ROUNDS = 5  # models/mogrifier.py's default, the headline's setting.
 
 
-def _jax_step(impl: str, size: common.Size, batch_size: int, num_devices: int = 1):
+def jax_step(impl: str, size: common.Size, batch_size: int, num_devices: int = 1):
     from charrnn_jax import models
     from charrnn_jax.models.mogrifier import MogrifierOptions
 
@@ -98,7 +98,7 @@ def worker(impl: str, size: str, batch_size: int, seconds: float) -> dict:
     shape = SIZES[size]
     impl, _, devices = impl.partition("@")  # "ours_f32@4": on 4 (fake CPU) devices.
     if impl.startswith(("ours", "flax")):
-        step = _jax_step(impl, shape, batch_size, int(devices or 1))
+        step = jax_step(impl, shape, batch_size, int(devices or 1))
     elif impl == "keras":
         step = _keras_step(shape, batch_size)
     else:

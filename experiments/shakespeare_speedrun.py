@@ -15,13 +15,12 @@ above with --config.seed=N, on 2 cores of an AMD EPYC, family 25 model 17: Zen 4
 avx512_bf16, no AMX; the code at cc0e461): full-split val at step 1000 of 1.4530,
 1.4607, 1.4469, 1.4535, 1.4524 (seeds 0-4), mean **1.4533 +- 0.0049**, every seed at or
 below 1.4697 (p = 0.00088 that the mean is below it, n=5). Seed 0 took **814 s** of
-wall-clock on the otherwise idle machine, compile included (over the ten-minute target on
-this CPU; seeds 1-4 873-896 s beside
-the test suite). At 880 steps (the config before) seed 1 missed with 1.4708 (mean
-1.4630 +- 0.0055 on a Zen 3), so the run is 1000 steps; an 880-step run took 518 s on an
-idle AMX Xeon, where bf16 GEMMs are about 5x f32 against about 2x here. What did not pay:
-950 steps with dropout 0.25 ended at 1.4758 (642 s); 800 steps with dropout 0.1 at 1.4725
-(493 s).
+wall-clock on the otherwise idle machine, compile included: over the ten-minute target
+on this CPU (seeds 1-4 took 873-896 s beside the test suite). At 880 steps (the config
+before) seed 1 missed with 1.4708 (mean 1.4630 +- 0.0055 on a Zen 3), so the run is
+1000 steps; an 880-step run took 518 s on an idle AMX Xeon, where bf16 GEMMs are about
+5x f32 against about 2x here. What did not pay: 950 steps with dropout 0.25 ended at
+1.4758 (642 s); 800 steps with dropout 0.1 at 1.4725 (493 s).
 """
 
 import ml_collections

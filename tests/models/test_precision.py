@@ -11,10 +11,15 @@ from charrnn_jax import models
 from charrnn_jax.models.precision import weight_gradient
 
 
-def _weight_gradient_dots(fn, *args) -> list[str]:
-    """The dots of fn's optimized CPU HLO whose output is the [K, N] weight gradient."""
-    text = jax.jit(fn).lower(*args).compile().as_text()
-    return [line for line in text.splitlines() if re.search(r"= f32\[24,40\]\{1,0\} dot\(", line)]
+def _contractions(hlo_text: str, shape: str) -> list[str]:
+    """The optimized HLO's dots whose f32 output has this shape ("24,40"): the weight
+    gradients contracted over the positions."""
+    pattern = re.compile(rf"= f32\[{shape}\]\{{1,0\}} dot\(")
+    return [line for line in hlo_text.splitlines() if pattern.search(line)]
+
+
+def _compiled_text(fn, *args) -> str:
+    return jax.jit(fn).lower(*args).compile().as_text()
 
 
 def _operands(key=0):
@@ -39,9 +44,8 @@ def test_bf16_weight_gradient_contracts_a_row_major_copy_on_cpu():
     """Without the layout constraint XLA folds the transpose into the dot
     (lhs_contracting_dims={0}), the layout its bf16 GEMM runs at half speed on."""
     inputs, d_outputs = _operands()
-    dots = _weight_gradient_dots(
-        lambda x, d: weight_gradient(x, d, jnp.bfloat16), inputs, d_outputs
-    )
+    text = _compiled_text(lambda x, d: weight_gradient(x, d, jnp.bfloat16), inputs, d_outputs)
+    dots = _contractions(text, "24,40")
     assert dots and all("lhs_contracting_dims={1}" in line for line in dots), dots
 
 
@@ -57,8 +61,7 @@ def test_bf16_fused_gru_gradient_takes_the_fast_layout():
         logits, _ = model.apply({"params": params}, tokens)
         return jnp.mean(logits.astype(jnp.float32) ** 2)
 
-    text = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
     # [24, 72] is both layers' dW_h and the second layer's dW_i: contracted over positions.
-    dots = [line for line in text.splitlines() if re.search(r"= f32\[24,72\]\{1,0\} dot\(", line)]
+    dots = _contractions(_compiled_text(jax.grad(loss), params), "24,72")
     assert len(dots) >= 2, dots
     assert all("lhs_contracting_dims={1}" in line for line in dots), dots
