@@ -1,0 +1,45 @@
+"""benchmarks/speedrun_bound.py counts the speedrun's FLOPs from the model's own weights,
+so the floor it prints for issue 41 is the config's, not a hand count."""
+
+import pathlib
+
+import jax
+import numpy as np
+from conftest import REPO
+
+from benchmarks import speedrun_bound
+from charrnn_jax import config_lib
+from charrnn_jax.data import corpora
+from charrnn_jax.training import steps
+
+
+def test_forward_flops_are_two_per_weight_of_every_matrix_a_byte_meets():
+    config = config_lib.resolve(
+        config_lib.load_config_file(pathlib.Path(REPO, "experiments/shakespeare_speedrun.py"))
+    )
+    params = steps.initial_params(config)
+    # Every kernel but the embedding table is multiplied once per byte: 2 FLOPs a weight.
+    matrices = [
+        leaf
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+        if leaf.ndim == 2 and "embed" not in jax.tree_util.keystr(path).lower()
+    ]
+    weights = sum(int(np.prod(m.shape)) for m in matrices)
+    m = config.model
+    assert (
+        speedrun_bound.gru_forward_flops_per_byte(m.embed_dim, m.hidden_size, m.num_layers)
+        == 2 * weights
+    )
+
+
+def test_the_run_counts_every_step_and_each_val():
+    config = config_lib.resolve(
+        config_lib.load_config_file(pathlib.Path(REPO, "experiments/shakespeare_speedrun.py"))
+    )
+    flops = speedrun_bound.run_flops(config)
+    t = config.train
+    train_bytes = t.num_steps * t.batch_size * config.data.seq_len
+    assert flops["train_flops"] == 3 * flops["forward_flops_per_byte"] * train_bytes
+    # Val at step 500 and at 1000: two passes over the 10% split.
+    val_bytes = len(corpora.load_splits(config.data)["val"])
+    assert flops["eval_flops"] == 2 * flops["forward_flops_per_byte"] * val_bytes
