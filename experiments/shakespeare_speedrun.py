@@ -21,6 +21,11 @@ before) seed 1 missed with 1.4708 (mean 1.4630 +- 0.0055 on a Zen 3), so the run
 1000 steps; an 880-step run took 518 s on an idle AMX Xeon, where bf16 GEMMs are about
 5x f32 against about 2x here. What did not pay: 950 steps with dropout 0.25 ended at
 1.4758 (642 s); 800 steps with dropout 0.1 at 1.4725 (493 s).
+
+On the code at c3c3817 (bf16 weight gradients on a row-major copy), seed 0 again on the
+idle Zen 4: 1.4526 in **616 s** (docs/speedrun/head_seed0/). Its GEMM FLOPs at the bf16
+GEMM rate alone take 340-380 s there (`python -m benchmarks.speedrun_bound`), so this
+config cannot reach the five-minute goal on a Zen 4.
 """
 
 import ml_collections
