@@ -46,6 +46,17 @@ SIZES = {
 }
 
 
+def gemm_flops_per_sec(dtype: str = "float32", n: int = 2048, seconds: float = 0.5) -> float:
+    """FLOP/s of one n^3 GEMM in `dtype` with f32 accumulation (the models' bf16 path)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    return 2 * n**3 / timed(lambda: dot(a, b).block_until_ready(), seconds=seconds)
+
+
 def timed(fn, *, seconds: float = 0.5, repeats: int = 3) -> float:
     """Median seconds per call of fn() (which must block) over `repeats` spans of at least
     `seconds` and two calls each, after one warm-up call."""

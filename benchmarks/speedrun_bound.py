@@ -1,7 +1,7 @@
 """How fast the speedrun could possibly go on this CPU: its FLOPs against the GEMM rates.
 
     python -m benchmarks.speedrun_bound [--config=experiments/shakespeare_speedrun.py]
-        [--seconds=814]
+        [--seconds=616]
 
 Issue 41 asks for the speedrun in 300 s on two Zen-class cores and for the f32 and bf16
 GEMM rates beside its time. This prints both rates (one 2048^3 GEMM each, f32
@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-import jax
-import jax.numpy as jnp
-
 from benchmarks import common, machine
 from charrnn_jax import config_lib
 from charrnn_jax.data import corpora
@@ -33,26 +30,14 @@ from charrnn_jax.data import corpora
 GEMM_N = 2048
 
 
-def gemm_flops_per_sec(dtype, n: int = GEMM_N) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    return 2 * n**3 / common.timed(lambda: dot(a, b).block_until_ready(), seconds=2)
-
-
-def gru_forward_flops_per_byte(embed_dim: int, hidden: int, layers: int) -> int:
-    """GEMM FLOPs of one byte through the stack and the output layer."""
-    inputs = [embed_dim] + [hidden] * (layers - 1)
-    recurrent = sum(2 * 3 * hidden * (width + hidden) for width in inputs)
-    return recurrent + 2 * hidden * common.VOCAB
-
-
 def run_flops(config) -> dict:
-    """The config's training and evaluation FLOPs (evaluations at eval_every and the end)."""
+    """The config's training and evaluation FLOPs (evaluations at eval_every and the end),
+    from common.Size's count, the one the throughput benchmarks use."""
     m, t = config.model, config.train
     if m.cell != "gru":
         raise SystemExit(f"error: the bound counts GRU stacks only, not model.cell={m.cell}")
-    forward = gru_forward_flops_per_byte(m.embed_dim, m.hidden_size, m.num_layers)
+    size = common.Size(m.embed_dim, m.hidden_size, m.num_layers, config.data.seq_len)
+    forward = int(size.train_flops_per_token()) // 3  # Its count: 3 forward passes a byte.
     train_bytes = t.num_steps * t.batch_size * config.data.seq_len
     val_bytes = len(corpora.load_splits(config.data)["val"])
     evals = len({*range(t.eval_every, t.num_steps + 1, t.eval_every), t.num_steps})
@@ -70,7 +55,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     config = config_lib.resolve(config_lib.load_config_file(pathlib.Path(args.config)))
     print(machine.summary())
-    f32, bf16 = gemm_flops_per_sec(jnp.float32), gemm_flops_per_sec(jnp.bfloat16)
+    f32, bf16 = (common.gemm_flops_per_sec(d, GEMM_N, seconds=2) for d in ("float32", "bfloat16"))
     flops = run_flops(config)
     total = flops["train_flops"] + flops["eval_flops"]
     rate = bf16 if config.model.dtype == "bfloat16" else f32

@@ -13,10 +13,13 @@ from charrnn_jax.data import corpora
 from charrnn_jax.training import steps
 
 
+def _speedrun_config():
+    path = pathlib.Path(REPO, "experiments/shakespeare_speedrun.py")
+    return config_lib.resolve(config_lib.load_config_file(path))
+
+
 def test_forward_flops_are_two_per_weight_of_every_matrix_a_byte_meets():
-    config = config_lib.resolve(
-        config_lib.load_config_file(pathlib.Path(REPO, "experiments/shakespeare_speedrun.py"))
-    )
+    config = _speedrun_config()
     params = steps.initial_params(config)
     # Every kernel but the embedding table is multiplied once per byte: 2 FLOPs a weight.
     matrices = [
@@ -25,17 +28,11 @@ def test_forward_flops_are_two_per_weight_of_every_matrix_a_byte_meets():
         if leaf.ndim == 2 and "embed" not in jax.tree_util.keystr(path).lower()
     ]
     weights = sum(int(np.prod(m.shape)) for m in matrices)
-    m = config.model
-    assert (
-        speedrun_bound.gru_forward_flops_per_byte(m.embed_dim, m.hidden_size, m.num_layers)
-        == 2 * weights
-    )
+    assert speedrun_bound.run_flops(config)["forward_flops_per_byte"] == 2 * weights
 
 
 def test_the_run_counts_every_step_and_each_val():
-    config = config_lib.resolve(
-        config_lib.load_config_file(pathlib.Path(REPO, "experiments/shakespeare_speedrun.py"))
-    )
+    config = _speedrun_config()
     flops = speedrun_bound.run_flops(config)
     t = config.train
     train_bytes = t.num_steps * t.batch_size * config.data.seq_len
