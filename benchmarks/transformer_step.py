@@ -15,6 +15,10 @@ tests/models/test_dropout.py):
   loop, instead of models/stochastic.py's unrolled one (the same masks);
 - `dense_dot`: autodiff of nn.Dense's own dot instead of precision.flat_dot_general (one
   weight-gradient GEMM over the flattened positions).
+And one way that is not a choice undone but the one the config could make:
+- `bfloat16`: model.dtype="bfloat16" (bf16 operands, f32 params and accumulation), to
+  show whether bf16 pays for the Transformer on this CPU as it does for the speedrun's
+  GRU (the reproduction runs in f32, as nanoGPT's config does on a CPU).
 Rounds alternate the ways, so a slow spell of a shared machine hits all alike; the table
 gives median seconds per step and the median per-round ratio of each way to the model.
 GFLOP/s counts 6 x params x tokens plus the attention's 12 x layers x block x width per
@@ -47,6 +51,7 @@ WAYS = {
     "erfc_gelu": "jax.nn.gelu (erfc)",
     "jax_random_dropout": "flax's nn.Dropout",
     "dense_dot": "nn.Dense's own dot",
+    "bfloat16": "model.dtype=bfloat16",
 }
 
 
@@ -87,8 +92,9 @@ def _transformer_options() -> dict:
 def _step(way: str, batch: int):
     from charrnn_jax import models
 
+    dtype = "bfloat16" if way == "bfloat16" else "float32"
     config = models.ModelConfig(
-        hidden_size=WIDTH, num_layers=LAYERS, cell="transformer", dropout=DROPOUT
+        hidden_size=WIDTH, num_layers=LAYERS, cell="transformer", dropout=DROPOUT, dtype=dtype
     )
     options = config.options.__class__(num_heads=HEADS, block_size=BLOCK, eval_stride=BLOCK // 2)
     model = models.CharRNN(config.with_options(options))
