@@ -8,11 +8,18 @@ streams and chunk; the model and its training are the tutorial's (baselines/kera
 Writes <out>/metrics.jsonl (a row per epoch, val = every val byte once, carry kept) and
 <out>/config.json (the run in our config's terms), so `launch.curves` draws it beside
 ours. --budget_s stops fit at that wall-clock: the headline's "same wall-clock" line.
+
+Then (--score_best, the default) the best epoch's weights are scored as the comparison
+table scores every model's best checkpoint: nanoGPT's estimator (as `evaluate
+--metric=nanogpt`) and dynamic evaluation with the config's eval.dynamic keys beside the
+static score of the same single stream (as `evaluate --dynamic`, and with lr 0), into
+<out>/best_scores.json (the dynamic per-segment sums included).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import sys
 
@@ -28,6 +35,12 @@ _OUT = flags.DEFINE_string("out", None, "Output directory (must not hold a run a
 _EPOCHS = flags.DEFINE_integer("epochs", 20, "The tutorial's epochs.", lower_bound=1)
 _BUDGET = flags.DEFINE_float(
     "budget_s", 0.0, "Stop at this wall-clock in seconds (0: none).", lower_bound=0.0
+)
+_SCORE_BEST = flags.DEFINE_bool(
+    "score_best",
+    True,
+    "Score the best epoch's weights with nanoGPT's estimator and dynamic evaluation "
+    "(<out>/best_scores.json).",
 )
 flags.mark_flags_as_required(["config", "out"])
 
@@ -95,7 +108,7 @@ def run() -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(Workdir(out).config_file, config_lib.to_json(described_config(config, recipe)))
-    return keras_fit.fit(
+    result = keras_fit.fit(
         train_tokens,
         score_val,
         out,
@@ -103,6 +116,35 @@ def run() -> dict:
         seed=config.seed,
         budget_s=_BUDGET.value or None,
     )
+    if _SCORE_BEST.value and result["best"] is not None:
+        result["best_scores"] = best_scores(config, model, result["best"], val_tokens)
+        write_atomic(out / BEST_SCORES, json.dumps(result["best_scores"]) + "\n")
+    return result
+
+
+BEST_SCORES = "best_scores.json"
+
+
+def best_scores(config, model, best: dict, val_tokens) -> dict:
+    """The best epoch's weights under the comparison table's other estimators:
+    {'step', 'epoch', 'full', 'nanogpt', 'dynamic', 'static_one_stream'}, each a scoring
+    result ({'loss', 'bpb', 'bytes', ...})."""
+    from charrnn_jax.inference import dynamic, scoring  # Import jax, as in run().
+
+    params, dyn = best["params"], config.eval.dynamic
+    segment = dyn.segment or config.eval_chunk
+
+    def adapted(lr: float, decay: float) -> dict:
+        return dynamic.score_dynamic(params, model, val_tokens, segment=segment, lr=lr, decay=decay)
+
+    return {
+        "step": best["step"],
+        "epoch": best["epoch"],
+        "full": {"loss": best["val_loss"]},
+        "nanogpt": scoring.score_nanogpt(params, model, val_tokens, seed=0),
+        "dynamic": adapted(dyn.learning_rate, dyn.decay),
+        "static_one_stream": adapted(0.0, 0.0),
+    }
 
 
 def main(argv):
@@ -118,6 +160,14 @@ def main(argv):
         f"last val {result['val_loss']:.4f} nats/byte; "
         f"metrics in {Workdir(_OUT.value).metrics_file}"
     )
+    if "best_scores" in result:
+        b = result["best_scores"]
+        print(
+            f"Best epoch {b['epoch']} (step {b['step']}): full split {b['full']['loss']:.4f}, "
+            f"nanoGPT's estimator {b['nanogpt']['loss']:.4f}, dynamic evaluation "
+            f"{b['dynamic']['loss']:.4f} (static, one stream: "
+            f"{b['static_one_stream']['loss']:.4f}); in {pathlib.Path(_OUT.value) / BEST_SCORES}"
+        )
 
 
 if __name__ == "__main__":

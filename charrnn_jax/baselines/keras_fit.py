@@ -89,6 +89,8 @@ def make_dataset(keras, inputs, targets, batch_size: int, seed: int):
 
 def make_callback(keras, *, score_val, writer, tokens_per_step: int, budget_s: float | None):
     """Per epoch (and when the budget stops fit): a metrics row with the full-split val.
+    It keeps the converted weights of the epoch with the lowest val (`.best`), which the
+    table's other estimators score afterwards, as `evaluate --step=best` does for ours.
 
     Args:
       score_val: Flax params -> {'loss', 'bpb'} on the val split.
@@ -101,6 +103,7 @@ def make_callback(keras, *, score_val, writer, tokens_per_step: int, budget_s: f
         def on_train_begin(self, logs=None):
             self.start = time.perf_counter()
             self.step, self.epoch_start_step, self.epoch_start = 0, 0, self.start
+            self.best = None  # {'val_loss', 'step', 'epoch', 'params'} of the best epoch.
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch, self.last_line = epoch, time.perf_counter()
@@ -123,8 +126,15 @@ def make_callback(keras, *, score_val, writer, tokens_per_step: int, budget_s: f
 
         def on_epoch_end(self, epoch, logs=None):
             seconds = time.perf_counter() - self.epoch_start
-            weights = keras_tutorial.get_weights(self.model)
-            val = score_val(keras_tutorial.keras_to_flax(weights))
+            params = keras_tutorial.keras_to_flax(keras_tutorial.get_weights(self.model))
+            val = score_val(params)
+            if self.best is None or val["loss"] < self.best["val_loss"]:
+                self.best = {
+                    "val_loss": val["loss"],
+                    "step": self.step,
+                    "epoch": epoch + 1,
+                    "params": params,
+                }
             steps = self.step - self.epoch_start_step
             record = {
                 "train_loss": float(logs["loss"]),
@@ -161,7 +171,8 @@ def fit(
     """Trains the tutorial model with `model.fit`; writes <workdir>/metrics.jsonl.
 
     Returns {'val_loss': the last row's, 'steps', 'wall_time', 'num_params', 'backend',
-    'model': the trained Keras model}.
+    'model': the trained Keras model, 'best': the lowest-val epoch's {'val_loss', 'step',
+    'epoch', 'params' (our Flax params)}}.
     """
     keras = keras_tutorial.import_keras()
     keras.utils.set_random_seed(seed)
@@ -198,4 +209,5 @@ def fit(
         "num_params": keras_tutorial.count_params(model),
         "backend": keras.backend.backend(),
         "model": model,
+        "best": callback.best,
     }

@@ -7,6 +7,7 @@ os.environ.setdefault("KERAS_BACKEND", "jax")  # CI installs keras but not Tenso
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from conftest import DATA_DIR, REPO
@@ -67,6 +68,41 @@ def test_fit_logs_the_full_split_val_of_the_keras_weights_every_epoch(tmp_path):
     final = keras_tutorial.keras_to_flax(keras_tutorial.get_weights(result["model"]))
     assert rows[-1]["val_loss"] == pytest.approx(score(final)["loss"], rel=1e-6)
     assert rows[-1]["val_bpb"] == pytest.approx(rows[-1]["val_loss"] / np.log(2))
+    # The best epoch (here the last: val fell) is kept with its converted weights.
+    best = result["best"]
+    assert (best["epoch"], best["step"]) == (2, rows[1]["step"])
+    assert best["val_loss"] == rows[1]["val_loss"]
+    for kept, now in zip(jax.tree.leaves(best["params"]), jax.tree.leaves(final), strict=True):
+        np.testing.assert_array_equal(kept, now)
+
+
+@pytest.mark.slow
+def test_the_best_epoch_is_scored_by_every_estimator_of_the_table(tmp_path):
+    """fit_tutorial's best_scores: nanoGPT's estimator and dynamic evaluation on the best
+    epoch's weights equal the scoring functions `evaluate` calls, and adapting helps."""
+    from conftest import tiny_config
+
+    from charrnn_jax import config_lib, fit_tutorial
+    from charrnn_jax.inference import dynamic
+
+    train, val = _tiny_data()
+    result = keras_fit.fit(train, _scorer(val), tmp_path, recipe=TINY, seed=1)
+    model = models.CharRNN(
+        models.ModelConfig(embed_dim=TINY.embed_dim, hidden_size=TINY.hidden_size)
+    )
+    overrides = {"eval.dynamic.learning_rate": 0.3, "eval.dynamic.segment": 32}
+    config = config_lib.resolve(tiny_config(**overrides))
+    scores = fit_tutorial.best_scores(config, model, result["best"], val)
+    params = result["best"]["params"]
+    assert scores["full"]["loss"] == result["best"]["val_loss"]
+    nanogpt = scoring.score_nanogpt(params, model, val, seed=0)
+    assert scores["nanogpt"]["loss"] == pytest.approx(nanogpt["loss"], rel=1e-6)
+    assert scores["dynamic"]["segment"] == 32 and scores["dynamic"]["learning_rate"] == 0.3
+    static = dynamic.score_dynamic(params, model, val, segment=32, lr=0.0, decay=0.0)
+    assert scores["static_one_stream"]["loss"] == pytest.approx(static["loss"], rel=1e-6)
+    assert scores["dynamic"]["bytes"] == scores["static_one_stream"]["bytes"] == len(val) - 1
+    # An undertrained model gains from adapting to the text it has already scored.
+    assert scores["dynamic"]["loss"] < scores["static_one_stream"]["loss"]
 
 
 @pytest.mark.slow
