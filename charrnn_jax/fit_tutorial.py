@@ -23,7 +23,7 @@ import json
 import pathlib
 import sys
 
-from absl import flags
+from absl import flags, logging
 from ml_collections import config_flags
 
 from charrnn_jax.errors import UserError
@@ -135,13 +135,16 @@ def best_scores(config, model, best: dict, val_tokens) -> dict:
     segment = dyn.segment or config.eval_chunk
 
     def adapted(lr: float, decay: float) -> dict:
+        logging.info("Best epoch: dynamic evaluation, lr %g, decay %g, one stream...", lr, decay)
         return dynamic.score_dynamic(params, model, val_tokens, segment=segment, lr=lr, decay=decay)
 
+    logging.info("Best epoch %d: nanoGPT's estimator...", best["epoch"])
+    nanogpt = scoring.score_nanogpt(params, model, val_tokens, seed=0)
     return {
         "step": best["step"],
         "epoch": best["epoch"],
         "full": {"loss": best["val_loss"]},
-        "nanogpt": scoring.score_nanogpt(params, model, val_tokens, seed=0),
+        "nanogpt": nanogpt,
         "dynamic": adapted(dyn.learning_rate, dyn.decay),
         "static_one_stream": adapted(0.0, 0.0),
     }
