@@ -23,7 +23,7 @@ import json
 import pathlib
 import sys
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from charrnn_jax.errors import UserError
@@ -117,37 +117,12 @@ def run() -> dict:
         budget_s=_BUDGET.value or None,
     )
     if _SCORE_BEST.value and result["best"] is not None:
-        result["best_scores"] = best_scores(config, model, result["best"], val_tokens)
+        result["best_scores"] = keras_fit.best_scores(config, model, result["best"], val_tokens)
         write_atomic(out / BEST_SCORES, json.dumps(result["best_scores"]) + "\n")
     return result
 
 
 BEST_SCORES = "best_scores.json"
-
-
-def best_scores(config, model, best: dict, val_tokens) -> dict:
-    """The best epoch's weights under the comparison table's other estimators:
-    {'step', 'epoch', 'full', 'nanogpt', 'dynamic', 'static_one_stream'}, each a scoring
-    result ({'loss', 'bpb', 'bytes', ...})."""
-    from charrnn_jax.inference import dynamic, scoring  # Import jax, as in run().
-
-    params, dyn = best["params"], config.eval.dynamic
-    segment = dyn.segment or config.eval_chunk
-
-    def adapted(lr: float, decay: float) -> dict:
-        logging.info("Best epoch: dynamic evaluation, lr %g, decay %g, one stream...", lr, decay)
-        return dynamic.score_dynamic(params, model, val_tokens, segment=segment, lr=lr, decay=decay)
-
-    logging.info("Best epoch %d: nanoGPT's estimator...", best["epoch"])
-    nanogpt = scoring.score_nanogpt(params, model, val_tokens, seed=0)
-    return {
-        "step": best["step"],
-        "epoch": best["epoch"],
-        "full": {"loss": best["val_loss"]},
-        "nanogpt": nanogpt,
-        "dynamic": adapted(dyn.learning_rate, dyn.decay),
-        "static_one_stream": adapted(0.0, 0.0),
-    }
 
 
 def main(argv):

@@ -128,22 +128,12 @@ def make_callback(keras, *, score_val, writer, tokens_per_step: int, budget_s: f
             seconds = time.perf_counter() - self.epoch_start
             params = keras_tutorial.keras_to_flax(keras_tutorial.get_weights(self.model))
             val = score_val(params)
-            if self.best is None or val["loss"] < self.best["val_loss"]:
-                self.best = {
-                    "val_loss": val["loss"],
-                    "step": self.step,
-                    "epoch": epoch + 1,
-                    "params": params,
-                }
-            steps = self.step - self.epoch_start_step
-            record = {
-                "train_loss": float(logs["loss"]),
-                "train_bpb": metric_logging.bits_per_byte(float(logs["loss"])),
-                "val_loss": val["loss"],
-                "val_bpb": val["bpb"],
-                "tokens_per_sec": steps * tokens_per_step / max(seconds, 1e-9),
-                "wall_time": time.perf_counter() - self.start,
-            }
+            here = {"val_loss": val["loss"], "step": self.step, "epoch": epoch + 1}
+            if self.best is None or here["val_loss"] < self.best["val_loss"]:
+                self.best = {**here, "params": params}
+            tokens = (self.step - self.epoch_start_step) * tokens_per_step
+            wall_time = time.perf_counter() - self.start
+            record = _epoch_row(float(logs["loss"]), val, tokens / max(seconds, 1e-9), wall_time)
             writer.write_scalars(self.step, record)
             logging.info(
                 "keras tutorial: epoch %d, step %d, train %.4f, val %.4f (%.4f bpb), %.0fs",
@@ -157,6 +147,45 @@ def make_callback(keras, *, score_val, writer, tokens_per_step: int, budget_s: f
             self.epoch_start_step, self.epoch_start = self.step, time.perf_counter()
 
     return FullSplitEval()
+
+
+def _epoch_row(train_loss: float, val: dict, tokens_per_sec: float, wall_time: float) -> dict:
+    """An epoch's metrics row, in the trainer's field names (launch.curves reads both)."""
+    return {
+        "train_loss": train_loss,
+        "train_bpb": metric_logging.bits_per_byte(train_loss),
+        "val_loss": val["loss"],
+        "val_bpb": val["bpb"],
+        "tokens_per_sec": tokens_per_sec,
+        "wall_time": wall_time,
+    }
+
+
+def best_scores(config, model, best: dict, val_tokens) -> dict:
+    """The best epoch's weights under the comparison table's other estimators, as the
+    table scores every model's best checkpoint (`evaluate --metric=nanogpt` and
+    `evaluate --dynamic` with the config's eval.dynamic keys, and with lr 0 for the static
+    score of the same single stream): {'step', 'epoch', 'full', 'nanogpt', 'dynamic',
+    'static_one_stream'}, each a scoring result ({'loss', 'bpb', 'bytes', ...})."""
+    from charrnn_jax.inference import dynamic, scoring  # These import jax: only here.
+
+    params, dyn = best["params"], config.eval.dynamic
+    segment = dyn.segment or config.eval_chunk
+
+    def adapted(lr: float, decay: float) -> dict:
+        logging.info("Best epoch: dynamic evaluation, lr %g, decay %g, one stream...", lr, decay)
+        return dynamic.score_dynamic(params, model, val_tokens, segment=segment, lr=lr, decay=decay)
+
+    logging.info("Best epoch %d: nanoGPT's estimator...", best["epoch"])
+    nanogpt = scoring.score_nanogpt(params, model, val_tokens, seed=0)
+    return {
+        "step": best["step"],
+        "epoch": best["epoch"],
+        "full": {"loss": best["val_loss"]},
+        "nanogpt": nanogpt,
+        "dynamic": adapted(dyn.learning_rate, dyn.decay),
+        "static_one_stream": adapted(0.0, 0.0),
+    }
 
 
 def fit(

@@ -78,11 +78,12 @@ def test_fit_logs_the_full_split_val_of_the_keras_weights_every_epoch(tmp_path):
 
 @pytest.mark.slow
 def test_the_best_epoch_is_scored_by_every_estimator_of_the_table(tmp_path):
-    """fit_tutorial's best_scores: nanoGPT's estimator and dynamic evaluation on the best
-    epoch's weights equal the scoring functions `evaluate` calls, and adapting helps."""
+    """best_scores (fit_tutorial's best_scores.json): nanoGPT's estimator and dynamic
+    evaluation on the best epoch's weights equal the scoring functions `evaluate` calls,
+    and adapting helps."""
     from conftest import tiny_config
 
-    from charrnn_jax import config_lib, fit_tutorial
+    from charrnn_jax import config_lib
     from charrnn_jax.inference import dynamic
 
     train, val = _tiny_data()
@@ -92,7 +93,7 @@ def test_the_best_epoch_is_scored_by_every_estimator_of_the_table(tmp_path):
     )
     overrides = {"eval.dynamic.learning_rate": 0.3, "eval.dynamic.segment": 32}
     config = config_lib.resolve(tiny_config(**overrides))
-    scores = fit_tutorial.best_scores(config, model, result["best"], val)
+    scores = keras_fit.best_scores(config, model, result["best"], val)
     params = result["best"]["params"]
     assert scores["full"]["loss"] == result["best"]["val_loss"]
     nanogpt = scoring.score_nanogpt(params, model, val, seed=0)
