@@ -191,11 +191,10 @@ def _dynamic(config, model, params, tokens) -> dict:
     # These import jax: after cli.run's huge-page restart, as in run().
     from charrnn_jax.inference import dynamic
 
-    dyn = config.eval.dynamic
-    lr = dyn.learning_rate if _DYN_LR.value is None else _DYN_LR.value
-    decay = dyn.decay if _DYN_DECAY.value is None else _DYN_DECAY.value
-    segment = dyn.segment if _DYN_SEGMENT.value is None else _DYN_SEGMENT.value
-    segment = segment or config.eval_chunk
+    settings = dynamic.run_settings(
+        config, lr=_DYN_LR.value, decay=_DYN_DECAY.value, segment=_DYN_SEGMENT.value
+    )
+    lr, decay, segment = settings["lr"], settings["decay"], settings["segment"]
     if lr < 0 or not 0 <= decay <= 1 or segment < 1:
         raise UserError(
             f"--dynamic needs learning_rate >= 0, decay in [0, 1] and segment >= 1; got "

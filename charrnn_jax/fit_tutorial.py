@@ -44,6 +44,8 @@ _SCORE_BEST = flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config", "out"])
 
+BEST_SCORES = "best_scores.json"  # In --out, beside metrics.jsonl.
+
 
 def check_args(config, out: pathlib.Path, modes) -> None:
     if Workdir(out).metrics_file.exists():
@@ -120,9 +122,6 @@ def run() -> dict:
         result["best_scores"] = keras_fit.best_scores(config, model, result["best"], val_tokens)
         write_atomic(out / BEST_SCORES, json.dumps(result["best_scores"]) + "\n")
     return result
-
-
-BEST_SCORES = "best_scores.json"
 
 
 def main(argv):

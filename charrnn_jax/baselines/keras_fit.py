@@ -169,11 +169,11 @@ def best_scores(config, model, best: dict, val_tokens) -> dict:
     'static_one_stream'}, each a scoring result ({'loss', 'bpb', 'bytes', ...})."""
     from charrnn_jax.inference import dynamic, scoring  # These import jax: only here.
 
-    params, dyn = best["params"], config.eval.dynamic
-    segment = dyn.segment or config.eval_chunk
+    params, settings = best["params"], dynamic.run_settings(config)
 
     def adapted(lr: float, decay: float) -> dict:
         logging.info("Best epoch: dynamic evaluation, lr %g, decay %g, one stream...", lr, decay)
+        segment = settings["segment"]
         return dynamic.score_dynamic(params, model, val_tokens, segment=segment, lr=lr, decay=decay)
 
     logging.info("Best epoch %d: nanoGPT's estimator...", best["epoch"])
@@ -183,7 +183,7 @@ def best_scores(config, model, best: dict, val_tokens) -> dict:
         "epoch": best["epoch"],
         "full": {"loss": best["val_loss"]},
         "nanogpt": nanogpt,
-        "dynamic": adapted(dyn.learning_rate, dyn.decay),
+        "dynamic": adapted(settings["lr"], settings["decay"]),
         "static_one_stream": adapted(0.0, 0.0),
     }
 

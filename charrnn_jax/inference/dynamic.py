@@ -55,6 +55,17 @@ def dynamic_sums(params, batch, carry, *, apply_fn, segment: int, lr: float, dec
     return sums
 
 
+def run_settings(config, *, lr=None, decay=None, segment=None) -> dict:
+    """{'lr', 'decay', 'segment'}: the run's eval.dynamic keys, each replaced where given
+    (evaluate's flags); a segment of 0 is the run's full-split chunk."""
+    dyn = config.eval.dynamic
+    return {
+        "lr": dyn.learning_rate if lr is None else lr,
+        "decay": dyn.decay if decay is None else decay,
+        "segment": (dyn.segment if segment is None else segment) or config.eval_chunk,
+    }
+
+
 def score_dynamic(
     params,
     model,

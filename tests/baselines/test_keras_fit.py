@@ -53,12 +53,20 @@ def _scorer(val):
     return lambda params: scoring.score_bytes(params, model, val, streams=4, chunk=16)
 
 
-@pytest.mark.slow
-def test_fit_logs_the_full_split_val_of_the_keras_weights_every_epoch(tmp_path):
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """One two-epoch fit of the tiny recipe, shared by the tests that read it:
+    (train, val, fit's result, its metrics folder)."""
     train, val = _tiny_data()
+    out = tmp_path_factory.mktemp("two_epochs")
+    return train, val, keras_fit.fit(train, _scorer(val), out, recipe=TINY, seed=1), out
+
+
+@pytest.mark.slow
+def test_fit_logs_the_full_split_val_of_the_keras_weights_every_epoch(two_epochs):
+    train, val, result, out = two_epochs
     score = _scorer(val)
-    result = keras_fit.fit(train, score, tmp_path, recipe=TINY, seed=1)
-    rows = metric_logging.read_jsonl(tmp_path / "metrics.jsonl")
+    rows = metric_logging.read_jsonl(out / "metrics.jsonl")
     steps_per_epoch = (len(train) // 21) // 4
     assert [r["step"] for r in rows] == [steps_per_epoch, 2 * steps_per_epoch]
     assert rows[1]["val_loss"] < rows[0]["val_loss"] < np.log(256)
@@ -77,7 +85,7 @@ def test_fit_logs_the_full_split_val_of_the_keras_weights_every_epoch(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_best_epoch_is_scored_by_every_estimator_of_the_table(tmp_path):
+def test_the_best_epoch_is_scored_by_every_estimator_of_the_table(two_epochs):
     """best_scores (fit_tutorial's best_scores.json): nanoGPT's estimator and dynamic
     evaluation on the best epoch's weights equal the scoring functions `evaluate` calls,
     and adapting helps."""
@@ -86,8 +94,7 @@ def test_the_best_epoch_is_scored_by_every_estimator_of_the_table(tmp_path):
     from charrnn_jax import config_lib
     from charrnn_jax.inference import dynamic
 
-    train, val = _tiny_data()
-    result = keras_fit.fit(train, _scorer(val), tmp_path, recipe=TINY, seed=1)
+    _, val, result, _ = two_epochs
     model = models.CharRNN(
         models.ModelConfig(embed_dim=TINY.embed_dim, hidden_size=TINY.hidden_size)
     )
