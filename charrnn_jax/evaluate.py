@@ -169,7 +169,17 @@ def _score(config, model, params, tokens, source: str) -> dict:
         bytes_per_call=config.eval.bytes_per_call,  # The trainer's val segments.
         progress=_progress_line(),
     )
-    return {**result, "streams": streams, "metric": "full", "chunk": config.eval_chunk}
+    return full_record(config, result, streams)
+
+
+def full_record(config, result: dict, streams: int) -> dict:
+    """The full-split metric's output: what was scored and how (launch.report names each
+    estimator from these fields, so a model with a context window records its stride,
+    which moves its number; a recurrent model's chunk does not)."""
+    record = {**result, "streams": streams, "metric": "full", "chunk": config.eval_chunk}
+    if config.model.context_window():
+        record["stride"] = config.eval_chunk
+    return record
 
 
 def _progress_line(every_s: float = 5.0):

@@ -9,6 +9,12 @@ a run that failed before its first row is listed with its error line. Prints the
 and writes report.md and val_loss.png into the root. With --reference, each seed group's
 mean is also tested against that number (one-sample t, one-sided: is the mean below it?).
 
+A run's best checkpoint scored other ways (`evaluate --json > <run>/evaluate/<any>.json`:
+nanoGPT's estimator, dynamic evaluation, another stride) adds one row per estimator to
+the seed table, so that every column of the comparison table is a mean over seeds
+printed by this command. Each estimator is named from the JSON's own fields (metric and
+the settings that move its number), never from the file's name.
+
 The tests are scipy.stats's (a dependency of jax's): Welch's unequal-variance t-test,
 one-sided, H1 "this group's mean val is above the best group's". The speedrun
 community's rule for a claimed gain (modded-nanogpt) is a margin of at least 0.005 nats
@@ -20,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import pathlib
+import re
 import statistics
 import sys
 
@@ -57,9 +64,52 @@ def collect(root: pathlib.Path) -> list[dict]:
                 "error": status.get("error") or error_line(workdir),
                 "seed": _config_of(workdir).get("seed"),
                 "group": _group_key(_config_of(workdir)),
+                "estimates": estimates(workdir),
             }
         )
     return sorted(rows, key=lambda r: (r["best_val_loss"] is None, r["best_val_loss"] or 0))
+
+
+def estimator_name(record: dict) -> str:
+    """What an `evaluate --json` record measured, from its fields: runs scored by the same
+    command under different file names average together, and two settings never do."""
+    split = re.match(r"the (\w+) split", record.get("source", ""))
+    where = f"{split.group(1)}, " if split else ""
+    metric = record["metric"]
+    if metric == "nanogpt":
+        return f"{where}nanoGPT's estimator ({record['windows']} windows, seed {record['seed']})"
+    if metric == "dynamic":
+        streams = f"{record['streams']} stream" + ("s" if record["streams"] > 1 else "")
+        if record["learning_rate"] == 0:  # No update, so the decay cannot act either.
+            return f"{where}static, {streams}"
+        return (
+            f"{where}dynamic (lr {record['learning_rate']:g}, decay {record['decay']:g}, "
+            f"segment {record['segment']}, {streams})"
+        )
+    if metric == "full":
+        # A recurrent model's chunk does not move its number (the carry is kept); the
+        # stride of a model with a context window does.
+        stride = f", stride {record['stride']}" if "stride" in record else ""
+        return f"{where}full ({record['streams']} streams{stride})"
+    return f"{where}{metric}"
+
+
+def estimates(workdir: Workdir) -> dict[str, float]:
+    """{estimator name: loss} of the run's saved `evaluate --json` outputs."""
+    folder = workdir.path / "evaluate"
+    found: dict[str, float] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = json.loads(path.read_text())
+        if not (isinstance(record, dict) and {"metric", "loss"} <= record.keys()):
+            continue  # Not evaluate's output.
+        name = estimator_name(record)
+        if name in found and not math.isclose(found[name], record["loss"], rel_tol=1e-9):
+            raise UserError(
+                f"{path} and another file in {folder} score the same estimator ({name}) "
+                f"differently: {record['loss']} against {found[name]}."
+            )
+        found[name] = record["loss"]
+    return found
 
 
 def _status(workdir: Workdir, summary: dict) -> dict:
@@ -134,9 +184,21 @@ def seed_groups(rows: list[dict]) -> list[dict]:
                 "mean": statistics.fmean(vals),
                 "std": statistics.stdev(vals) if len(vals) > 1 else None,
                 "values": vals,
+                "estimates": _estimates_over(members),
             }
         )
     return sorted(out, key=lambda g: g["mean"])
+
+
+def _estimates_over(members: list[dict]) -> dict[str, dict]:
+    """{estimator: {"seeds", "values"}} over the group's runs that were scored that way."""
+    over: dict[str, dict] = {}
+    for m in sorted(members, key=lambda m: m["seed"]):
+        for name, loss in m.get("estimates", {}).items():
+            entry = over.setdefault(name, {"seeds": [], "values": []})
+            entry["seeds"].append(m["seed"])
+            entry["values"].append(loss)
+    return over
 
 
 def _common_prefix(names: list[str]) -> str:
@@ -192,6 +254,29 @@ def seed_table(groups: list[dict], reference: float | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def estimator_table(groups: list[dict], reference: float | None = None) -> str:
+    """Each group's mean +- std under every estimator its runs were scored with."""
+    fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
+    head = "| group | estimator | n | seeds | mean | std |"
+    rule = "|---|---|---|---|---|---|"
+    if reference is not None:
+        head += f" p (mean < {reference}) |"
+        rule += "---|"
+    lines = []
+    for g in groups:
+        for name, entry in sorted(g["estimates"].items()):
+            values = entry["values"]
+            std = statistics.stdev(values) if len(values) > 1 else None
+            line = (
+                f"| {g['name']} | {name} | {len(values)} | {','.join(map(str, entry['seeds']))} "
+                f"| {statistics.fmean(values):.4f} | {fmt(std, '.4f')} |"
+            )
+            if reference is not None:
+                line += f" {fmt(below_reference_p(values, reference), '.2g')} |"
+            lines.append(line)
+    return "\n".join([head, rule, *lines]) + "\n" if lines else ""
+
+
 def table(rows: list[dict]) -> str:
     fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
     lines = [
@@ -233,6 +318,12 @@ def report(root: pathlib.Path, reference: float | None = None) -> str:
     groups = [g for g in seed_groups(rows) if g["n"] > 1]
     if groups:
         text += "\nOver seeds (best val per run, nats/byte):\n\n" + seed_table(groups, reference)
+    by_estimator = estimator_table(groups, reference)
+    if by_estimator:
+        text += (
+            "\nOver seeds, by estimator (each run's best checkpoint as scored in its "
+            "evaluate/*.json, nats/byte):\n\n" + by_estimator
+        )
     write_atomic(root / "report.md", f"# Sweep {root}\n\n" + text)
     plot(rows, root / "val_loss.png")
     return text

@@ -212,6 +212,9 @@ def test_trains_through_the_real_trainer_and_scores_both_ways(tmp_path):
         assert scored[stride]["bytes"] == scored[16]["bytes"]
     assert scored[16]["loss"] == pytest.approx(rows[-1]["val_loss"], rel=1e-5)
     assert len({round(r["loss"], 6) for r in scored.values()}) == 3  # The stride matters.
+    strided, _ = evaluate._with_stride(run_config, 4)  # `--json` records it, for the report.
+    assert evaluate.full_record(strided, scored[4], streams)["stride"] == 4
+    assert "stride" not in evaluate.full_record(config_lib.resolve(tiny_config()), {}, 4)
     with pytest.raises(UserError, match="exceeds the model's block_size=32"):
         evaluate._with_stride(run_config, 33)
     with pytest.raises(UserError, match="'gru' carries its state over the whole split"):
