@@ -195,3 +195,66 @@ def test_no_function_is_longer_than_sixty_lines():
         and node.end_lineno - node.lineno + 1 > 60
     ]
     assert not long, long
+
+
+def _project_modules() -> dict[str, ast.Module]:
+    """{dotted name: tree} of every module of the package, launch/ and benchmarks/."""
+    out = {}
+    for top in ("charrnn_jax", "launch", "benchmarks"):
+        for path in sorted((REPO / top).rglob("*.py")):
+            parts = path.with_suffix("").relative_to(REPO).parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = ast.parse(
+                path.read_text()
+            )
+    return out
+
+
+def _imported(tree: ast.Module, known: set[str]) -> set[str]:
+    """The project modules a file imports anywhere (`from a import b` may name module a.b)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in known)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update({node.module} & known)
+            found.update({f"{node.module}.{a.name}" for a in node.names} & known)
+    return found
+
+
+def _flags_defined_on_import(tree: ast.Module) -> set[str]:
+    """Flag names a module defines at its top level (not in a function or a main guard)."""
+    names = set()
+    for node in tree.body:
+        if not isinstance(node, (ast.Assign, ast.AnnAssign, ast.Expr)):
+            continue
+        for call in ast.walk(node):
+            if (
+                isinstance(call, ast.Call)
+                and isinstance(call.func, ast.Attribute)
+                and call.func.attr.startswith("DEFINE")
+                and call.args
+                and isinstance(call.args[0], ast.Constant)
+            ):
+                names.add(call.args[0].value)
+    return names
+
+
+def test_no_two_modules_the_tests_import_define_the_same_flag():
+    """A test worker imports many test files into one process: two modules there that
+    define one absl flag at import fail the second import (DuplicateFlagError), as
+    fit_tutorial's did beside launch.curves'. Helpers a test needs live in library modules."""
+    modules = _project_modules()
+    known = set(modules)
+    reached = set()
+    for path in sorted((REPO / "tests").rglob("*.py")):
+        reached |= _imported(ast.parse(path.read_text()), known)
+    frontier = set(reached)
+    while frontier:  # What those modules import, in turn.
+        frontier = set().union(*(_imported(modules[m], known) for m in frontier)) - reached
+        reached |= frontier
+    owners: dict[str, list[str]] = {}
+    for name in sorted(reached):
+        for flag in _flags_defined_on_import(modules[name]):
+            owners.setdefault(flag, []).append(name)
+    assert {f: o for f, o in owners.items() if len(o) > 1} == {}
+    assert owners["workdir"] == ["charrnn_jax.evaluate"]  # The scan sees module-level flags.
