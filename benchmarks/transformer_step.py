@@ -9,16 +9,18 @@ The model is experiments/shakespeare_nanogpt.py's (6 layers, 6 heads, 384 wide, 
 The choices, each the same function as what it replaced (tests/models/test_transformer.py,
 tests/models/test_dropout.py):
 - `ynn_fusions`: XLA:CPU's default YNNPACK fusions instead of the model's compiler options
-  (transformer.COMPILER_OPTIONS: Eigen's GEMMs);
+  (transformer.compiler_options: Eigen's GEMMs in float32);
 - `erfc_gelu`: jax.nn.gelu(approximate=False), the erfc form, instead of erf's;
 - `jax_random_dropout`: flax's nn.Dropout, whose threefry JAX lowers on CPU as a rolled
   loop, instead of models/stochastic.py's unrolled one (the same masks);
 - `dense_dot`: autodiff of nn.Dense's own dot instead of precision.flat_dot_general (one
   weight-gradient GEMM over the flattened positions).
-And one way that is not a choice undone but the one the config could make:
+And two ways that are not a choice undone but the one the config could make:
 - `bfloat16`: model.dtype="bfloat16" (bf16 operands, f32 params and accumulation), to
   show whether bf16 pays for the Transformer on this CPU as it does for the speedrun's
-  GRU (the reproduction runs in f32, as nanoGPT's config does on a CPU).
+  GRU; its programs keep XLA's YNNPACK fusions (transformer.compiler_options);
+- `bfloat16_eigen`: the same with Eigen's GEMMs, the float32 programs' choice (what
+  bf16 ran with before: Eigen's bf16 GEMMs run at its f32 rate).
 Rounds alternate the ways, so a slow spell of a shared machine hits all alike; the table
 gives median seconds per step and the median per-round ratio of each way to the model.
 GFLOP/s counts 6 x params x tokens plus the attention's 12 x layers x block x width per
@@ -52,6 +54,7 @@ WAYS = {
     "jax_random_dropout": "flax's nn.Dropout",
     "dense_dot": "nn.Dense's own dot",
     "bfloat16": "model.dtype=bfloat16",
+    "bfloat16_eigen": "model.dtype=bfloat16, Eigen's GEMMs",
 }
 
 
@@ -91,17 +94,17 @@ def _transformer_options() -> dict:
 
 def _step(way: str, batch: int):
     from charrnn_jax import models
+    from charrnn_jax.models import transformer
 
-    dtype = "bfloat16" if way == "bfloat16" else "float32"
+    dtype = "bfloat16" if way.startswith("bfloat16") else "float32"
     config = models.ModelConfig(
         hidden_size=WIDTH, num_layers=LAYERS, cell="transformer", dropout=DROPOUT, dtype=dtype
     )
     options = config.options.__class__(num_heads=HEADS, block_size=BLOCK, eval_stride=BLOCK // 2)
     model = models.CharRNN(config.with_options(options))
+    options = {"ynn_fusions": {}, "bfloat16_eigen": transformer.EIGEN_GEMMS}.get(way)
     with _undone(way):
-        step = common.jax_train_step(
-            model, batch, BLOCK, compiler_options={} if way == "ynn_fusions" else None
-        )
+        step = common.jax_train_step(model, batch, BLOCK, compiler_options=options)
         step()  # Compile now, with this way's choices.
     return step
 

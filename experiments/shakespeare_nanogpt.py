@@ -13,17 +13,21 @@ What is nanoGPT's, key by key: 6 layers, 6 heads, 384 wide, block 256, batch 64,
 0.2, AdamW (lr 1e-3, beta2 0.99, weight decay 0.1 on the matrices and embeddings, eps
 1e-8 as torch's), 100 warmup steps and a cosine to 1e-4 at 5,000 steps, clipping at 1.0,
 val every 250 steps; training windows of block + 1 bytes drawn at random from the first
-90% of the file (val is the last 10%, as its prepare.py splits). What is ours: the 256
-byte values as the vocabulary (tiny Shakespeare is ASCII: a byte is a character), f32
-compute (nanoGPT runs bf16 autocast on a GPU; `--config.model.dtype=bfloat16` is ours),
-and the logged val: the full-split metric (every val byte once, a sliding window of 256
+90% of the file (val is the last 10%, as its prepare.py splits), and bf16 compute with
+f32 weights, optimizer state and accumulation, as nanoGPT's train.py runs bf16 autocast
+on a GPU that has it (its 1.4697 is from an A100; `--config.model.dtype=float32` is the
+f32 run, 1.18x slower per step on a Zen 4, benchmarks/README.md). What is ours: the 256
+byte values as the vocabulary (tiny Shakespeare is ASCII: a byte is a character), the
+attention core's matmuls and softmax in f32 (autocast runs the matmuls in bf16), and the
+logged val: the full-split metric (every val byte once, a sliding window of 256
 with stride 128, so each byte has at least 128 bytes of context) instead of the 200 x 64
 random windows of estimate_loss(), which `evaluate --metric=nanogpt` computes and each
 val row carries beside it (`val_loss_nanogpt`), so both curves can be drawn.
 
-Not yet measured: a 5,000-step run is many CPU hours (about 1.2 TFLOP a step: 10.6 s on
-2 cores of an AMD EPYC Zen 3, `python -m benchmarks.transformer_step`, so about 15 h); no
-number from this config is published yet (docs/results.md says where the run stands).
+Not yet measured: a 5,000-step run is many CPU hours (about 1.2 TFLOP a step: 8.4 s in
+bf16 on 2 cores of an AMD EPYC Zen 4, `python -m benchmarks.transformer_step`, so about
+12 h and 20 vals of about 8 min); no number from this config is published yet
+(docs/results.md says where the run stands).
 """
 
 import ml_collections
@@ -43,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.transformer.block_size = 256  # block_size.
     config.model.transformer.eval_stride = 128  # Full-split metric: >= 128 bytes of context.
     config.model.dropout = 0.2  # On embeddings, attention weights and residual branches.
+    config.model.dtype = "bfloat16"  # nanoGPT's autocast dtype (f32 weights and accumulation).
     config.train.batch_size = 64  # batch_size (gradient_accumulation_steps = 1).
     config.train.num_steps = 5000  # max_iters = lr_decay_iters.
     config.train.learning_rate = 1e-3  # learning_rate.

@@ -193,7 +193,7 @@ class ModelConfig:
         (runtime/parallel.py, model_jit), not what they compute. The sampler keeps
         XLA's defaults."""
         family = backend_choices.backend_family(backend)
-        return dict(registry.CELLS[self.cell].compiler_options.get(family, {}))
+        return dict(registry.CELLS[self.cell].compiler_options(family, self.dtype))
 
 
 class CharRNN(nn.Module):

@@ -178,9 +178,9 @@ class Cell:
         block_size), or None where any length goes (the recurrent cells).
       check: (ModelConfig, DataConfig) -> a config error line or None, for what only
         this cell requires.
-      compiler_options: backend family ('cpu', 'gpu', 'tpu') -> XLA options for the
-        programs that train and score the model (how XLA compiles them, never what they
-        compute; ModelConfig.compiler_options).
+      compiler_options: (backend family ('cpu', 'gpu', 'tpu'), model.dtype) -> XLA
+        options for the programs that train and score the model (how XLA compiles them,
+        never what they compute; ModelConfig.compiler_options).
     """
 
     residual_block: bool
@@ -196,7 +196,7 @@ class Cell:
     eval_chunk: Callable[[Any, int], int] = lambda options, seq_len: seq_len
     context_window: Callable[[Any], int | None] = lambda options: None
     check: Callable[[Any, Any], str | None] = lambda model, data: None
-    compiler_options: Mapping[str, Mapping[str, str]] = dataclasses.field(default_factory=dict)
+    compiler_options: Callable[[str, str], Mapping[str, str]] = lambda family, dtype: {}
 
 
 CELLS: dict[str, Cell] = {
@@ -223,7 +223,7 @@ CELLS: dict[str, Cell] = {
         eval_chunk=transformer.eval_chunk,
         context_window=lambda options: options.block_size,
         check=transformer.check,
-        compiler_options=transformer.COMPILER_OPTIONS,
+        compiler_options=transformer.compiler_options,
     ),
     "mingru": Cell(True, module=min_rnn.MinGRU),
     "minlstm": Cell(True, module=min_rnn.MinLSTM),

@@ -80,13 +80,22 @@ def _normal(std: float):
 
 
 # XLA options for the Transformer's programs (models/registry.py, Cell.compiler_options).
-# On CPU, XLA's YNNPACK fusions run its shapes' GEMMs ([16384, 384] x [384, 1536]) and
-# batched attention matmuls ([384, 256, 64] x [384, 64, 256]) 1.1-1.6x slower than its
-# Eigen path, so the Transformer's programs turn them off (an empty list of fusion
-# kinds); the recurrent models' small per-step GEMMs keep them (there they are as fast or
-# faster). Measured with benchmarks.transformer_step (benchmarks/README.md, "nanoGPT's
-# Transformer on a CPU"). The function is the same; its rounding is Eigen's.
-COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type": ""}}
+# On CPU in float32, XLA's YNNPACK fusions run its shapes' GEMMs ([16384, 384] x
+# [384, 1536]) and batched attention matmuls ([384, 256, 64] x [384, 64, 256]) 1.1-1.6x
+# slower than its Eigen path, so its float32 programs turn them off (an empty list of
+# fusion kinds). In bfloat16 it is the other way round: under Eigen a bf16 step is no
+# faster than f32, and with YNNPACK's bf16 GEMMs it is 1.26x faster than under Eigen at
+# batch 64 on a Zen 4 with avx512_bf16, so bf16 keeps XLA's defaults, as the recurrent
+# models do (their small per-step GEMMs are as fast or faster with them). Measured with
+# benchmarks.transformer_step (benchmarks/README.md, "nanoGPT's Transformer on a CPU").
+# The function is the same either way; only the GEMMs' rounding differs.
+EIGEN_GEMMS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options(family: str, dtype: str) -> dict[str, str]:
+    """The XLA options of the Transformer's programs on a backend family, by compute dtype."""
+    return dict(EIGEN_GEMMS) if family == "cpu" and dtype == "float32" else {}
+
 
 # Every linear layer's dot (precision.flat_dot_general: the weight gradient as one GEMM
 # over all positions); benchmarks.transformer_step swaps in nn.Dense's own to compare.

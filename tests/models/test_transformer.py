@@ -2,6 +2,8 @@
 carried context equal to a full recompute (so sampling is nanoGPT's generate), the
 full-split metric equal to a naive sliding-window loop, and a run through the trainer."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,9 +76,10 @@ def _compiled_text(jitted, *args) -> str:
     return jitted.lower(*args).compile().as_text()
 
 
-def test_the_transformers_programs_compile_without_ynnpack_on_cpu(model_and_params):
-    """The Transformer's programs take its XLA options (transformer.COMPILER_OPTIONS: Eigen's
-    GEMMs on CPU); the recurrent models keep XLA's defaults."""
+def test_the_transformers_f32_programs_compile_without_ynnpack_on_cpu(model_and_params):
+    """The Transformer's programs take its XLA options (transformer.compiler_options:
+    Eigen's GEMMs on CPU in float32, XLA's YNNPACK fusions in bfloat16, where they are
+    the fast bf16 GEMMs); the recurrent models keep XLA's defaults."""
     from charrnn_jax.runtime import parallel
 
     model, params = model_and_params
@@ -96,6 +99,9 @@ def test_the_transformers_programs_compile_without_ynnpack_on_cpu(model_and_para
     assert "__ynn_fusion" in _compiled_text(
         jax.jit(logits(model)), params, tokens
     )  # XLA's default.
+    bf16 = model.__class__(dataclasses.replace(model.config, dtype="bfloat16"))
+    assert bf16.config.compiler_options("cpu") == {} and model.config.compiler_options("gpu") == {}
+    assert "__ynn_fusion" in _compiled_text(parallel.model_jit(bf16, logits(bf16)), params, tokens)
     assert gru.config.compiler_options("cpu") == {}
     assert "__ynn_fusion" in _compiled_text(
         parallel.model_jit(gru, logits(gru)), gru_params, tokens
