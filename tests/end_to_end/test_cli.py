@@ -330,3 +330,33 @@ def test_sample_raw_writes_the_bytes_unchanged(trained):
     )
     shown = corpora.decode(corpora.complete_utf8(raw.stdout))  # What the text mode prints.
     assert text.stdout.decode() == shown + ("" if shown.endswith("\n") else "\n")
+
+
+def test_launch_score_saves_each_estimator_where_the_report_reads_it(trained, tmp_path):
+    """launch.score: evaluate's --json per estimator in <run>/evaluate/, kept on a rerun,
+    and named by launch.report from the files' own fields."""
+    import shutil
+
+    from charrnn_jax.store.workdir import Workdir
+    from launch import report
+
+    workdir = tmp_path / "run"
+    shutil.copytree(trained[0], workdir)
+    done = _run("launch.score", f"--workdir={workdir}", "--estimators=full,static", cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = metric_logging.read_jsonl(workdir / "metrics.jsonl")
+    best = min(r["val_loss"] for r in rows if r["val_loss"] is not None)
+    full = json.loads((workdir / "evaluate" / "full.json").read_text())
+    static = json.loads((workdir / "evaluate" / "static.json").read_text())
+    assert full["metric"] == "full" and full["loss"] == pytest.approx(best, rel=1e-5)
+    assert static["metric"] == "dynamic" and static["learning_rate"] == 0
+    assert set(report.estimates(Workdir(workdir))) == {
+        f"val, full ({full['streams']} streams)",
+        "val, static, 1 stream",
+    }
+    kept = (workdir / "evaluate" / "full.json").stat().st_mtime_ns
+    again = _run("launch.score", f"--workdir={workdir}", "--estimators=full", cwd=REPO)
+    assert again.returncode == 0 and (workdir / "evaluate/full.json").stat().st_mtime_ns == kept
+    bad = _run("launch.score", f"--workdir={workdir}", "--estimators=full,bogus", cwd=REPO)
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: --estimators takes some of")
