@@ -228,40 +228,40 @@ def below_reference_p(values: list[float], reference: float) -> float | None:
     return float(stats.ttest_1samp(values, reference, alternative="less").pvalue)
 
 
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _header(columns: list[str], reference: float | None) -> list[str]:
+    """A table's head and rule lines, with the p-against-reference column if asked for."""
+    if reference is not None:
+        columns = [*columns, f"p (mean < {reference})"]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def seed_table(groups: list[dict], reference: float | None = None) -> str:
     """Mean +- std over seeds; each group's margin over the best group with its p-value."""
     if not groups:
         return ""
-    fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
-    head = "| group | n | seeds | best val mean | std | vs best: margin | p (Welch) |"
-    rule = "|---|---|---|---|---|---|---|"
-    if reference is not None:
-        head += f" p (mean < {reference}) |"
-        rule += "---|"
-    lines = [head, rule]
+    columns = ["group", "n", "seeds", "best val mean", "std", "vs best: margin", "p (Welch)"]
+    lines = _header(columns, reference)
     best = groups[0]
     for g in groups:
         margin = None if g is best else g["mean"] - best["mean"]
         p = None if g is best else welch_p(g["values"], best["values"])
         line = (
             f"| {g['name']} | {g['n']} | {','.join(map(str, g['seeds']))} | "
-            f"{g['mean']:.4f} | {fmt(g['std'], '.4f')} | {fmt(margin, '+.4f')} | "
-            f"{fmt(p, '.2g')} |"
+            f"{g['mean']:.4f} | {_fmt(g['std'], '.4f')} | {_fmt(margin, '+.4f')} | "
+            f"{_fmt(p, '.2g')} |"
         )
         if reference is not None:
-            line += f" {fmt(below_reference_p(g['values'], reference), '.2g')} |"
+            line += f" {_fmt(below_reference_p(g['values'], reference), '.2g')} |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
 
 def estimator_table(groups: list[dict], reference: float | None = None) -> str:
     """Each group's mean +- std under every estimator its runs were scored with."""
-    fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
-    head = "| group | estimator | n | seeds | mean | std |"
-    rule = "|---|---|---|---|---|---|"
-    if reference is not None:
-        head += f" p (mean < {reference}) |"
-        rule += "---|"
     lines = []
     for g in groups:
         for name, entry in sorted(g["estimates"].items()):
@@ -269,23 +269,21 @@ def estimator_table(groups: list[dict], reference: float | None = None) -> str:
             std = statistics.stdev(values) if len(values) > 1 else None
             line = (
                 f"| {g['name']} | {name} | {len(values)} | {','.join(map(str, entry['seeds']))} "
-                f"| {statistics.fmean(values):.4f} | {fmt(std, '.4f')} |"
+                f"| {statistics.fmean(values):.4f} | {_fmt(std, '.4f')} |"
             )
             if reference is not None:
-                line += f" {fmt(below_reference_p(values, reference), '.2g')} |"
+                line += f" {_fmt(below_reference_p(values, reference), '.2g')} |"
             lines.append(line)
-    return "\n".join([head, rule, *lines]) + "\n" if lines else ""
+    head = _header(["group", "estimator", "n", "seeds", "mean", "std"], reference)
+    return "\n".join([*head, *lines]) + "\n" if lines else ""
 
 
 def table(rows: list[dict]) -> str:
-    fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
-    lines = [
-        "| run | status | steps | best val loss | best val bpb | tokens/s |",
-        "|---|---|---|---|---|---|",
-    ]
+    columns = ["run", "status", "steps", "best val loss", "best val bpb", "tokens/s"]
+    lines = _header(columns, None)
     lines += [
-        f"| {r['name']} | {r['status']} | {r['steps']} | {fmt(r['best_val_loss'], '.4f')} "
-        f"| {fmt(r['best_val_bpb'], '.4f')} | {fmt(r['tokens_per_sec'], ',.0f')} |"
+        f"| {r['name']} | {r['status']} | {r['steps']} | {_fmt(r['best_val_loss'], '.4f')} "
+        f"| {_fmt(r['best_val_bpb'], '.4f')} | {_fmt(r['tokens_per_sec'], ',.0f')} |"
         for r in rows
     ]
     failed = [r for r in rows if r["error"] and r["status"] == "failed"]
