@@ -24,6 +24,14 @@ with stride 128, so each byte has at least 128 bytes of context) instead of the 
 random windows of estimate_loss(), which `evaluate --metric=nanogpt` computes and each
 val row carries beside it (`val_loss_nanogpt`), so both curves can be drawn.
 
+Our train step is nanoGPT's, to float rounding: `python -m charrnn_jax.compare_nanogpt
+--config=experiments/shakespeare_nanogpt.py --nanogpt_dir=<a clone of nanoGPT> --steps=30`
+trains this config (float32, dropout off) beside nanoGPT's own model.py,
+configure_optimizers and get_lr on identical batches (docs/nanogpt_parity/, the numbers in
+docs/results.md). That check found one difference, now fixed: flax's LayerNorm epsilon
+(1e-6) where nanoGPT's is 1e-5: the residual stream starts at a variance of about 8e-4
+(two normal(0, 0.02) embeddings summed), so the epsilon is not negligible early on.
+
 Not yet measured: a 5,000-step run is many CPU hours (about 1.2 TFLOP a step: 8.4 s in
 bf16 on 2 cores of an AMD EPYC Zen 4, `python -m benchmarks.transformer_step`, so about
 12 h and 20 vals of about 8 min); no number from this config is published yet

@@ -10,7 +10,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "charrnn_jax"
-COMMANDS = {"main", "sample", "evaluate", "classify", "compare", "fit_tutorial"}
+COMMANDS = {"main", "sample", "evaluate", "classify", "compare", "compare_nanogpt", "fit_tutorial"}
 ROOT_LIBRARY = {"config_lib", "errors"}
 FOLDERS = {"models", "data", "training", "store", "inference", "baselines", "runtime"}
 IO_MODULES = {"os", "pathlib", "io", "json", "shutil", "etils", "orbax", "urllib", "socket"}
@@ -22,7 +22,16 @@ ALLOWED = {
     "store": {"errors"},
     "inference": {"config_lib", "errors", "models", "data", "runtime", "store"},
     "training": {"config_lib", "errors", "models", "data", "runtime", "store", "inference"},
-    "baselines": {"config_lib", "errors", "models", "data", "store", "training", "inference"},
+    "baselines": {
+        "config_lib",
+        "errors",
+        "models",
+        "data",
+        "runtime",
+        "store",
+        "training",
+        "inference",
+    },
     "config_lib": {"errors", "models", "data"},
     "errors": set(),
 }
@@ -96,11 +105,12 @@ def test_imports_run_one_way():
     assert not wrong, wrong
 
 
-def test_nothing_imports_a_command_and_keras_stays_in_baselines():
+def test_nothing_imports_a_command_and_the_peers_stay_in_baselines():
+    """Keras and PyTorch (nanoGPT's side) are optional: only baselines/ imports them."""
     for name, (_, tree) in _modules().items():
         assert not {_top(d) for d in _package_imports(tree)} & COMMANDS, name
         if not name.startswith("baselines."):
-            assert "keras" not in _all_imports(tree), name
+            assert not {"keras", "torch"} & _all_imports(tree), name
 
 
 def test_the_sampler_does_no_io():
@@ -134,12 +144,13 @@ def _compared_strings(tree: ast.Module) -> set[str]:
 def test_only_the_registry_compares_a_plugin_name(registry_module, registry_name):
     """A cell or data mode is one file plus one registry line: nobody else branches on it.
 
-    (The Keras baseline may insist on 'gru': it converts to and from the Keras GRU only.)
+    (The baselines may insist on their own model: the Keras one on 'gru', which it
+    converts to and from the Keras GRU; nanoGPT's on 'transformer' and random windows.)
     """
     names = set(getattr(importlib.import_module(f"charrnn_jax.{registry_module}"), registry_name))
     offenders = []
     for name, (_, tree) in _modules().items():
-        if name in (registry_module, "baselines.keras_tutorial"):
+        if name in (registry_module, "baselines.keras_tutorial", "baselines.nanogpt"):
             continue
         if hits := _compared_strings(tree) & names:
             offenders.append(f"{name}: {sorted(hits)}")

@@ -116,6 +116,12 @@ def _linear(features: int, dtype, *, name: str, residual_layers: int = 0) -> nn.
     )
 
 
+def _layer_norm(name: str) -> nn.LayerNorm:
+    """nanoGPT's LayerNorm: no bias, epsilon 1e-5 (`F.layer_norm(..., 1e-5)`; flax's
+    default is 1e-6)."""
+    return nn.LayerNorm(epsilon=1e-5, use_bias=False, name=name)
+
+
 class _SelfAttention(nn.Module):
     num_heads: int
     num_layers: int
@@ -179,9 +185,9 @@ class _Block(nn.Module):
         attn = _SelfAttention(
             self.num_heads, self.num_layers, self.dropout_rate, self.dtype, name="attn"
         )
-        x = x + attn(nn.LayerNorm(use_bias=False, name="ln_1")(x), mask, train=train)
+        x = x + attn(_layer_norm("ln_1")(x), mask, train=train)
         mlp = _MLP(self.num_layers, self.dropout_rate, self.dtype, name="mlp")
-        return x + mlp(nn.LayerNorm(use_bias=False, name="ln_2")(x), train=train)
+        return x + mlp(_layer_norm("ln_2")(x), train=train)
 
 
 def _window(context, tokens, valid, block_size: int):
@@ -235,7 +241,7 @@ class Transformer(nn.Module):
                 name=f"h_{i}",
             )
             x = block_i(x, mask, train=train)
-        x = nn.LayerNorm(use_bias=False, name="ln_f")(x)
+        x = _layer_norm("ln_f")(x)
         x = jnp.take_along_axis(x, where[..., None], axis=1)  # Only the new bytes' outputs.
         logits = wte.attend(x.astype(jnp.float32))  # The tied head (lm_head = wte).
         return logits.astype(jnp.float32), new_context

@@ -360,3 +360,28 @@ def test_launch_score_saves_each_estimator_where_the_report_reads_it(trained, tm
     bad = _run("launch.score", f"--workdir={workdir}", "--estimators=full,bogus", cwd=REPO)
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --estimators takes some of")
+
+
+@pytest.mark.parametrize(
+    "config, nanogpt_dir, line",
+    [
+        ("shakespeare_nanogpt.py", "/nonexistent", "error: No nanoGPT model.py at /nonexistent/"),
+        ("shakespeare.py:tiny", ".", "error: nanoGPT's train.py cannot mirror model.cell='gru'"),
+    ],
+)
+def test_compare_nanogpt_bad_input_is_one_line_and_writes_nothing(
+    tmp_path, config, nanogpt_dir, line
+):
+    if nanogpt_dir == ".":  # A model.py that is there, so the config's check is what fails.
+        (tmp_path / "model.py").write_text("")
+        nanogpt_dir = str(tmp_path)
+    out = tmp_path / "out"
+    result = _run(
+        "charrnn_jax.compare_nanogpt",
+        f"--config={REPO / 'experiments' / config}",
+        f"--nanogpt_dir={nanogpt_dir}",
+        f"--out={out}",
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(line), result.stderr[-2000:]
+    assert not out.exists()
