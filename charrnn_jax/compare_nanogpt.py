@@ -3,7 +3,7 @@
     git clone https://github.com/karpathy/nanoGPT /tmp/nanoGPT
     pip install torch
     python -m charrnn_jax.compare_nanogpt --config=experiments/shakespeare_nanogpt.py \
-        --nanogpt_dir=/tmp/nanoGPT --steps=20 --out=/tmp/nanogpt_parity
+        --nanogpt_dir=/tmp/nanoGPT --steps=30 --out=/tmp/nanogpt_parity
 
 Both sides train in float32 with dropout off, our side with its real train step and
 nanoGPT's with its own model.py, configure_optimizers and train.py's schedule and
