@@ -13,8 +13,8 @@ from charrnn_jax.data import corpora
 from charrnn_jax.training import steps
 
 
-def _speedrun_config():
-    path = pathlib.Path(REPO, "experiments/shakespeare_speedrun.py")
+def _speedrun_config(name="shakespeare_speedrun.py"):
+    path = pathlib.Path(REPO, "experiments", name)
     return config_lib.resolve(config_lib.load_config_file(path))
 
 
@@ -40,3 +40,14 @@ def test_the_run_counts_every_step_and_each_val():
     # Val at step 500 and at 1000: two passes over the 10% split.
     val_bytes = len(corpora.load_splits(config.data)["val"])
     assert flops["eval_flops"] == 2 * flops["forward_flops_per_byte"] * val_bytes
+
+
+def test_the_five_minute_config_counts_its_one_val_and_fewer_flops():
+    fast = _speedrun_config("shakespeare_speedrun_5min.py")
+    slow = _speedrun_config()
+    flops, slow_flops = speedrun_bound.run_flops(fast), speedrun_bound.run_flops(slow)
+    val_bytes = len(corpora.load_splits(fast.data)["val"])
+    # Val only at the last step: one pass over the split.
+    assert flops["eval_flops"] == flops["forward_flops_per_byte"] * val_bytes
+    # Its point: fewer FLOPs to 1.4697 than the ten-minute config (issue 41's floor).
+    assert flops["train_flops"] < 0.5 * slow_flops["train_flops"]
