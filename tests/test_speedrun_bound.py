@@ -1,11 +1,9 @@
 """benchmarks/speedrun_bound.py counts the speedrun's FLOPs from the model's own weights,
 so the floor it prints for issue 41 is the config's, not a hand count."""
 
-import pathlib
-
 import jax
 import numpy as np
-from conftest import REPO
+from conftest import load_experiment
 
 from benchmarks import speedrun_bound
 from charrnn_jax import config_lib
@@ -13,9 +11,8 @@ from charrnn_jax.data import corpora
 from charrnn_jax.training import steps
 
 
-def _speedrun_config(name="shakespeare_speedrun.py"):
-    path = pathlib.Path(REPO, "experiments", name)
-    return config_lib.resolve(config_lib.load_config_file(path))
+def _speedrun_config(name="shakespeare_speedrun"):
+    return config_lib.resolve(load_experiment(name))
 
 
 def test_forward_flops_are_two_per_weight_of_every_matrix_a_byte_meets():
@@ -43,7 +40,7 @@ def test_the_run_counts_every_step_and_each_val():
 
 
 def test_the_five_minute_config_counts_its_one_val_and_fewer_flops():
-    fast = _speedrun_config("shakespeare_speedrun_5min.py")
+    fast = _speedrun_config("shakespeare_speedrun_5min")
     slow = _speedrun_config()
     flops, slow_flops = speedrun_bound.run_flops(fast), speedrun_bound.run_flops(slow)
     val_bytes = len(corpora.load_splits(fast.data)["val"])
